@@ -1,0 +1,20 @@
+"""Model and tokenizer loading, LoRA, and the built-in tiny model."""
+
+from align.models.loading import DEFAULT_CACHE_DIR, ModelLoadError, load_model, load_tokenizer, resolve_model_path
+from align.models.lora import apply_lora, is_peft_model, merged_named_tensors
+from align.models.tiny import PRESETS, build_tokenizer, tiny_model_path, write_tiny_model
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "ModelLoadError",
+    "PRESETS",
+    "apply_lora",
+    "build_tokenizer",
+    "is_peft_model",
+    "load_model",
+    "load_tokenizer",
+    "merged_named_tensors",
+    "resolve_model_path",
+    "tiny_model_path",
+    "write_tiny_model",
+]

@@ -1,0 +1,90 @@
+"""Load a causal LM and its tokenizer from a hub name, a local folder, or a built-in name.
+
+Built-in names: `tiny` (and any preset of `align.models.tiny.PRESETS`), optionally with a seed,
+`tiny@3`. They resolve to a cached local folder that every loader (transformers, vLLM) reads as
+an ordinary checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from align.models.tiny import PRESETS, tiny_model_path
+
+DEFAULT_CACHE_DIR = "~/.cache/align"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what was asked and how to fix it."""
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.sep in name.strip("/").split("/", 1)[0] or (
+        name.count("/") > 1
+    )
+
+
+def resolve_model_path(name: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    """Map a model name to what `from_pretrained` should receive: a local folder or a hub id."""
+    base, _, seed = name.partition("@")
+    if base in PRESETS:
+        return str(tiny_model_path(cache_dir, base, int(seed or 0)))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"model '{name}': the folder has no config.json; pass a folder saved with save_pretrained()"
+            )
+        return str(path)
+    if _looks_like_path(name):
+        raise ModelLoadError(f"model '{name}': no such folder; check the path, or use model=tiny for the built-in model")
+    return name  # a hub id such as Qwen/Qwen2.5-1.5B-Instruct
+
+
+def _offline_error(kind: str, name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"{kind} '{name}' is not a local folder and could not be fetched from the Hugging Face hub "
+        f"(offline machine or wrong name: {type(err).__name__}); download it where there is network "
+        f"(`hf download {name} --local-dir DIR`) and pass model=DIR"
+    )
+
+
+def load_tokenizer(name: str, cache_dir: str = DEFAULT_CACHE_DIR):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _offline_error("tokenizer", name, err) from None
+    if tok.pad_token is None:  # many base checkpoints ship without one; batching needs it
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    gradient_checkpointing: bool = False,
+    cache_dir: str = DEFAULT_CACHE_DIR,
+):
+    """AutoModelForCausalLM from a built-in name, local folder or hub id, in `dtype` on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype '{dtype}' is not supported; use one of {sorted(DTYPES)}")
+    path = resolve_model_path(name, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except OSError as err:
+        raise _offline_error("model", name, err) from None
+    model.to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from align.models import ModelLoadError, apply_lora, load_model, load_tokenizer, merged_named_tensors, resolve_model_path
+
+
+def test_tiny_is_deterministic_per_seed(tmp_path):
+    a = load_model("tiny", cache_dir=str(tmp_path / "a"))
+    b = load_model("tiny", cache_dir=str(tmp_path / "b"))
+    c = load_model("tiny@1", cache_dir=str(tmp_path / "a"))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.layers.0.mlp.up_proj.weight"], sc["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_tokenizer_roundtrip_keeps_spaces_newlines_and_tags(cache_dir):
+    tok = load_tokenizer("tiny", cache_dir)
+    text = "Angle A = 30.\n<think>x + y</think> <aux>B=50</aux><answer>100</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(tok("<aux>", add_special_tokens=False)["input_ids"]) == 1  # a tag is one token
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
+
+
+def test_missing_local_path_is_one_clear_line(tmp_path):
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(tmp_path / "nope"))
+    msg = str(err.value)
+    assert "\n" not in msg and "no such folder" in msg and str(tmp_path / "nope") in msg
+
+
+def test_unreachable_hub_name_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as err:
+        load_model("nobody-org/no-such-model-xyz")
+    msg = str(err.value)
+    assert "\n" not in msg and "nobody-org/no-such-model-xyz" in msg and "offline" in msg and "model=DIR" in msg
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_lora_merged_view_matches_peft_and_leaves_model_unmerged(cache_dir):
+    torch.manual_seed(0)
+    model = apply_lora(load_model("tiny", cache_dir=cache_dir), r=4, alpha=8)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # lora_B starts at zero; make the adapter matter
+    ids = torch.tensor([[5, 40, 41, 42, 43]])
+    with torch.no_grad():
+        expected = model(ids).logits
+    merged = dict(merged_named_tensors(model))
+    assert "lm_head.weight" in merged and not any("lora" in k for k in merged)
+    plain = load_model("tiny", cache_dir=cache_dir)
+    plain.load_state_dict(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ids).logits, expected)  # adapter unmerged again
+
+
+def test_gradient_checkpointing_switch(cache_dir):
+    model = load_model("tiny", cache_dir=cache_dir, gradient_checkpointing=True)
+    assert model.is_gradient_checkpointing
