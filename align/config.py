@@ -1,0 +1,308 @@
+"""The typed run configuration: recipe YAML + `key=value` overrides -> one `Config` object.
+
+Every hyper-parameter lives in one of the dataclasses below, with its default visible. A recipe
+(`recipes/NAME.yaml` or a path) overrides some of them; command-line `key=value` pairs override
+the recipe. Unknown keys, wrong types and impossible combinations are one-line `ConfigError`s that
+name the key (and the closest valid key for a typo). omegaconf does the merging and type checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+class ConfigError(ValueError):
+    """A bad recipe or override; the message is one line naming the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # built-in name (tiny, tiny-geometry, ...), local folder, or hub id
+    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
+    gradient_checkpointing: bool = False
+    cache_dir: str = "~/.cache/align"  # where built-in models are built and cached
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class DataConfig:
+    source: str = "geometry"  # built-in task, local file/folder, or hub dataset name
+    split: str = "train"
+    eval_split: str = "test"
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    system_prompt: str | None = None
+    num_train: int = 4000  # size of generated built-in tasks
+    num_eval: int = 200
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine)
+    num_generations: int = 8  # G: completions per prompt
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    kv_cache_mb: int = 256  # vLLM KV cache on CPU (vLLM would otherwise reserve most of RAM)
+    gpu_memory_utilization: float = 0.3  # vLLM's share of GPU memory when colocated
+    sleep_mode: bool = False  # GPU only: free vLLM memory during the training phase
+    tensor_parallel_size: int = 1
+    verify_sync: bool = True  # score a fixed probe in engine and trainer after every sync
+    probe_tolerance: float | None = None  # None = per-dtype default
+
+
+@dataclass
+class RewardConfig:
+    functions: list[str] = field(default_factory=lambda: ["math_accuracy"])  # names or path.py:function
+    weights: list[float] | None = None
+    timeout_s: float = 60.0
+
+
+@dataclass
+class LossConfig:
+    # Advantages (ALGORITHMS.md section 1)
+    baseline: str = "mean"  # mean | loo | none
+    scale: str = "std"  # std | batch | none (none = Dr.GRPO)
+    ddof: int = 1
+    adv_eps: float = 1e-6
+    small_group: str = "zero"  # zero | raw (verl's A = r for G = 1)
+    # Surrogate
+    eps_low: float = 0.2
+    eps_high: float = 0.2  # DAPO clip-higher: 0.28
+    dual_clip: float | None = None  # e.g. 3.0
+    delta: float | None = None  # cap on the unclipped ratio (two-sided clip)
+    ratio_level: str = "token"  # token | sequence (GSPO)
+    agg: str = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_sum_const
+    # KL to a frozen reference model (skipped entirely when beta = 0)
+    beta: float = 0.0
+    kl_kind: str = "k3"  # k1 | k2 | k3 | k3+
+    kl_clamp: float | None = 10.0
+    kl_in_reward: bool = False  # -beta * k1 per token folded into the reward instead of the loss
+    # Engine-vs-trainer logprob mismatch: truncated importance sampling weight cap (None = off)
+    tis_cap: float | None = 2.0
+    # DAPO-style options
+    mask_truncated: bool = False  # completions cut at max_tokens carry no loss
+    overlong_buffer: int = 0  # soft overlong penalty over the last N tokens before max_tokens
+    overlong_penalty: float = 1.0
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
+    dynamic_sampling_max_rounds: int = 3
+
+
+@dataclass
+class GCPOConfig:
+    eps: float = 0.05  # eta: the accuracy difference that flips the contrastive mask
+    w_aux: float = 0.5
+    w_fmt: float = 0.5
+    w_len: float = 0.5
+    l_max: int = 900
+    use_length: bool = True
+    gate_aux_on_correct: bool = False
+    gate_len_on_correct: bool = False
+    accuracy_reward: str = "geometry_accuracy"
+    format_reward: str = "think_answer_format"
+    aux_reward: str = "aux_construction"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 64  # completions per optimizer step, all ranks together (= prompts x G)
+    updates_per_batch: int = 1  # mu: optimizer passes over one rollout batch
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
+    max_grad_norm: float = 1.0
+    micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
+    seed: int = 0
+
+
+@dataclass
+class LogConfig:
+    run_dir: str | None = None  # default: runs/<recipe>/<timestamp>
+    every: int = 1
+    sample_every: int = 10
+    num_samples: int = 4
+    tensorboard: bool = True
+    save_every: int = 50  # 0 = only at the end
+    keep_last: int = 2
+    eval_every: int = 0  # 0 = no periodic evaluation
+    console: bool = True
+
+
+@dataclass
+class Config:
+    recipe: str = ""
+    algo: str = "grpo"  # grpo | gcpo
+    resume: str | None = None  # latest | path to a checkpoint folder
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    gcpo: GCPOConfig = field(default_factory=GCPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "algo": ("grpo", "gcpo"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.engine": ("auto", "vllm", "hf"),
+    "loss.baseline": ("mean", "loo", "none"),
+    "loss.scale": ("std", "batch", "none"),
+    "loss.small_group": ("zero", "raw"),
+    "loss.ratio_level": ("token", "sequence"),
+    "loss.agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_const"),
+    "loss.kl_kind": ("k1", "k2", "k3", "k3+"),
+    "train.lr_schedule": ("constant", "linear", "cosine"),
+}
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, e.g. ['recipe', ..., 'loss.beta', ...]."""
+    keys = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            keys += all_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not match:  # a misspelled leaf under the right section: compare leaf names only
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in all_keys()}
+        match = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def find_recipe(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(
+        f"recipe '{name}' not found" + (f"; did you mean '{hint[0]}'?" if hint else "")
+        + f" (built-in recipes: {', '.join(known)}; or pass a path to a .yaml file)"
+    )
+
+
+def _to_override_pairs(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"argument '{item}' is not key=value (e.g. train.steps=10)")
+        key = item.split("=", 1)[0]
+        if key not in all_keys():
+            raise ConfigError(f"unknown config key '{key}'{_closest(key)}")
+    return overrides
+
+
+def load_config(argv: list[str]) -> Config:
+    """Build the run config from `recipe=NAME` and `key=value` arguments (recipe optional)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
+    overrides = _to_override_pairs([a for a in argv if not a.startswith("recipe=")])
+    schema = OmegaConf.structured(Config)
+    layers = []
+    if recipe:
+        path = find_recipe(recipe)
+        recipe_cfg = OmegaConf.load(path)
+        flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if k not in all_keys()]
+        if flat:
+            raise ConfigError(f"unknown config key '{flat[0]}' in {path}{_closest(flat[0])}")
+        layers.append(recipe_cfg)
+        layers.append(OmegaConf.create({"recipe": Path(recipe).stem}))
+    try:
+        layers.append(OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(schema, *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"bad value for '{key}': {reason}") from None
+    validate(cfg)
+    return cfg
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix.rstrip(".")]
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + str(k)]
+    return out
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Impossible combinations, each a one-line error naming the key(s) and the fix."""
+    for key, options in CHOICES.items():
+        if _get(cfg, key) not in options:
+            raise ConfigError(f"'{key}' is '{_get(cfg, key)}'; choose one of {', '.join(options)}")
+    g, batch = cfg.rollout.num_generations, cfg.train.batch_size
+    if g < 1:
+        raise ConfigError(f"rollout.num_generations must be >= 1, got {g}")
+    if batch < g or batch % g:
+        raise ConfigError(
+            f"train.batch_size={batch} is not a multiple of rollout.num_generations={g}; "
+            f"use e.g. train.batch_size={max(1, round(batch / g)) * g}"
+        )
+    prompts = batch // g
+    if prompts % world_size:
+        raise ConfigError(
+            f"train.batch_size={batch} gives {prompts} prompts per step, not divisible by {world_size} processes; "
+            f"use train.batch_size={math.lcm(prompts, world_size) * g}"
+        )
+    if cfg.reward.weights is not None and len(cfg.reward.weights) != len(cfg.reward.functions):
+        raise ConfigError(
+            f"reward.weights has {len(cfg.reward.weights)} entries but reward.functions has "
+            f"{len(cfg.reward.functions)}; give one weight per function"
+        )
+    if cfg.loss.agg == "seq_sum_const" and cfg.rollout.max_tokens < 1:
+        raise ConfigError("loss.agg=seq_sum_const needs rollout.max_tokens >= 1 (it is the constant length)")
+    if cfg.loss.kl_in_reward and cfg.loss.beta == 0:
+        raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
+    if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
+        raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
+    if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
+        raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def config_to_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

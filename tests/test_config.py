@@ -1,0 +1,82 @@
+"""Config: recipes + overrides -> typed Config; bad input is one line naming the key and the fix."""
+
+import pytest
+
+from align.config import Config, ConfigError, all_keys, config_to_yaml, load_config, validate
+
+
+def one_line_error(argv) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(argv)
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_overrides_are_typed_and_win_over_recipe(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("algo: gcpo\ntrain:\n  steps: 7\n  lr: 3.0e-7\n")
+    cfg = load_config([f"recipe={recipe}", "train.steps=3", "loss.beta=0.04", "rollout.stop=[a,b]"])
+    assert isinstance(cfg, Config)
+    assert (cfg.recipe, cfg.algo, cfg.train.steps, cfg.train.lr) == ("mine", "gcpo", 3, 3e-7)
+    assert cfg.loss.beta == 0.04 and cfg.rollout.stop == ["a", "b"]
+
+
+def test_unknown_key_names_closest_valid_key():
+    assert "unknown config key 'train.stpes'" in one_line_error(["train.stpes=3"])
+    assert "did you mean 'train.steps'" in one_line_error(["train.stpes=3"])
+    assert "did you mean 'loss.beta'" in one_line_error(["los.beta=1"])
+
+
+def test_unknown_key_inside_a_recipe_file(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  setps: 3\n")
+    msg = one_line_error([f"recipe={recipe}"])
+    assert "train.setps" in msg and str(recipe) in msg and "train.steps" in msg
+
+
+def test_wrong_type_names_the_key():
+    msg = one_line_error(["train.steps=many"])
+    assert "train.steps" in msg and "many" in msg
+
+
+def test_batch_not_divisible_by_group_size_suggests_a_fix():
+    msg = one_line_error(["train.batch_size=20", "rollout.num_generations=8"])
+    assert "train.batch_size=20" in msg and "rollout.num_generations=8" in msg and "train.batch_size=16" in msg
+
+
+def test_prompts_not_divisible_by_processes():
+    cfg = load_config(["train.batch_size=24", "rollout.num_generations=8"])
+    with pytest.raises(ConfigError, match="not divisible by 2 processes; use train.batch_size=48"):
+        validate(cfg, world_size=2)
+
+
+def test_bad_choice_lists_the_options():
+    msg = one_line_error(["loss.agg=mean"])
+    assert "loss.agg" in msg and "seq_mean_token_mean" in msg
+
+
+def test_unknown_recipe_suggests_closest():
+    assert "gcpo_geometry" in one_line_error(["recipe=gcpo_geometri"])
+
+
+def test_not_key_value():
+    assert "is not key=value" in one_line_error(["train.steps"])
+
+
+def test_every_recipe_in_the_repo_loads():
+    from align.config import RECIPES_DIR
+
+    recipes = sorted(RECIPES_DIR.glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_config([f"recipe={path.stem}"])
+        assert cfg.recipe == path.stem
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(["train.steps=5", "lora.enabled=true"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_to_yaml(cfg))
+    assert load_config([f"recipe={saved}"]).train.steps == 5
+    assert "lora.enabled" in all_keys()
