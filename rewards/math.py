@@ -28,6 +28,8 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTER = re.compile(r"\(?\s*([A-Za-z])\s*\)?\.?")
 _WHOLE_TEXT_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 _TAG_LATEX_CONFIG = [LatexExtractionConfig()]
+# Plain-text "pi" (as in "2*pi", "4pi") would otherwise be read as the product p*i in LaTeX mode.
+_PLAIN_PI = re.compile(r"(?<![A-Za-z\\])pi(?![A-Za-z])")
 
 
 def _math_verify_timeout() -> int | None:
@@ -55,7 +57,8 @@ def parse_prediction(text: str) -> tuple[list, str]:
     if not tagged:
         return [], tagged
     # The tag holds one bare answer: read it as LaTeX first so "2\\sqrt{3}" is not cut to "2".
-    parsed = parse(f"${tagged}$", extraction_config=_TAG_LATEX_CONFIG, parsing_timeout=timeout)
+    latex = _PLAIN_PI.sub(r"\\pi ", tagged)
+    parsed = parse(f"${latex}$", extraction_config=_TAG_LATEX_CONFIG, parsing_timeout=timeout)
     return parsed or parse(tagged, extraction_config=_WHOLE_TEXT_CONFIG, parsing_timeout=timeout), tagged
 
 

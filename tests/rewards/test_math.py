@@ -22,6 +22,8 @@ def score(completion: str, gold: str, **kwargs) -> float | None:
         ("<answer>0.5</answer>", "\\frac{1}{2}", 1.0),
         ("<answer>60^\\circ</answer>", "60", 1.0),
         ("<answer>x = 3</answer>", "3", 1.0),
+        ("<answer>2*pi</answer>", "2\\pi", 1.0),  # plain-text pi is pi, not p*i
+        ("<answer>4pi</answer>", "2\\pi", 0.0),
         ("<answer></answer>", "3", 0.0),  # empty answer
         ("so the result is \\boxed{7}, not 8", "7", 1.0),  # boxed beats the last number
         ("I computed 3 + 4 = 7", "7", 1.0),  # whole text, last expression
