@@ -14,6 +14,7 @@ Beyond math-verify's symbolic/numeric equality, two acceptance rules used by Geo
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,17 @@ _WHOLE_TEXT_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtract
 _TAG_LATEX_CONFIG = [LatexExtractionConfig()]
 # Plain-text "pi" (as in "2*pi", "4pi") would otherwise be read as the product p*i in LaTeX mode.
 _PLAIN_PI = re.compile(r"(?<![A-Za-z\\])pi(?![A-Za-z])")
+
+
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """math-verify warns once when its timeout is off; off the main thread we turn it off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
 
 
 def _math_verify_timeout() -> int | None:

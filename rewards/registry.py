@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-RewardCallable = Callable[..., list]
 F = TypeVar("F", bound=Callable)
 
 # Modules that hold built-in rewards; imported on the first look-up so `import rewards` stays cheap

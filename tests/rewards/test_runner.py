@@ -190,3 +190,19 @@ def test_load_reward_functions_errors(specs, weights, options, expected):
     with pytest.raises(RewardFunctionError, match=expected) as info:
         load_reward_functions(specs, weights, options)
     assert "\n" not in str(info.value)
+
+
+def test_trl_builtin_reward_functions_run_unchanged():
+    pytest.importorskip("trl.rewards")
+    functions = load_reward_functions(
+        ["trl.rewards:accuracy_reward", "trl.rewards:think_format_reward"], [1.0, 0.5]
+    )
+    assert [f.name for f in functions] == ["accuracy_reward", "think_format_reward"]
+    completions = [
+        [{"role": "assistant", "content": "<think>x</think>My answer is \\boxed{\\frac{1}{3}}"}],
+        [{"role": "assistant", "content": "My answer is \\boxed{\\frac{1}{2}}"}],
+    ]
+    result = run(functions, completions, columns={"solution": ["\\frac{1}{3}", "\\frac{1}{3}"]})
+    assert result.per_function == {"accuracy_reward": [1.0, 0.0], "think_format_reward": [1.0, 0.0]}
+    assert result.total == [1.5, 0.0]
+    assert result.extra_columns["solution"] == ["\\frac{1}{3}", "\\frac{1}{3}"]  # TRL's log_extra hook reached us
