@@ -46,9 +46,8 @@ class DataConfig:
     prompt_column: str = "prompt"
     answer_column: str = "answer"
     system_prompt: str | None = None
-    num_train: int = 4000  # size of generated built-in tasks
-    num_eval: int = 200
-    seed: int = 0
+    # Options of a built-in task (e.g. {size: 2000, seed: 1}); each task documents its own.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -213,12 +212,19 @@ def find_recipe(name: str) -> Path:
     )
 
 
+FREE_FORM = ("data.options",)  # dict-valued keys whose sub-keys belong to the task, not the schema
+
+
+def is_known_key(key: str) -> bool:
+    return key in all_keys() or key.startswith(tuple(k + "." for k in FREE_FORM))
+
+
 def _to_override_pairs(overrides: list[str]) -> list[str]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"argument '{item}' is not key=value (e.g. train.steps=10)")
         key = item.split("=", 1)[0]
-        if key not in all_keys():
+        if not is_known_key(key):
             raise ConfigError(f"unknown config key '{key}'{_closest(key)}")
     return overrides
 
@@ -235,7 +241,7 @@ def load_config(argv: list[str]) -> Config:
     if recipe:
         path = find_recipe(recipe)
         recipe_cfg = OmegaConf.load(path)
-        flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if k not in all_keys()]
+        flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if not is_known_key(k)]
         if flat:
             raise ConfigError(f"unknown config key '{flat[0]}' in {path}{_closest(flat[0])}")
         layers.append(recipe_cfg)

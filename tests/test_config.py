@@ -80,3 +80,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     saved.write_text(config_to_yaml(cfg))
     assert load_config([f"recipe={saved}"]).train.steps == 5
     assert "lora.enabled" in all_keys()
+
+
+def test_task_options_are_free_form(tmp_path):
+    recipe = tmp_path / "task.yaml"
+    recipe.write_text("data:\n  source: arith\n  options:\n    size: 50\n")
+    cfg = load_config([f"recipe={recipe}", "data.options.seed=3"])
+    assert cfg.data.options == {"size": 50, "seed": 3}
