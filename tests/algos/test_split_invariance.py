@@ -1,0 +1,108 @@
+"""Property: loss AND gradient of one optimizer step do not depend on how the batch is split.
+
+The whole batch is processed (a) at once, (b) as micro-batches with gradient accumulation and
+(c) as simulated data-parallel ranks, each with its own micro-batches; the shards' contributions
+are summed (what accumulation does locally; across ranks, a DDP mean all-reduce needs the loss
+scaled by the world size). The shards receive the GLOBAL num_tokens / num_seqs.
+"""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from align.algos import AGG_MODES, grpo_loss, token_logprobs
+
+F64 = torch.float64
+
+
+def _batch(seed: int, rows: int, length: int):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(rows, length, generator=g, dtype=F64) * 3
+    old = logp + torch.randn(rows, length, generator=g, dtype=F64) * 0.3  # stale: clipping binds
+    ref = logp + torch.randn(rows, length, generator=g, dtype=F64) * 0.3
+    lengths = torch.randint(0, length + 1, (rows,), generator=g)  # 0 = an empty completion
+    mask = (torch.arange(length) < lengths.unsqueeze(1)).long()
+    adv = torch.randn(rows, generator=g, dtype=F64)
+    return logp, old, ref, mask, adv
+
+
+def _split_points(draw_sizes: list[int], total: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) row ranges from a list of positive sizes, the last one absorbing the rest."""
+    ranges, start = [], 0
+    for size in draw_sizes:
+        if start >= total:
+            break
+        ranges.append((start, min(start + size, total)))
+        start += size
+    if start < total:
+        ranges.append((start, total))
+    return ranges
+
+
+def _loss_and_grad(logp, old, ref, mask, adv, ranges, kwargs, num_tokens, num_seqs):
+    leaf = logp.clone().requires_grad_()
+    total = torch.zeros((), dtype=F64)
+    for start, end in ranges:
+        rows = slice(start, end)
+        loss, _ = grpo_loss(
+            leaf[rows], old[rows], adv[rows], mask[rows], ref_logp=ref[rows],
+            num_tokens=num_tokens, num_seqs=num_seqs, **kwargs,
+        )
+        loss.backward()  # accumulate, as a trainer does per micro-batch
+        total = total + loss.detach()
+    return total, leaf.grad
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    rows=st.integers(1, 9),
+    length=st.integers(1, 6),
+    mode=st.sampled_from(AGG_MODES),
+    ratio_level=st.sampled_from(["token", "sequence"]),
+    beta=st.sampled_from([0.0, 0.05]),
+    micro_sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    num_ranks=st.integers(1, 3),
+)
+def test_grpo_loss_and_gradient_are_split_invariant(
+    seed, rows, length, mode, ratio_level, beta, micro_sizes, num_ranks
+):
+    logp, old, ref, mask, adv = _batch(seed, rows, length)
+    kwargs = dict(agg=mode, const_len=length, beta=beta, ratio_level=ratio_level, eps_high=0.28, dual_clip=3.0)
+    whole_loss, whole_grad = _loss_and_grad(logp, old, ref, mask, adv, [(0, rows)], kwargs, None, None)
+
+    num_tokens, num_seqs = float(mask.sum()), float(rows)
+    micro = _split_points(micro_sizes, rows)
+    acc_loss, acc_grad = _loss_and_grad(logp, old, ref, mask, adv, micro, kwargs, num_tokens, num_seqs)
+    torch.testing.assert_close(acc_loss, whole_loss)
+    torch.testing.assert_close(acc_grad, whole_grad)
+
+    # data parallel: rank r holds a contiguous slice and runs its own micro-batches over it
+    per_rank = -(-rows // num_ranks)
+    rank_loss, rank_grad = torch.zeros((), dtype=F64), torch.zeros_like(logp)
+    for start in range(0, rows, per_rank):
+        end = min(start + per_rank, rows)
+        local = [(start + a, start + b) for a, b in _split_points(micro_sizes, end - start)]
+        loss, grad = _loss_and_grad(logp, old, ref, mask, adv, local, kwargs, num_tokens, num_seqs)
+        rank_loss, rank_grad = rank_loss + loss, rank_grad + grad  # the all-reduce (sum)
+    torch.testing.assert_close(rank_loss, whole_loss)
+    torch.testing.assert_close(rank_grad, whole_grad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(2, 8), mode=st.sampled_from(["token_mean", "seq_sum_const"]))
+def test_local_normalisers_are_not_split_invariant(seed, rows, mode):
+    """Why the global counts matter: with per-micro-batch normalisers token_mean/seq_sum_const change value."""
+    logp, old, ref, _, adv = _batch(seed, rows, 4)
+    mask = torch.zeros(rows, 4, dtype=torch.long)
+    mask[0] = 1  # one long completion in the first half, short ones after
+    mask[1:, 0] = 1
+    kwargs = dict(agg=mode, const_len=4)
+    whole, _ = grpo_loss(logp, old, adv, mask, **kwargs)
+    split = sum(grpo_loss(logp[r], old[r], adv[r], mask[r], **kwargs)[0] for r in (slice(0, 1), slice(1, rows)))
+    global_split = sum(
+        grpo_loss(logp[r], old[r], adv[r], mask[r], num_tokens=float(mask.sum()), num_seqs=float(rows), **kwargs)[0]
+        for r in (slice(0, 1), slice(1, rows))
+    )
+    torch.testing.assert_close(global_split, whole)
+    assert not torch.allclose(split, whole)
