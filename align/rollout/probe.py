@@ -1,0 +1,117 @@
+"""The weight-sync probe: fixed token sequences scored by engine and trainer, and the diagnosis.
+
+Pure helpers, no engine: `make_probe` draws the sequences once from a seed, `model_logprobs` scores
+any HF/peft causal LM the way the trainer does (float32 log_softmax), and `describe_mismatch`
+turns checksums into the names of the tensors that explain a failed sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Sequences = list[tuple[list[int], list[int]]]
+
+
+@dataclass(frozen=True)
+class Probe:
+    sequences: Sequences  # (prompt ids, completion ids), scored teacher-forced
+    greedy_tokens: int  # tokens generated greedily from each probe prompt (generation-path check)
+
+
+def make_probe(vocab_size: int, seed: int, num_sequences: int = 4, prompt_len: int = 144,
+               completion_len: int = 8, greedy_tokens: int = 4) -> Probe:
+    """Random token sequences, the same for the same arguments.
+
+    prompt_len defaults to more than one vLLM CPU KV block (128 tokens): only full blocks are
+    prefix-cached, and the probe must hit that cache to notice it going stale.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda k: torch.randint(0, vocab_size, (k,), generator=gen).tolist()  # noqa: E731
+    sequences = [(draw(prompt_len), draw(completion_len)) for _ in range(num_sequences)]
+    return Probe(sequences, greedy_tokens)
+
+
+@torch.no_grad()
+def model_logprobs(model, sequences: Sequences, batch_size: int = 8) -> list[list[float]]:
+    """log p(completion[t] | prompt, completion[:t]) under `model` (HF or peft), float32 log_softmax.
+
+    Sequences are right-padded into batches of `batch_size`: input_ids [B, L], logits [B, L, V].
+    Dropout is switched off for the call (the model's train/eval mode is restored afterwards).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out: list[list[float]] = []
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            full = [list(p) + list(c) for p, c in batch]
+            width = max(len(s) for s in full)
+            ids = torch.zeros(len(full), width, dtype=torch.long)
+            mask = torch.zeros(len(full), width, dtype=torch.long)
+            for row, seq in enumerate(full):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, (prompt, completion) in enumerate(batch):
+                # logits at position i predict token i + 1
+                rows = logits[row, len(prompt) - 1 : len(prompt) + len(completion) - 1].float()
+                logp = torch.log_softmax(rows, dim=-1)
+                target = torch.tensor(completion, device=logp.device)[:, None]
+                out.append(logp.gather(-1, target)[:, 0].tolist())
+        return out
+    finally:
+        model.train(was_training)
+
+
+def mean_abs_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """Mean |a - b| over all tokens of ragged per-sequence lists; nan when lengths disagree."""
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+        return float("nan")
+    flat_a = torch.tensor([v for row in a for v in row], dtype=torch.float64)
+    flat_b = torch.tensor([v for row in b for v in row], dtype=torch.float64)
+    return float((flat_a - flat_b).abs().mean()) if flat_a.numel() else 0.0
+
+
+@torch.no_grad()
+def tensor_checksum(tensor: torch.Tensor) -> tuple[float, float]:
+    """(sum, sum of squares) in float64: equal tensors give equal checksums; a change almost never does."""
+    t = tensor.detach().double()
+    return float(t.sum()), float((t * t).sum())
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@torch.no_grad()
+def describe_mismatch(expected: set[str], sent: Mapping[str, tuple[float, float]],
+                      trainer: Mapping[str, torch.Tensor], engine: Mapping[str, torch.Tensor]) -> str:
+    """Name the tensors that explain a failed sync, most direct evidence first.
+
+    expected: checkpoint names the engine holds; sent: checksums of the last load; trainer: the
+    trainer's tensors now; engine: tensors read back from the engine (any subset, checkpoint names).
+    """
+    findings = []
+    not_sent = sorted((expected | set(trainer)) - set(sent))
+    if not_sent:
+        findings.append(f"not sent in the last load: {_names(not_sent)}")
+    changed = sorted(n for n, c in sent.items() if n in trainer and tensor_checksum(trainer[n]) != c)
+    if changed:
+        findings.append(f"changed in the trainer since they were sent: {_names(changed)}")
+    differs = sorted(
+        n for n, t in engine.items()
+        if n in trainer and t.shape == trainer[n].shape
+        and not torch.allclose(t.float().cpu(), trainer[n].float().cpu(), atol=1e-6, rtol=1e-5)
+    )
+    if differs:
+        findings.append(f"engine holds different values for: {_names(differs)}")
+    if findings:
+        return "; ".join(findings)
+    return (f"all {len(sent)} tensors were sent and match the trainer's ({len(engine)} read back from the "
+            "engine agree), so the engine computes with stale state (a KV prefix cache not reset after the "
+            "load?) or the trainer's model is not the one the engine was built from")

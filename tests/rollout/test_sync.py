@@ -1,0 +1,97 @@
+"""Weight sync: outputs follow new weights, LoRA syncs as the merged model, and the probe catches
+the silent failures seen in practice (a tensor left out, a prefix cache left stale)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import align.rollout.base as base
+from align.models import apply_lora, merged_named_tensors
+from align.rollout import SamplingSettings, WeightSyncError
+from align.rollout.probe import mean_abs_difference, model_logprobs
+from tests.rollout.conftest import perturbed_copy
+
+SEQUENCES = [(list(range(5, 40)), [50, 60, 70, 80, 2]), ([7] * 20, [8, 9, 10])]
+
+
+def test_sync_from_makes_the_engine_follow_the_new_weights(engine, base_model):
+    new_model = perturbed_copy(base_model)
+    before = engine.weight_version
+    report = engine.sync_from(new_model)
+    assert report.weight_version == engine.weight_version == before + 1
+    assert 0.0 <= report.probe_diff <= engine.probe_tolerance and report.seconds > 0
+    new_ref, old_ref = model_logprobs(new_model, SEQUENCES), model_logprobs(base_model, SEQUENCES)
+    assert mean_abs_difference(engine.score(SEQUENCES), new_ref) < 1e-4
+    assert mean_abs_difference(new_ref, old_ref) > 0.05  # the perturbation is visible at all
+    group = engine.generate([SEQUENCES[0][0]], 3, SamplingSettings(max_tokens=10, seed=4))[0]
+    assert all(c.weight_version == before + 1 for c in group)
+    sampled = model_logprobs(new_model, [(c.prompt_ids, c.token_ids) for c in group])
+    assert mean_abs_difference([c.logprobs for c in group], sampled) < 1e-4
+
+
+def test_sync_that_skips_a_tensor_is_caught_and_named(engine, base_model, monkeypatch):
+    skipped = "model.layers.1.mlp.down_proj.weight"
+    real = base.merged_named_tensors
+    monkeypatch.setattr(base, "merged_named_tensors", lambda m: ((n, t) for n, t in real(m) if n != skipped))
+    with pytest.raises(WeightSyncError, match=rf"probe logprob difference .* not sent in the last load: {skipped}"):
+        engine.sync_from(perturbed_copy(base_model, scale=0.2))
+
+
+def test_stale_prefix_cache_is_caught(vllm_engine, base_model, monkeypatch):
+    monkeypatch.setattr(vllm_engine._llm, "reset_prefix_cache", lambda *args, **kwargs: True)
+    try:
+        with pytest.raises(WeightSyncError, match="stale state"):
+            vllm_engine.sync_from(perturbed_copy(base_model, scale=0.2))
+    finally:
+        monkeypatch.undo()
+        vllm_engine.sync_from(base_model)  # leave the shared engine on the base weights, cache reset
+
+
+def test_unverified_sync_reports_nan(engine, base_model):
+    report = engine.sync_from(perturbed_copy(base_model), verify=False)
+    assert report.probe_diff != report.probe_diff
+
+
+def test_lora_sync_matches_the_merged_model(engine, base_model):
+    peft_model = apply_lora(perturbed_copy(base_model, scale=0.0), r=4, alpha=8)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # zero at init: make the adapter change the model
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    peft_model.train()  # the trainer's mode; the probe must score without dropout anyway
+    report = engine.sync_from(peft_model)
+    assert report.probe_diff <= engine.probe_tolerance
+    lora_ref = model_logprobs(peft_model, SEQUENCES)
+    assert mean_abs_difference(lora_ref, model_logprobs(base_model, SEQUENCES)) > 0.05
+    assert mean_abs_difference(engine.score(SEQUENCES), lora_ref) < 1e-4
+    # the trainer's model is untouched by the sync (adapter unmerged again)
+    assert not any(".base_layer." not in n and "lora_" not in n for n, _ in peft_model.named_parameters() if _.requires_grad)
+    assert mean_abs_difference(model_logprobs(peft_model, SEQUENCES), lora_ref) < 1e-6
+
+
+def test_load_weights_rejects_bad_input(hf_engine):
+    with pytest.raises(KeyError, match="'not.a.weight' is not a tensor of this model"):
+        hf_engine.load_weights([("not.a.weight", torch.zeros(1))])
+    with pytest.raises(TypeError, match=r"expected \(name, tensor\) pairs"):
+        hf_engine.load_weights([torch.zeros(1)])
+    with pytest.raises(ValueError, match="got no tensors"):
+        hf_engine.load_weights([])
+
+
+def test_sleep_and_wake_are_harmless_on_cpu(engine):
+    engine.sleep()
+    engine.wake()
+    assert len(engine.generate([[5, 6, 7]], 1, SamplingSettings(max_tokens=3))[0][0].token_ids) >= 1
+
+
+def test_weights_sent_match_merged_named_tensors(hf_engine, base_model):
+    new_model = perturbed_copy(base_model, seed=3)
+    hf_engine.load_weights(merged_named_tensors(new_model))
+    try:
+        engine_state = hf_engine._model.state_dict()
+        for name, tensor in new_model.state_dict().items():
+            torch.testing.assert_close(engine_state[name], tensor, rtol=0, atol=0)
+    finally:
+        hf_engine.load_weights(merged_named_tensors(base_model))
