@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from align.algos import AGG_MODES, grpo_loss, token_logprobs
+from align.algos import AGG_MODES, grpo_loss
 
 F64 = torch.float64
 
