@@ -92,21 +92,30 @@ def _trainer_state_json(trainer_state: dict, step: int) -> str:
         ) from None
 
 
-def _peft_models(accelerator) -> list:
-    """The unwrapped peft models among those passed through accelerator.prepare, in prepare order."""
-    return [m for m in (accelerator.unwrap_model(m) for m in accelerator._models) if is_peft_model(m)]
+def _holds_shards(accelerator) -> bool:
+    """True when no rank holds the full weights (ZeRO-3, FSDP), so reading them is a collective."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and (
+        accelerator.deepspeed_config["zero_optimization"].get("stage", 0) == 3
+    )
 
 
 def _save_adapters(accelerator, folder: Path) -> None:
     """Save each peft model's adapter in peft format (adapter/, adapter_1/, ...) for users.
 
     Resume does not read these (accelerate's model.safetensors already holds the adapter weights);
-    they are there so a checkpoint can be loaded with PeftModel.from_pretrained.
+    they are there so a checkpoint can be loaded with PeftModel.from_pretrained. Only the models
+    passed through accelerator.prepare are seen (accelerate keeps them in `_models`).
     """
-    for i, peft_model in enumerate(_peft_models(accelerator)):
-        prepared = next(m for m in accelerator._models if accelerator.unwrap_model(m) is peft_model)
-        # A collective under ZeRO-3 (gathers shards), so every rank calls it.
-        state_dict = accelerator.get_state_dict(prepared)
+    prepared_peft = [(m, accelerator.unwrap_model(m)) for m in accelerator._models]
+    prepared_peft = [(m, unwrapped) for m, unwrapped in prepared_peft if is_peft_model(unwrapped)]
+    for i, (prepared, peft_model) in enumerate(prepared_peft):
+        # Sharded weights must be gathered (every rank takes part); otherwise peft reads the live
+        # adapter directly, without copying the whole model.
+        state_dict = accelerator.get_state_dict(prepared) if _holds_shards(accelerator) else None
         if accelerator.is_main_process:
             name = ADAPTER_DIRNAME if i == 0 else f"{ADAPTER_DIRNAME}_{i}"
             peft_model.save_pretrained(str(folder / name), state_dict=state_dict)

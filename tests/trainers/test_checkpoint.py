@@ -262,3 +262,106 @@ def test_export_lora_unmerged_writes_the_adapter(tmp_path, tiny_path, trained_lo
     reloaded = PeftModel.from_pretrained(load_model(tiny_path), str(out))
     ids = torch.randint(0, 90, (2, 8))
     torch.testing.assert_close(_logits(reloaded, ids), _logits(model, ids), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 2 processes under DeepSpeed ZeRO-3
+# The worker below runs under torchrun (this file is its script); the test compares what it writes.
+
+ZERO3_CONFIG = {
+    "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 1,
+    "zero_allow_untested_optimizer": True,
+    "bf16": {"enabled": False},
+}
+
+
+def _zero3_worker(tiny_path: str, out_dir: str, lora: bool) -> None:
+    """Train 2 steps, save, train 2 (reference), spoil with 1 step, load, train 2: weights must match."""
+    from pathlib import Path
+
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    acc = Accelerator(
+        deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ZERO3_CONFIG),
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")],
+    )
+    out = Path(out_dir)
+    _seed_all(100 + acc.process_index)  # each rank draws different data
+    model = load_model(tiny_path)  # every rank builds it: under ZeRO-3 this is a collective
+    if lora:
+        model = apply_lora(model, r=4, alpha=8)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.02)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.2, total_iters=6)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    assert acc.num_processes == 2 and acc.deepspeed_config["zero_optimization"]["stage"] == 3
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            ids = torch.randint(0, 90, (2, 9))
+            acc.backward(model(input_ids=ids, labels=ids).loss * (1 + random.random()))
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+
+    steps(2)
+    path = save_checkpoint(acc, out / "run", 2, {"data_position": 4}, keep_last=1)
+    steps(2)
+    reference = acc.get_state_dict(model)
+    steps(1)
+    state = load_checkpoint(acc, path)
+    steps(2)
+    resumed = acc.get_state_dict(model)
+    probe = torch.arange(16).view(2, 8) + 3
+    with torch.no_grad():
+        logits = model(input_ids=probe).logits  # a collective forward under ZeRO-3: every rank runs it
+    export_hf(acc, model, None, out / "export")
+    if acc.is_main_process:
+        torch.save({"reference": reference, "resumed": resumed, "state": state, "probe": probe, "logits": logits},
+                   out / "result.pt")
+    acc.end_training()  # tears the process group down before exit (a live gloo group can abort at exit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_zero3_two_processes_resume_and_export(tmp_path, tiny_path, lora):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           __file__, tiny_path, str(tmp_path), str(int(lora))]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+
+    result = torch.load(tmp_path / "result.pt", weights_only=False)
+    assert result["state"] == {"data_position": 4, "step": 2}
+    assert result["reference"].keys() == result["resumed"].keys()
+    for name, tensor in result["reference"].items():
+        assert torch.equal(result["resumed"][name], tensor), name
+    # the checkpoint folder holds every rank's RNG state, and the adapter for LoRA
+    ckpt_dir = tmp_path / "run" / "checkpoints" / "step-000002"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt_dir.iterdir()}
+    assert (ckpt_dir / "adapter" / "adapter_config.json").exists() == lora
+    # DeepSpeed wrote the sharded model/optimizer: one optimizer shard per rank
+    assert len(list((ckpt_dir / "pytorch_model").glob("*optim_states.pt"))) == 2
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert not any("lora" in n for n in exported.state_dict())
+    torch.testing.assert_close(_logits(exported, result["probe"]), result["logits"], rtol=0, atol=1e-4)
+
+
+if __name__ == "__main__":  # the torchrun worker of the ZeRO-3 test
+    import sys
+
+    _zero3_worker(sys.argv[1], sys.argv[2], lora=sys.argv[3] == "1")
