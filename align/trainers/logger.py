@@ -120,10 +120,13 @@ class RunLogger:
 
     # ------------------------------------------------------------------------------------ metrics
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record `metrics` at `step`: a JSONL line (flushed), TensorBoard scalars, and the bar."""
+        """Record `metrics` at `step`: a JSONL line (flushed), TensorBoard scalars, and the bar.
+
+        A None value (nothing to report this step, e.g. an empty group) is left out.
+        """
         if not self.enabled or self.closed:
             return
-        values = {key: _as_number(key, value) for key, value in metrics.items()}
+        values = {key: _as_number(key, value) for key, value in metrics.items() if value is not None}
         self._metrics_file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self._metrics_file.flush()
         if self._writer is not None:

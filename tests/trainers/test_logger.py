@@ -27,13 +27,13 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_log_appends_flushed_jsonl_lines(tmp_path):
     logger = RunLogger(tmp_path, 10, tensorboard=False, console=False)
-    logger.log(1, {"reward/mean": 0.5, "loss": torch.tensor(0.25), "count": np.int64(3)})
+    logger.log(1, {"reward/mean": 0.5, "loss": torch.tensor(0.25), "count": np.int64(3), "acc/empty": None})
     # readable before close: a crashed run keeps every logged step
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert record["step"] == 1 and record["reward/mean"] == 0.5 and record["loss"] == 0.25 and record["count"] == 3.0
-    assert isinstance(record["time"], float)
+    assert isinstance(record["time"], float) and "acc/empty" not in record
     logger.log(2, {"reward/mean": 0.75})
     logger.close()
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
