@@ -72,6 +72,10 @@ class VLLMEngine(RolloutEngine):
             # Without an explicit KV size vLLM reserves most of the machine's RAM; CUDA graphs and
             # compilation don't exist for the CPU backend's eager path we rely on.
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=kv_cache_bytes)
+            # A seeded request whose prefill is split over steps crashes the CPU worker in vLLM 0.32
+            # ("CPU Generator does not use offset" when it rewinds the discarded sample); whole
+            # prefills avoid the rewind. Any batch larger than max_num_batched_tokens triggers it.
+            kwargs.update(enable_chunked_prefill=False)
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
