@@ -17,11 +17,15 @@ def apply_lora(
     """Wrap `model` in a peft LoRA adapter; only the adapter weights stay trainable."""
     from peft import LoraConfig, get_peft_model
 
+    if not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+        if target_modules == ["all-linear"]:  # peft's shorthand is only recognised as a plain string
+            target_modules = "all-linear"
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+        target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -160,14 +160,17 @@ class RolloutEngine(ABC):
         self._sent_checksums = {name: tensor_checksum(t) for name, t in tensors}
         self._weight_version += 1
 
-    def sync_from(self, model, *, verify: bool = True) -> SyncReport:
+    def sync_from(self, model, *, verify: bool = True, version: int | None = None) -> SyncReport:
         """Load `model`'s weights (LoRA merged, tied weights included), then check the probe.
 
         Raises WeightSyncError when the mean absolute logprob difference on the probe exceeds
-        `probe_tolerance`, naming the tensors that explain it where it can find them.
+        `probe_tolerance`, naming the tensors that explain it where it can find them. `version`
+        sets the weight version instead of counting up (a resumed run continues its numbering).
         """
         start = time.perf_counter()
         self.load_weights(merged_named_tensors(model))
+        if version is not None:
+            self._weight_version = version
         diff = self.verify(model) if verify else float("nan")
         return SyncReport(self.weight_version, diff, time.perf_counter() - start)
 

@@ -1,0 +1,99 @@
+"""Held-out evaluation: accuracy as mean@k and pass@k, overall and per group (e.g. problem family).
+
+`align eval model=PATH data.source=... eval.k=4` scores any exported model folder; the trainer
+calls `evaluate_engine` with its own engine for periodic evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from align.rewards import RewardFunction, compute_rewards
+from align.rollout import SamplingSettings
+from align.trainers.prompts import encode_prompt
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021, "Evaluating LLMs trained on code")."""
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+def evaluate_engine(engine, tokenizer, dataset, accuracy: RewardFunction, rollout_cfg, k: int = 1, seed: int = 0,
+                    extra: list[RewardFunction] = (), group_column: str = "family") -> dict[str, float]:
+    """Sample k completions per held-out prompt and score them.
+
+    Returns eval/mean@k (mean accuracy over all samples), eval/pass@k, the same per value of
+    `group_column` when the dataset has it, and eval/<name>/rate for each `extra` function.
+    """
+    rows = [dataset[i] for i in range(len(dataset))]
+    prompt_ids = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
+    sampling = SamplingSettings(max_tokens=rollout_cfg.max_tokens, temperature=rollout_cfg.temperature,
+                                top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k, stop=list(rollout_cfg.stop), seed=seed)
+    groups = engine.generate(prompt_ids, k, sampling)
+    flat = [c for group in groups for c in group]
+    chat = isinstance(rows[0]["prompt"], list)
+    result = compute_rewards(
+        [accuracy, *extra],
+        [row["prompt"] for row in rows for _ in range(k)],
+        [[{"role": "assistant", "content": c.text}] if chat else c.text for c in flat],
+        {key: [row[key] for row in rows for _ in range(k)] for key in rows[0] if key != "prompt"},
+        [c.token_ids for c in flat],
+    )
+    acc = torch.tensor([v or 0.0 for v in result.per_function[accuracy.name]]).view(-1, k)
+    keys = [str(row.get(group_column, "all")) for row in rows]
+    metrics = _summary("eval", acc, k)
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_group[key].append(i)
+    if len(by_group) > 1:
+        for key, idx in sorted(by_group.items()):
+            metrics |= _summary(f"eval/{key}", acc[idx], k)
+    for fn in extra:
+        vals = torch.tensor([v or 0.0 for v in result.per_function[fn.name]]).view(-1, k)
+        metrics[f"eval/{fn.name}/rate"] = vals.mean().item()
+        if len(by_group) > 1:
+            for key, idx in sorted(by_group.items()):
+                metrics[f"eval/{key}/{fn.name}/rate"] = vals[idx].mean().item()
+    return metrics
+
+
+def _summary(prefix: str, acc: torch.Tensor, k: int) -> dict[str, float]:
+    correct = (acc > 0.5).sum(-1).tolist()
+    return {
+        f"{prefix}/mean@{k}": acc.mean().item(),
+        f"{prefix}/pass@{k}": sum(pass_at_k(k, c, k) for c in correct) / len(correct),
+    }
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    """`align eval model=PATH [data.*=...] [rollout.*=...] [eval.k=N]`: print and return the metrics."""
+    import json
+
+    from align.config import load_config
+    from align.data import load_prompt_dataset
+    from align.models import load_tokenizer, resolve_model_path
+    from align.rewards import load_reward_functions
+    from align.rollout import make_engine
+    from align.trainers.base import resolve_dtype
+
+    k = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("eval.k=")), 4)
+    model = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), None)
+    argv = [a for a in argv if not a.startswith(("eval.k=", "model="))] + ([f"model.name={model}"] if model else [])
+    cfg = load_config(argv)
+    d = cfg.data
+    dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column, answer_column=d.answer_column,
+                                  system_prompt=d.system_prompt, **d.options)
+    path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
+    engine = make_engine(cfg.rollout.engine, path, dtype=resolve_dtype(cfg.model.dtype), seed=cfg.train.seed)
+    accuracy_name = cfg.gcpo.accuracy_reward if cfg.algo == "gcpo" else cfg.reward.functions[0]
+    accuracy, *extra = load_reward_functions([accuracy_name] + ([cfg.gcpo.aux_reward] if cfg.algo == "gcpo" else []), None)
+    metrics = evaluate_engine(engine, load_tokenizer(path), dataset, accuracy, cfg.rollout, k=k, seed=cfg.train.seed, extra=extra)
+    print(json.dumps(metrics, indent=2))
+    return metrics

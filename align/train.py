@@ -1,0 +1,76 @@
+"""Entry point: `accelerate launch align/train.py recipe=NAME key=value ...`.
+
+Reads the recipe and overrides into one typed Config, builds the accelerator (plain, DDP or
+DeepSpeed ZeRO, as the launch config says), and runs the algorithm's trainer.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by `accelerate launch align/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from align.config import Config, config_to_yaml, load_config, validate  # noqa: E402
+from align.errors import exit_on_user_error  # noqa: E402
+
+
+def make_accelerator():
+    import os
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # Several CPU processes talk over gloo (the default NCCL backend needs GPUs). WORLD_SIZE is
+    # the launcher's (accelerate launch / torchrun) contract with every process it starts.
+    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed_cpu else []
+    return Accelerator(kwargs_handlers=handlers)
+
+
+def resolve_run_dir(cfg: Config, accelerator) -> Path:
+    """log.run_dir, or runs/<recipe>/<time>; with resume=latest, the newest run that has a checkpoint."""
+    from accelerate.utils import broadcast_object_list
+
+    if cfg.log.run_dir:
+        return Path(cfg.log.run_dir)
+    base = Path("runs") / (cfg.recipe or cfg.algo)
+    if cfg.resume == "latest":
+        runs = sorted(p for p in base.glob("*") if any(p.glob("checkpoints/step-*/trainer_state.json")))
+        if runs:
+            return runs[-1]
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    broadcast_object_list(stamp)  # every rank must agree on the folder
+    return base / stamp[0]
+
+
+def build_algorithm(cfg: Config):
+    from align.trainers import ALGORITHMS
+
+    return ALGORITHMS[cfg.algo](cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from align.trainers.base import Trainer
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = load_config(argv)
+    accelerator = make_accelerator()
+    validate(cfg, accelerator.num_processes)
+    run_dir = resolve_run_dir(cfg, accelerator)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
+    trainer.train()
+    trainer.export(run_dir / "final")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main()

@@ -1,0 +1,348 @@
+"""The training loop, written once. Every algorithm plugs in through `score`, `advantages`, `loss`.
+
+One step, top to bottom (`Trainer.step`):
+  prompts -> engine.generate (G completions each) -> algorithm.score (rewards [P, G])
+  -> reward shaping (overlong, dynamic sampling) -> algorithm.advantages
+  -> micro-batches by token budget -> logprobs (+ reference) -> algorithm.loss -> backward
+  -> optimizer step (x updates_per_batch) -> engine.sync_from(model), verified by the probe
+  -> metrics, samples, checkpoint.
+Losses are additive over micro-batches and ranks: normalisers (token and sequence counts) are
+those of the global step batch, so micro-batching and data parallelism never change the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from align import algos
+from align.config import Config, config_to_yaml
+from align.data import load_prompt_dataset
+from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
+from align.rollout import SamplingSettings, make_engine
+from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
+from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
+from align.trainers.logger import RunLogger
+from align.trainers.prompts import PromptStream, encode_prompt
+from align.trainers.shaping import informative_groups, overlong_penalty
+
+
+def resolve_dtype(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+class Trainer:
+    def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path):
+        from accelerate.utils import set_seed
+
+        self.cfg, self.acc, self.algo, self.run_dir = cfg, accelerator, algorithm, run_dir
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        set_seed(cfg.train.seed)  # same init on every rank
+        self.dtype = resolve_dtype(cfg.model.dtype)
+        m = cfg.model
+        self.model_path = resolve_model_path(m.name, m.cache_dir)
+        self.tokenizer = load_tokenizer(self.model_path)
+        model = load_model(self.model_path, self.dtype, accelerator.device, m.gradient_checkpointing)
+        if cfg.lora.enabled:
+            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
+        self.ref_model = None
+        if cfg.loss.beta > 0:  # no reference model at all when the KL term is off
+            self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
+        t = cfg.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = _make_scheduler(optimizer, t.lr_schedule, t.warmup_steps, t.steps * t.updates_per_batch)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+        d = cfg.data
+        dataset = load_prompt_dataset(
+            d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
+            system_prompt=d.system_prompt, **d.options,
+        )
+        self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
+        self.engine = self._make_engine()
+        self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
+                                tensorboard=cfg.log.tensorboard, console=cfg.log.console)
+        self.start_step = 0
+        if cfg.resume:
+            self._resume(cfg.resume)
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _make_engine(self):
+        r = self.cfg.rollout
+        common = dict(dtype=self.dtype, seed=self.cfg.train.seed, probe_tolerance=r.probe_tolerance)
+        hf = dict(device=str(self.acc.device))
+        vllm = dict(
+            max_model_len=self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
+            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.sleep_mode,
+            tensor_parallel_size=r.tensor_parallel_size,
+            # one colocated engine per rank (ENVIRONMENT.md: an engine on rank 0 alone hangs)
+            distributed_executor_backend="external_launcher" if self.world > 1 else None,
+        )
+        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[r.engine]
+        return make_engine(r.engine, self.model_path, **common, **specific)
+
+    def _max_model_len(self) -> int:
+        return min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))
+
+    def _resume(self, resume: str) -> None:
+        path = find_checkpoint(self.run_dir, resume)
+        if path is None:
+            self.logger.print(f"resume={resume}: no checkpoint in {self.run_dir}, starting from step 0")
+            return
+        state = load_checkpoint(self.acc, path)
+        self.start_step = state["step"]
+        self.prompts.load_state_dict(state["prompts"])
+        self.engine.sync_from(self.acc.unwrap_model(self.model), verify=self.cfg.rollout.verify_sync,
+                              version=state["weight_version"])
+        self.logger.print(f"resumed from {path} at step {self.start_step}")
+
+    # ------------------------------------------------------------------------------------- loop
+    def train(self) -> None:
+        cfg, log = self.cfg, self.cfg.log
+        self.logger.print_config(config_to_yaml(cfg))
+        self.logger.print(self.batch_arithmetic())
+        for step in range(self.start_step, cfg.train.steps):
+            metrics, samples = self.step(step)
+            if (step + 1) % log.every == 0 or step + 1 == cfg.train.steps:
+                self.logger.log(step + 1, metrics)
+            if log.sample_every and (step + 1) % log.sample_every == 0:
+                self.logger.log_samples(step + 1, samples[: log.num_samples])
+            if log.eval_every and (step + 1) % log.eval_every == 0:
+                self.logger.log(step + 1, self.evaluate())
+            if (log.save_every and (step + 1) % log.save_every == 0) or step + 1 == cfg.train.steps:
+                self.save(step + 1)
+        self.logger.close()
+
+    def save(self, step: int) -> Path:
+        state = {"step": step, "prompts": self.prompts.state_dict(), "weight_version": self.engine.weight_version}
+        return save_checkpoint(self.acc, self.run_dir, step, state, keep_last=self.cfg.log.keep_last)
+
+    def export(self, out_dir: Path) -> None:
+        """A plain Hugging Face folder of the trained model (LoRA merged), loadable anywhere."""
+        export_hf(self.acc, self.model, self.tokenizer, out_dir, merge_lora=True)
+
+    def batch_arithmetic(self) -> str:
+        c = self.cfg
+        g, batch = c.rollout.num_generations, c.train.batch_size
+        return (
+            f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
+            f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
+            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch"
+        )
+
+    def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
+        cfg, timers = self.cfg, defaultdict(float)
+        g = cfg.rollout.num_generations
+        n_prompts = cfg.train.batch_size // g
+        rollout = self._collect(step, n_prompts, g, timers)
+        metrics = dict(rollout.metrics)
+
+        # Advantages over the global batch: group statistics are per prompt, but `scale=batch`
+        # needs every rank's rewards, so gather once and slice this rank's rows back.
+        all_rewards = self.acc.gather(rollout.rewards.to(self.acc.device)).cpu()
+        all_valid = self.acc.gather(rollout.valid.to(self.acc.device)).cpu().bool()
+        adv_global = self.algo.advantages(all_rewards, all_valid)
+        share = rollout.rewards.shape[0]
+        adv = adv_global[self.rank * share : (self.rank + 1) * share].reshape(-1)
+        metrics |= {"reward/mean": all_rewards.mean().item(), "reward/std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+                    "adv/abs_mean": adv_global.abs().mean().item()}
+
+        t0 = time.perf_counter()
+        metrics |= self._optimize(rollout, adv, timers)
+        timers["train"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report = self.engine.sync_from(self.acc.unwrap_model(self.model), verify=cfg.rollout.verify_sync)
+        timers["sync"] += time.perf_counter() - t0
+        metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
+        metrics |= {f"time/{k}": v for k, v in timers.items()}
+        metrics["time/step"] = sum(timers.values())
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics, rollout.samples
+
+    # ------------------------------------------------------------------------------- rollouts
+    def _generate(self, step: int, rows: list[dict], g: int, round_: int):
+        r = self.cfg.rollout
+        prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
+        seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31 + round_) % (2**31)
+        sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                                    top_k=r.top_k, stop=list(r.stop), seed=seed)
+        return self.engine.generate(prompt_ids, g, sampling)
+
+    def _score(self, step: int, rows: list[dict], groups, g: int):
+        flat = [c for group in groups for c in group]
+        prompts = [row["prompt"] for row in rows for _ in range(g)]
+        chat = isinstance(rows[0]["prompt"], list)
+        completions = [[{"role": "assistant", "content": c.text}] if chat else c.text for c in flat]
+        columns = {k: [row[k] for row in rows for _ in range(g)] for k in rows[0] if k != "prompt"}
+        scores = self.algo.score(prompts, completions, columns, [c.token_ids for c in flat], g,
+                                 trainer_state=SimpleNamespace(global_step=step))
+        return flat, scores
+
+    def _collect(self, step: int, n_prompts: int, g: int, timers) -> SimpleNamespace:
+        """Generate and score this rank's share of prompts; refill zero-variance groups if asked."""
+        lc = self.cfg.loss
+        kept_rows, kept_groups, kept_rewards, kept_scores = [], [], [], []
+        spare = []  # zero-variance groups, used only if refilling runs out of rounds
+        local = n_prompts // self.world
+        zero_std = total = 0
+        for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
+            need = local - len(kept_rows)
+            t0 = time.perf_counter()
+            rows = self.prompts.next_rows(need * self.world)
+            groups = self._generate(step, rows, g, round_)
+            timers["generate"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            flat, scores = self._score(step, rows, groups, g)
+            lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
+            rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer, lc.overlong_penalty)
+            timers["reward"] += time.perf_counter() - t0
+            informative = informative_groups(rewards, torch.ones_like(rewards, dtype=torch.bool))
+            zero_std += int((~informative).sum())
+            total += len(rows)
+            for i, row in enumerate(rows):
+                target = kept_rows if (informative[i] or not lc.dynamic_sampling) else None
+                entry = (row, groups[i], rewards[i], {k: v[i] for k, v in scores.components.items()})
+                if target is not None and len(kept_rows) < local:
+                    kept_rows.append(entry[0]); kept_groups.append(entry[1]); kept_rewards.append(entry[2]); kept_scores.append(entry[3])
+                else:
+                    spare.append(entry)
+            if len(kept_rows) == local:
+                break
+        for entry in spare[: local - len(kept_rows)]:
+            kept_rows.append(entry[0]); kept_groups.append(entry[1]); kept_rewards.append(entry[2]); kept_scores.append(entry[3])
+        flat = [c for group in kept_groups for c in group]
+        gen_tokens = sum(len(c.token_ids) for c in flat)
+        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
+        truncated = torch.tensor([c.finish_reason == "length" for c in flat])
+        metrics = dict(scores.metrics) if not lc.dynamic_sampling else {}
+        metrics |= {
+            "zero_std_frac": zero_std / max(total, 1),
+            "completion_len/mean": lengths.mean().item(),
+            "completion_len/max": lengths.max().item(),
+            "truncated_frac": truncated.float().mean().item(),
+            "tokens_per_s/generate": gen_tokens / max(timers["generate"], 1e-9),
+            "weight_version": float(flat[0].weight_version),
+        }
+        samples = [
+            {"prompt": str(row["prompt"])[-200:], "completion": c.text, "reward": float(rew[j])}
+            for row, group, rew in zip(kept_rows, kept_groups, kept_rewards) for j, c in enumerate(group[:1])
+        ]
+        return SimpleNamespace(
+            rows=kept_rows, flat=flat, rewards=torch.stack(kept_rewards), valid=torch.ones(len(kept_rows), g, dtype=torch.bool),
+            truncated=truncated, metrics=metrics, samples=samples,
+        )
+
+    # ------------------------------------------------------------------------------- training
+    def _sequences(self, rollout, idx: list[int]):
+        flat = rollout.flat
+        return pad_sequences([flat[i].prompt_ids for i in idx], [flat[i].token_ids for i in idx], idx,
+                             self.tokenizer.pad_token_id, self.acc.device)
+
+    def _engine_logp(self, rollout, seqs) -> torch.Tensor:
+        out = torch.zeros_like(seqs.completion_mask)
+        for row, i in enumerate(seqs.index.tolist()):
+            lp = rollout.flat[i].logprobs
+            out[row, : len(lp)] = torch.tensor(lp, dtype=out.dtype)
+        return out
+
+    def _logp(self, model, seqs, with_entropy: bool = False):
+        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked."""
+        logits = completion_logits(model, seqs)
+        if with_entropy:
+            return algos.token_logprobs(logits, seqs.completion_ids, return_entropy=True)
+        return algos.token_logprobs(logits, seqs.completion_ids), None
+
+    def _optimize(self, rollout, adv: torch.Tensor, timers) -> dict[str, float]:
+        cfg, lc = self.cfg, self.cfg.loss
+        flat = rollout.flat
+        mask_all = torch.tensor([0.0 if (lc.mask_truncated and c.finish_reason == "length") else 1.0 for c in flat])
+        local_tokens = torch.tensor(float(sum(len(c.token_ids) * m for c, m in zip(flat, mask_all.tolist()))), device=self.acc.device)
+        num_tokens = self.acc.reduce(local_tokens, reduction="sum").item()
+        num_seqs = float(len(flat) * self.world)
+        groups = token_budget_groups([(len(c.prompt_ids), len(c.token_ids)) for c in flat], cfg.train.micro_batch_tokens)
+
+        # Constants of the step: reference logprobs (KL) and, when the batch is reused (mu > 1),
+        # the trainer's own pre-update logprobs as pi_old. With mu = 1, pi_old is the current
+        # policy and is taken from the same forward pass as the gradient (saves a pass).
+        t0 = time.perf_counter()
+        old, ref = {}, {}
+        with torch.no_grad():
+            for gi, idx in enumerate(groups):
+                seqs = self._sequences(rollout, idx)
+                if self.ref_model is not None:
+                    ref[gi] = self._logp(self.ref_model, seqs)[0]
+                if cfg.train.updates_per_batch > 1:
+                    old[gi] = self._logp(self.model, seqs)[0]
+        timers["logprob"] += time.perf_counter() - t0
+
+        sums: dict[str, float] = defaultdict(float)
+        self.model.train()
+        for update in range(cfg.train.updates_per_batch):
+            for gi, idx in enumerate(groups):
+                seqs = self._sequences(rollout, idx)
+                mask = seqs.completion_mask * mask_all[seqs.index.cpu()].to(seqs.completion_mask)[:, None]
+                logp, entropy = self._logp(self.model, seqs, with_entropy=update == 0)
+                old_logp = old.get(gi, logp.detach())
+                engine_logp = self._engine_logp(rollout, seqs)
+                adv_tok = adv[seqs.index.cpu()].to(logp)
+                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap) if lc.tis_cap else None
+                loss, m = self.algo.loss(logp, old_logp, adv_tok, mask, ref_logp=ref.get(gi), is_weights=is_weights,
+                                         num_tokens=num_tokens, num_seqs=num_seqs)
+                # DDP and ZeRO average gradients over ranks; our per-rank losses are additive
+                # shares of the global loss, so undo the average.
+                last = gi == len(groups) - 1
+                self.acc.sync_gradients = last
+                with self.acc.no_sync(self.model) if not last and self.world > 1 else _nullcontext():
+                    self.acc.backward(loss * self.world)
+                n = mask.sum().item()
+                if update == 0:
+                    sums["loss"] += loss.item()
+                    sums["tokens"] += n
+                    for k, v in m.items():
+                        sums[k] += float(v) * n
+                    sums["entropy"] += (entropy * mask).sum().item()
+                    sums["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
+            grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        tokens = max(sums.pop("tokens"), 1.0)
+        out = {"loss": self.acc.reduce(torch.tensor(sums.pop("loss"), device=self.acc.device), "sum").item()}
+        out |= {k: v / tokens for k, v in sums.items()}
+        out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+        return out
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        from align.eval import evaluate_engine
+
+        d = self.cfg.data
+        dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column,
+                                      answer_column=d.answer_column, system_prompt=d.system_prompt,
+                                      **d.options)
+        return evaluate_engine(self.engine, self.tokenizer, dataset, self.algo.reward_functions[0],
+                               self.cfg.rollout, k=1, seed=self.cfg.train.seed)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(kind if kind != "constant" else "constant_with_warmup", optimizer,
+                         num_warmup_steps=warmup, num_training_steps=max(total, 1))

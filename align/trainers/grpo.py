@@ -1,0 +1,72 @@
+"""GRPO: weighted verifiable rewards -> group-normalised advantages -> clipped surrogate (+ KL).
+
+An algorithm is three small methods the loop in `base.py` calls: `score` (completions -> rewards
+[P, G]), `advantages` (rewards -> advantages) and `loss` (one micro-batch -> loss). GCPO, SALT,
+GRAO and CoPG override one of them; the maths is in `align.algos`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from align import algos
+from align.config import Config
+from align.rewards import compute_rewards, load_reward_functions
+
+
+@dataclass
+class Scores:
+    rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
+    components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
+    flat = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+    return flat.view(-1, group_size)
+
+
+def nan_stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
+    """Mean and std over the non-None (non-nan) entries."""
+    present = values[~values.isnan()]
+    if present.numel() == 0:
+        return {}
+    std = present.std(unbiased=False).item() if present.numel() > 1 else 0.0
+    return {f"{prefix}/mean": present.mean().item(), f"{prefix}/std": std}
+
+
+class GRPO:
+    name = "grpo"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.weights)
+
+    def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
+        result = compute_rewards(
+            self.reward_functions, prompts, completions, columns, completion_ids,
+            trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s,
+        )
+        components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
+        metrics: dict[str, float] = {}
+        for name, vals in components.items():
+            metrics |= nan_stats(f"reward/{name}", vals)
+        return Scores(_as_groups(result.total, group_size), components, metrics)
+
+    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        c = self.cfg.loss
+        return algos.group_advantages(
+            rewards, valid, baseline=c.baseline, scale=c.scale, ddof=c.ddof, eps=c.adv_eps, small_group=c.small_group
+        )
+
+    def loss(self, logp, old_logp, adv_tok, mask, *, ref_logp, is_weights, num_tokens, num_seqs):
+        c = self.cfg.loss
+        return algos.grpo_loss(
+            logp, old_logp, adv_tok, mask,
+            ref_logp=ref_logp, beta=0.0 if c.kl_in_reward else c.beta, kl_kind=c.kl_kind, kl_clamp=c.kl_clamp,
+            eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=c.dual_clip, delta=c.delta,
+            ratio_level=c.ratio_level, is_weights=is_weights, agg=c.agg, const_len=self.cfg.rollout.max_tokens,
+            num_tokens=num_tokens, num_seqs=num_seqs,
+        )

@@ -1,0 +1,54 @@
+"""The prompt stream: which dataset rows each rank trains on at each step, resumable exactly.
+
+Every rank walks the same seeded permutation of the dataset (reshuffled each epoch) and takes its
+own slice of each global batch, so ranks never see the same prompt within a step and the data
+position is one pair of integers that a checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PromptStream:
+    def __init__(self, dataset, seed: int, rank: int = 0, world_size: int = 1):
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty; check data.source and data.split")
+        self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.dataset), generator=gen).tolist()
+
+    def _take_global(self, count: int) -> list[int]:
+        indices = []
+        while len(indices) < count:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            indices.append(self._order[self.position])
+            self.position += 1
+        return indices
+
+    def next_rows(self, global_count: int) -> list[dict]:
+        """This rank's share of the next `global_count` prompts (global_count % world_size == 0)."""
+        share = global_count // self.world_size
+        indices = self._take_global(global_count)[self.rank * share : (self.rank + 1) * share]
+        return [self.dataset[i] for i in indices]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation()
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt: chat messages go through the chat template, plain text is used as is."""
+    if isinstance(prompt, list):
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
