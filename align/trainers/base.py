@@ -188,16 +188,20 @@ class Trainer:
         return flat, scores
 
     def _collect(self, step: int, n_prompts: int, g: int, timers) -> SimpleNamespace:
-        """Generate and score this rank's share of prompts; refill zero-variance groups if asked."""
+        """Generate and score this rank's share of prompts.
+
+        With dynamic sampling (DAPO), groups whose rewards are all equal carry no policy gradient:
+        they are dropped and more prompts are generated, for up to `dynamic_sampling_max_rounds`
+        rounds; if that is not enough, dropped groups fill the rest so the batch keeps its size.
+        """
         lc = self.cfg.loss
-        kept_rows, kept_groups, kept_rewards, kept_scores = [], [], [], []
-        spare = []  # zero-variance groups, used only if refilling runs out of rounds
         local = n_prompts // self.world
+        kept: list[tuple] = []  # (row, completions, rewards [G], valid [G]) per prompt
+        dropped: list[tuple] = []
         zero_std = total = 0
         for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
-            need = local - len(kept_rows)
             t0 = time.perf_counter()
-            rows = self.prompts.next_rows(need * self.world)
+            rows = self.prompts.next_rows((local - len(kept)) * self.world)
             groups = self._generate(step, rows, g, round_)
             timers["generate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -205,41 +209,31 @@ class Trainer:
             lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
             rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer, lc.overlong_penalty)
             timers["reward"] += time.perf_counter() - t0
-            informative = informative_groups(rewards, torch.ones_like(rewards, dtype=torch.bool))
+            informative = informative_groups(rewards, scores.valid)
             zero_std += int((~informative).sum())
             total += len(rows)
             for i, row in enumerate(rows):
-                target = kept_rows if (informative[i] or not lc.dynamic_sampling) else None
-                entry = (row, groups[i], rewards[i], {k: v[i] for k, v in scores.components.items()})
-                if target is not None and len(kept_rows) < local:
-                    kept_rows.append(entry[0]); kept_groups.append(entry[1]); kept_rewards.append(entry[2]); kept_scores.append(entry[3])
-                else:
-                    spare.append(entry)
-            if len(kept_rows) == local:
+                keep = informative[i] or not lc.dynamic_sampling
+                (kept if keep else dropped).append((row, groups[i], rewards[i], scores.valid[i]))
+            if len(kept) == local:
                 break
-        for entry in spare[: local - len(kept_rows)]:
-            kept_rows.append(entry[0]); kept_groups.append(entry[1]); kept_rewards.append(entry[2]); kept_scores.append(entry[3])
-        flat = [c for group in kept_groups for c in group]
-        gen_tokens = sum(len(c.token_ids) for c in flat)
+        kept += dropped[: local - len(kept)]
+        rows, groups, rewards, valid = zip(*kept)
+        flat = [c for group in groups for c in group]
         lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
-        truncated = torch.tensor([c.finish_reason == "length" for c in flat])
-        metrics = dict(scores.metrics) if not lc.dynamic_sampling else {}
+        metrics = dict(scores.metrics)  # the reward functions' own statistics (last round)
         metrics |= {
             "zero_std_frac": zero_std / max(total, 1),
             "completion_len/mean": lengths.mean().item(),
             "completion_len/max": lengths.max().item(),
-            "truncated_frac": truncated.float().mean().item(),
-            "tokens_per_s/generate": gen_tokens / max(timers["generate"], 1e-9),
+            "truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat),
+            "tokens_per_s/generate": lengths.sum().item() / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
-        samples = [
-            {"prompt": str(row["prompt"])[-200:], "completion": c.text, "reward": float(rew[j])}
-            for row, group, rew in zip(kept_rows, kept_groups, kept_rewards) for j, c in enumerate(group[:1])
-        ]
-        return SimpleNamespace(
-            rows=kept_rows, flat=flat, rewards=torch.stack(kept_rewards), valid=torch.ones(len(kept_rows), g, dtype=torch.bool),
-            truncated=truncated, metrics=metrics, samples=samples,
-        )
+        samples = [{"prompt": str(row["prompt"])[-200:], "completion": group[0].text, "reward": float(rew[0])}
+                   for row, group, rew in zip(rows, groups, rewards)]
+        return SimpleNamespace(flat=flat, rewards=torch.stack(rewards), valid=torch.stack(valid),
+                               metrics=metrics, samples=samples)
 
     # ------------------------------------------------------------------------------- training
     def _sequences(self, rollout, idx: list[int]):

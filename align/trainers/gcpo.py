@@ -39,7 +39,8 @@ class GCPO(GRPO):
             gate_aux_on_correct=g.gate_aux_on_correct, gate_len_on_correct=g.gate_len_on_correct,
             use_length=g.use_length,
         )
-        return Scores(rewards, {"accuracy": acc, "format": fmt, "aux": aux, "length": length}, gcpo_metrics(acc, fmt, used_aux, length, contrast, g.l_max, g.w_len))
+        valid = torch.ones_like(rewards, dtype=torch.bool)
+        return Scores(rewards, valid, {"accuracy": acc, "format": fmt, "aux": aux, "length": length}, gcpo_metrics(acc, fmt, used_aux, length, contrast, g.l_max, g.w_len))
 
 
 def gcpo_metrics(acc, fmt, used_aux, length, contrast, l_max: int, w_len: float) -> dict[str, float]:

@@ -19,6 +19,7 @@ from align.rewards import compute_rewards, load_reward_functions
 @dataclass
 class Scores:
     rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
+    valid: torch.Tensor  # [P, G] bool: False where no reward function applied (TRL: advantage 0)
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -53,7 +54,9 @@ class GRPO:
         metrics: dict[str, float] = {}
         for name, vals in components.items():
             metrics |= nan_stats(f"reward/{name}", vals)
-        return Scores(_as_groups(result.total, group_size), components, metrics)
+        valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
+        metrics["reward/unscorable_frac"] = 1.0 - valid.float().mean().item()
+        return Scores(_as_groups(result.total, group_size), valid, components, metrics)
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         c = self.cfg.loss

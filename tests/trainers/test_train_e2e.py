@@ -101,3 +101,16 @@ def test_reward_function_error_names_the_function(cache_dir, tmp_path):
     assert proc.returncode != 0
     line = next(l for l in proc.stderr.splitlines() if l.startswith("align: error:"))
     assert "broken" in line and "Traceback" not in proc.stderr
+
+
+def test_dapo_options_reference_model_and_several_updates(cache_dir, tmp_path):
+    """KL to a reference model, mu=2 passes, dynamic sampling, overlong penalty, truncation masking."""
+    run_dir = tmp_path / "opts"
+    launch(cache_dir, "train.steps=2", "loss.beta=0.04", "train.updates_per_batch=2", "loss.dynamic_sampling=true",
+           "loss.overlong_buffer=4", "loss.mask_truncated=true", "loss.eps_high=0.28", "loss.agg=token_mean",
+           "train.lr=1e-3", f"log.run_dir={run_dir}")
+    rows = read_metrics(run_dir)
+    assert len(rows) == 2
+    # With mu=2, the second pass sees a changed policy; the KL to the reference becomes non-zero.
+    assert rows[-1]["kl"] > 0
+    assert 0 <= rows[-1]["zero_std_frac"] <= 1
