@@ -7,6 +7,7 @@ an ordinary checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import torch
 from align.models.tiny import PRESETS, tiny_model_path
 
 DEFAULT_CACHE_DIR = "~/.cache/align"
+# Built-in models derived from a preset by code in this repo (e.g. a supervised warm start), as
+# "module:function(cache_dir, seed) -> folder"; imported lazily because the builders import this module.
+DERIVED_BUILTINS = {"tiny-geometry": "align.models.warm_start:geometry_warm_start_path"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,6 +35,9 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model_path(name: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
     """Map a model name to what `from_pretrained` should receive: a local folder or a hub id."""
     base, _, seed = name.partition("@")
+    if base in DERIVED_BUILTINS:
+        module, _, function = DERIVED_BUILTINS[base].partition(":")
+        return str(getattr(importlib.import_module(module), function)(cache_dir, int(seed or 0)))
     if base in PRESETS:
         return str(tiny_model_path(cache_dir, base, int(seed or 0)))
     path = Path(name).expanduser()

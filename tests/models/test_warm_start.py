@@ -1,0 +1,135 @@
+"""The geometry warm start: masking, the 50/50 style mix, determinism, caching, loading (transformers, vLLM)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from align.data.geometry import FAMILIES, generate_geometry_rows
+from align.models import load_model, load_tokenizer, resolve_model_path
+from align.models.warm_start import (
+    WarmStartConfig,
+    build_geometry_warm_start,
+    collate,
+    draw_batch,
+    encode_sft_example,
+    geometry_style_report,
+    sample_geometry_completions,
+    sft_examples,
+)
+
+FAST = dict(steps=12, batch_size=8, warmup_steps=2)  # enough to move the weights, seconds on 2 cores
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_path):
+    return load_tokenizer(tiny_path)
+
+
+@pytest.fixture(scope="module")
+def fast_build(cache_dir):
+    return build_geometry_warm_start(cache_dir, seed=0, **FAST)
+
+
+def test_only_completion_tokens_carry_loss(tokenizer):
+    prompt = [{"role": "user", "content": "Angles on a line: one is 30. Find the other."}]
+    ids, labels = encode_sft_example(tokenizer, prompt, "<think>x=180-30</think><answer>150</answer>")
+    completion = tokenizer("<think>x=180-30</think><answer>150</answer>", add_special_tokens=False)["input_ids"]
+    n_prompt = len(ids) - len(completion) - 1
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == completion + [tokenizer.eos_token_id] == ids[n_prompt:]
+    batch = collate([(ids, labels), (ids[:5], labels[:5])], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, len(ids))
+    assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (len(ids) - 5)
+    assert (batch["labels"][1, 5:] == -100).all()
+
+
+def test_every_family_is_trained_in_both_styles(tokenizer):
+    examples = sft_examples(tokenizer)
+    assert set(examples) == set(FAMILIES)
+    aux_token = tokenizer.convert_tokens_to_ids("<aux>")
+    config = WarmStartConfig(batch_size=512)
+    batch = draw_batch(examples, config, torch.Generator().manual_seed(0))
+    for name, pool in examples.items():
+        drawn = [ex for ex in batch if any(ex is p for p in pool)]
+        share_aux = sum(aux_token in ids for ids, _ in drawn) / len(drawn)
+        assert len(drawn) > 30 and 0.3 < share_aux < 0.7, (name, len(drawn), share_aux)
+
+
+def test_build_is_cached_loadable_and_deterministic(fast_build, cache_dir, tmp_path):
+    path = Path(fast_build)
+    meta = json.loads((path / "warm_start.json").read_text())
+    assert meta["config"]["steps"] == FAST["steps"] and meta["final_loss"] > 0
+    assert not list(path.parent.glob("*.tmp-*"))  # the temp folder was renamed away
+    weights = load_file(path / "model.safetensors")
+    base = load_file(Path(resolve_model_path("tiny", cache_dir)) / "model.safetensors")
+    assert any(not torch.equal(weights[k], base[k]) for k in base)  # training moved the weights
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert build_geometry_warm_start(cache_dir, seed=0, **FAST) == path  # reused, not rebuilt
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    again = build_geometry_warm_start(tmp_path, seed=0, **FAST)  # same seed elsewhere: same weights
+    other = load_file(again / "model.safetensors")
+    assert all(torch.equal(weights[k], other[k]) for k in weights)
+    model = load_model(str(path))
+    assert model.config.tie_word_embeddings and model.config.vocab_size == len(load_tokenizer(str(path)))
+
+
+def test_bad_option_is_named(cache_dir):
+    with pytest.raises(ValueError, match="stepz"):
+        build_geometry_warm_start(cache_dir, stepz=3)
+
+
+def test_builtin_name_resolves_to_the_warm_start(fast_build, cache_dir, monkeypatch):
+    import align.models.warm_start as warm_start
+
+    monkeypatch.setattr(warm_start, "geometry_warm_start_path",
+                        lambda cache, seed=0: build_geometry_warm_start(cache, seed=seed, **FAST))
+    assert resolve_model_path("tiny-geometry", cache_dir) == str(fast_build)
+    assert resolve_model_path("tiny-geometry@0", cache_dir) == str(fast_build)
+
+
+def test_style_report_counts(fast_build):
+    rows = generate_geometry_rows("test", 2, families=["supplement"])
+    completions = [[rows[0]["solution_aux"], "<think>x</think><answer>1</answer>"], [rows[1]["solution_direct"]] * 2]
+    report = geometry_style_report(rows, completions)["supplement"]
+    assert report == {"accuracy": 0.75, "aux_rate": 0.25, "acc_with_aux": 1.0, "acc_without_aux": 2 / 3,
+                      "pass_at_k": 1.0, "n": 4}
+    model, tok = load_model(str(fast_build)), load_tokenizer(str(fast_build))
+    sampled = sample_geometry_completions(model, tok, rows, samples_per_prompt=3, max_new_tokens=8)
+    assert [len(s) for s in sampled] == [3, 3] and all(isinstance(t, str) for s in sampled for t in s)
+
+
+@pytest.mark.vllm
+def test_vllm_loads_the_warm_start(fast_build):
+    vllm = pytest.importorskip("vllm")
+    tok = load_tokenizer(str(fast_build))
+    text = tok.apply_chat_template(generate_geometry_rows("test", 1)[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    llm = vllm.LLM(model=str(fast_build), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 << 20, seed=0)
+    try:
+        out = llm.generate([{"prompt_token_ids": prompt}], vllm.SamplingParams(max_tokens=8, temperature=0.0, logprobs=0),
+                           use_tqdm=False)[0].outputs[0]
+    finally:
+        del llm
+    model = load_model(str(fast_build))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + list(out.token_ids)])).logits[0, len(prompt) - 1 : -1]
+    hf = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(out.token_ids)[:, None])[:, 0]
+    engine = torch.tensor([next(iter(d.values())).logprob for d in out.logprobs])
+    torch.testing.assert_close(engine, hf, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_default_warm_start_is_calibrated(cache_dir):
+    """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated, and
+    in the families where aux hurts, direct answers beat aux answers."""
+    path = resolve_model_path("tiny-geometry", cache_dir)
+    model, tok = load_model(path), load_tokenizer(path)
+    rows = generate_geometry_rows("test", 400, seed=1)
+    report = geometry_style_report(rows, sample_geometry_completions(model, tok, rows, samples_per_prompt=4))
+    assert 0.15 <= report["all"]["accuracy"] <= 0.6
+    hurts = [report[n] for n, f in FAMILIES.items() if not f.aux_helps]
+    assert sum(r["acc_without_aux"] - r["acc_with_aux"] for r in hurts) / len(hurts) > 0.1
+    assert all(0.2 < report[n]["aux_rate"] < 0.8 for n in FAMILIES)
