@@ -43,9 +43,10 @@ __all__ = [
     "run_episodes",
 ]
 
-# On CPU, below this many parameters transformers' generate beats vLLM (whose fixed per-step
-# scheduling cost dominates a tiny forward pass). bench/rollout.py, 16 prompts x 8 x 32 tokens on
-# 2 cores: at 0.8M parameters HF is ~2x faster, at 40M vLLM is (see bench/results/rollout.json).
+# On CPU, below this many parameters use transformers' generate. bench/rollout.py, 16 prompts x 8 x
+# 32 tokens on 2 cores: at 0.8M parameters the two are within noise (HF 7.0k vs vLLM 7.8k tok/s on a
+# quiet machine, 4.5k vs 2.3k under load) and HF starts in 0.2 s against vLLM's 5 s; at 40M vLLM is
+# 2-4x faster (839 vs 200-440 tok/s). See bench/results/rollout.json and align/rollout/README.md.
 AUTO_VLLM_MIN_PARAMS_CPU = 5_000_000
 
 

@@ -160,15 +160,18 @@ class RolloutEngine(ABC):
         self._sent_checksums = {name: tensor_checksum(t) for name, t in tensors}
         self._weight_version += 1
 
-    def sync_from(self, model, *, verify: bool = True, version: int | None = None) -> SyncReport:
+    def sync_from(self, model, *, verify: bool = True, version: int | None = None,
+                  named_tensors: Iterable[tuple[str, torch.Tensor]] | None = None) -> SyncReport:
         """Load `model`'s weights (LoRA merged, tied weights included), then check the probe.
 
         Raises WeightSyncError when the mean absolute logprob difference on the probe exceeds
         `probe_tolerance`, naming the tensors that explain it where it can find them. `version`
         sets the weight version instead of counting up (a resumed run continues its numbering).
+        `named_tensors`, when given, is what gets loaded instead of reading `model` (a ZeRO-3
+        trainer passes its module-by-module gather); the probe still runs `model`'s forward.
         """
         start = time.perf_counter()
-        self.load_weights(merged_named_tensors(model))
+        self.load_weights(merged_named_tensors(model) if named_tensors is None else named_tensors)
         if version is not None:
             self._weight_version = version
         diff = self.verify(model) if verify else float("nan")
