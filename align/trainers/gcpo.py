@@ -22,7 +22,7 @@ class GCPO(GRPO):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         g = cfg.gcpo
-        self.reward_functions = load_reward_functions([g.accuracy_reward, g.format_reward, g.aux_reward], None)
+        self.reward_functions = load_reward_functions([g.accuracy_reward, g.format_reward, g.aux_reward], None, cfg.reward.options)
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         g = self.cfg.gcpo

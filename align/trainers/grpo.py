@@ -43,7 +43,7 @@ class GRPO:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.weights)
+        self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.weights, cfg.reward.options)
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         result = compute_rewards(
