@@ -63,6 +63,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.3  # vLLM's share of GPU memory when colocated
     sleep_mode: bool = False  # GPU only: free vLLM memory during the training phase
     tensor_parallel_size: int = 1
+    # Seed each prompt's samples from its position in the global batch instead of the rank: the same
+    # completions on any number of processes (for exact data-parallel checks). Generates prompt by
+    # prompt, so it costs batching; off for training runs.
+    seed_per_prompt: bool = False
     verify_sync: bool = True  # score a fixed probe in engine and trainer after every sync
     probe_tolerance: float | None = None  # None = per-dtype default
 
@@ -71,6 +75,8 @@ class RolloutConfig:
 class RewardConfig:
     functions: list[str] = field(default_factory=lambda: ["math_accuracy"])  # names or path.py:function
     weights: list[float] | None = None
+    # keyword arguments bound to a function, keyed by its spec, e.g. {length_reward: {l_max: 64}}
+    options: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 60.0
 
 
@@ -212,7 +218,7 @@ def find_recipe(name: str) -> Path:
     )
 
 
-FREE_FORM = ("data.options",)  # dict-valued keys whose sub-keys belong to the task, not the schema
+FREE_FORM = ("data.options", "reward.options")  # dict-valued keys whose sub-keys belong to the task, not the schema
 
 
 def is_known_key(key: str) -> bool:
