@@ -17,18 +17,36 @@ from align.config import Config, config_to_yaml, load_config, validate  # noqa: 
 from align.errors import exit_on_user_error  # noqa: E402
 
 
-def make_accelerator():
+def make_accelerator(cfg: Config | None = None):
+    """The Accelerator for this launch: plain, DDP, or DeepSpeed ZeRO as the launcher says.
+
+    Under DeepSpeed (`accelerate launch --config_file launch/zero3.yaml ...`, or `--use_deepspeed`)
+    the launch config's JSON is completed from `cfg` (clipping, precision, accumulation; see
+    align.trainers.distributed.fill_deepspeed_config) and handed over as an explicit plugin.
+    """
     import os
 
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     # Several CPU processes talk over gloo (the default NCCL backend needs GPUs). WORLD_SIZE is
     # the launcher's (accelerate launch / torchrun) contract with every process it starts.
-    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed_cpu else []
-    return Accelerator(kwargs_handlers=handlers)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not torch.cuda.is_available() else []
+    plugin = None
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and cfg is not None:
+        from align.trainers.base import resolve_dtype
+        from align.trainers.distributed import fill_deepspeed_config
+
+        launched = DeepSpeedPlugin()  # reads the launcher's DeepSpeed JSON / --zero_stage from the environment
+        filled = fill_deepspeed_config(
+            launched.deepspeed_config, max_grad_norm=cfg.train.max_grad_norm, dtype=resolve_dtype(cfg.model.dtype),
+            batch_size=cfg.train.batch_size, world_size=world,
+        )
+        plugin = DeepSpeedPlugin(hf_ds_config=filled, zero3_init_flag=launched.zero3_init_flag)
+    # Not Accelerator(cpu=True): it silently drops the DeepSpeed plugin (ENVIRONMENT.md).
+    return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers)
 
 
 def resolve_run_dir(cfg: Config, accelerator) -> Path:
@@ -48,9 +66,9 @@ def resolve_run_dir(cfg: Config, accelerator) -> Path:
 
 
 def build_algorithm(cfg: Config):
-    from align.trainers import ALGORITHMS
+    from align.trainers import algorithm_class
 
-    return ALGORITHMS[cfg.algo](cfg)
+    return algorithm_class(cfg.algo)(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(argv)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
     run_dir = resolve_run_dir(cfg, accelerator)
     if accelerator.is_main_process:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,14 @@ from align.models import apply_lora, load_model, load_tokenizer, resolve_model_p
 from align.rollout import SamplingSettings, make_engine
 from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
+from align.trainers.distributed import (
+    max_over_ranks,
+    outside_zero3_init,
+    prepare_reference_model,
+    rollout_metrics_over_ranks,
+    split_to_count,
+    sync_named_tensors,
+)
 from align.trainers.logger import RunLogger
 from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.shaping import informative_groups, overlong_penalty
@@ -60,6 +69,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = _make_scheduler(optimizer, t.lr_schedule, t.warmup_steps, t.steps * t.updates_per_batch)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
+            self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
         d = cfg.data
         dataset = load_prompt_dataset(
@@ -67,7 +78,8 @@ class Trainer:
             system_prompt=d.system_prompt, **d.options,
         )
         self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
-        self.engine = self._make_engine()
+        with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
+            self.engine = self._make_engine()
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -100,9 +112,13 @@ class Trainer:
         state = load_checkpoint(self.acc, path)
         self.start_step = state["step"]
         self.prompts.load_state_dict(state["prompts"])
-        self.engine.sync_from(self.acc.unwrap_model(self.model), verify=self.cfg.rollout.verify_sync,
-                              version=state["weight_version"])
+        self._sync_engine(version=state["weight_version"])
         self.logger.print(f"resumed from {path} at step {self.start_step}")
+
+    def _sync_engine(self, version: int | None = None):
+        # Under ZeRO-3 every rank gathers module by module and runs the probe forward (collectives).
+        return self.engine.sync_from(self.acc.unwrap_model(self.model), verify=self.cfg.rollout.verify_sync,
+                                     version=version, named_tensors=sync_named_tensors(self.acc, self.model))
 
     # ------------------------------------------------------------------------------------- loop
     def train(self) -> None:
@@ -143,7 +159,7 @@ class Trainer:
         g = cfg.rollout.num_generations
         n_prompts = cfg.train.batch_size // g
         rollout = self._collect(step, n_prompts, g, timers)
-        metrics = dict(rollout.metrics)
+        metrics = rollout_metrics_over_ranks(self.acc, rollout.metrics)
 
         # Advantages over the global batch: group statistics are per prompt, but `scale=batch`
         # needs every rank's rewards, so gather once and slice this rank's rows back.
@@ -160,7 +176,7 @@ class Trainer:
         timers["train"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = self.engine.sync_from(self.acc.unwrap_model(self.model), verify=cfg.rollout.verify_sync)
+        report = self._sync_engine()
         timers["sync"] += time.perf_counter() - t0
         metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
         metrics |= {f"time/{k}": v for k, v in timers.items()}
@@ -175,7 +191,14 @@ class Trainer:
         seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31 + round_) % (2**31)
         sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, stop=list(r.stop), seed=seed)
-        return self.engine.generate(prompt_ids, g, sampling)
+        if not r.seed_per_prompt:
+            return self.engine.generate(prompt_ids, g, sampling)
+        # rows are this rank's slice of the round's global draw (PromptStream.next_rows), so
+        # rank * len(rows) + i is prompt i's global position: seeds that ignore the rank split.
+        first = self.rank * len(rows)
+        base = (self.cfg.train.seed * 1_000_003 + step * 1009 + round_ * 7919) % (2**31)
+        return [self.engine.generate([ids], g, replace(sampling, seed=(base + (first + i) * 104_729) % (2**31)))[0]
+                for i, ids in enumerate(prompt_ids)]
 
     def _score(self, step: int, rows: list[dict], groups, g: int):
         flat = [c for group in groups for c in group]
@@ -263,6 +286,8 @@ class Trainer:
         num_tokens = self.acc.reduce(local_tokens, reduction="sum").item()
         num_seqs = float(len(flat) * self.world)
         groups = token_budget_groups([(len(c.prompt_ids), len(c.token_ids)) for c in flat], cfg.train.micro_batch_tokens)
+        # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
+        groups = split_to_count(groups, max_over_ranks(self.acc, len(groups)))
 
         # Constants of the step: reference logprobs (KL) and, when the batch is reused (mu > 1),
         # the trainer's own pre-update logprobs as pi_old. With mu = 1, pi_old is the current
@@ -301,17 +326,20 @@ class Trainer:
                 if update == 0:
                     sums["loss"] += loss.item()
                     sums["tokens"] += n
-                    for k, v in m.items():
-                        sums[k] += float(v) * n
+                    for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
+                        sums[k] += float(v) if k in _ADDITIVE_METRICS else float(v) * n
                     sums["entropy"] += (entropy * mask).sum().item()
                     sums["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        # Metrics over every rank's tokens, not rank 0's alone (one reduce for all).
+        names = sorted(sums)
+        totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
+        sums = dict(zip(names, totals.tolist()))
         tokens = max(sums.pop("tokens"), 1.0)
-        out = {"loss": self.acc.reduce(torch.tensor(sums.pop("loss"), device=self.acc.device), "sum").item()}
-        out |= {k: v / tokens for k, v in sums.items()}
+        out = {k: v if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
         return out
 
@@ -325,6 +353,11 @@ class Trainer:
                                       **d.options)
         return evaluate_engine(self.engine, self.tokenizer, dataset, self.algo.reward_functions[0],
                                self.cfg.rollout, k=1, seed=self.cfg.train.seed)
+
+
+# Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
+# and ranks); every other loss metric is a mean over the shard's tokens (token-weighted average).
+_ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens"})
 
 
 class _nullcontext:

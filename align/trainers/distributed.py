@@ -1,0 +1,252 @@
+"""What data parallelism and DeepSpeed ZeRO need from the loop, kept out of the loop itself.
+
+- `fill_deepspeed_config`: the launch config's DeepSpeed JSON completed from our Config, so the
+  numbers that matter (clipping, precision, accumulation) come from the recipe, not from the JSON.
+- `split_to_count`: every rank runs the same number of micro-batches (under ZeRO each forward and
+  backward is a collective; one rank doing an extra micro-batch would hang the others).
+- `sync_named_tensors`: the trainer's weights for the rollout engine; under ZeRO-3 gathered one
+  module at a time, so no rank ever materialises the whole model on its device.
+- `prepare_reference_model` / `outside_zero3_init`: frozen models beside a ZeRO-3 trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+
+from align.config import ConfigError
+from align.models.lora import _clean_name
+
+# DeepSpeed keys the loop depends on; "auto" (or absent) means "align fills it from the recipe".
+_AUTO = "auto"
+
+
+class DistributedConfigError(ConfigError):
+    """The launch configuration contradicts the recipe; the message names both and the fix."""
+
+
+def zero_stage(accelerator) -> int:
+    """The DeepSpeed ZeRO stage the accelerator runs (0 without DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.deepspeed_config["zero_optimization"].get("stage", 0))
+
+
+def _fill(section: dict, key: str, value, source: str, what: str) -> None:
+    """Set section[key] = value where it is "auto" or absent; a different explicit value is an error."""
+    current = section.get(key, _AUTO)
+    if current == _AUTO:
+        section[key] = value
+    elif current != value:
+        raise DistributedConfigError(
+            f"DeepSpeed config sets {what}={current!r} but {source} gives {value!r}; set it to \"auto\" in the "
+            f"DeepSpeed JSON (align fills it from the recipe) or change {source}"
+        )
+
+
+def fill_deepspeed_config(ds_config: dict, *, max_grad_norm: float, dtype: str, batch_size: int,
+                          world_size: int) -> dict:
+    """A copy of `ds_config` with the values the training loop depends on filled from the recipe.
+
+    - gradient_clipping = train.max_grad_norm (DeepSpeed clips inside engine.step).
+    - bf16 / fp16 enabled iff the model dtype is bfloat16 / float16 (fp32 master weights then).
+    - gradient_accumulation_steps = 1: the loop accumulates micro-batches itself (losses are
+      additive shares of a globally normalised loss) and marks the last one with
+      `accelerator.sync_gradients`; DeepSpeed's own accumulation would divide the loss by GAS.
+    - train_micro_batch_size_per_gpu = completions per rank per optimizer step. DeepSpeed only uses
+      it for bookkeeping (train_batch_size = micro x GAS x world); token-budget micro-batches vary.
+    - ZeRO-3: stage3_gather_16bit_weights_on_model_save = true (the final HF export needs it).
+    Explicit values that contradict the recipe raise DistributedConfigError.
+    """
+    if "zero_optimization" not in ds_config:
+        raise DistributedConfigError("DeepSpeed config has no zero_optimization section; add {\"stage\": 2} or {\"stage\": 3}")
+    cfg = copy.deepcopy(ds_config)
+    _fill(cfg, "gradient_clipping", float(max_grad_norm), "train.max_grad_norm", "gradient_clipping")
+    _fill(cfg, "gradient_accumulation_steps", 1, "align's own token-budget accumulation (it needs 1)",
+          "gradient_accumulation_steps")
+    cfg["train_micro_batch_size_per_gpu"] = max(batch_size // world_size, 1)  # bookkeeping only
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from the two above
+    if cfg["zero_optimization"].get("stage") == 3:
+        # The run ends with a consolidated HF export, which under ZeRO-3 needs the weights gathered.
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    for name, torch_dtype in (("bf16", "bfloat16"), ("fp16", "float16")):
+        section = cfg.setdefault(name, {})
+        _fill(section, "enabled", dtype == torch_dtype, f"model.dtype={dtype}", f"{name}.enabled")
+    return cfg
+
+
+def split_to_count(groups: list[list[int]], count: int) -> list[list[int]]:
+    """Split the largest micro-batches in two until there are `count` of them.
+
+    Every piece stays within the token budget (it is a part of a group that was). Ranks whose
+    token-budget grouping gave fewer micro-batches than the busiest rank call this with the
+    busiest rank's count. Raises ValueError when there are fewer sequences than `count`.
+    """
+    total = sum(len(g) for g in groups)
+    if count > total:
+        raise ValueError(f"split_to_count: cannot make {count} micro-batches from {total} sequences")
+    out = [list(g) for g in groups]
+    while len(out) < count:
+        largest = max(range(len(out)), key=lambda i: len(out[i]))
+        group = out.pop(largest)
+        half = (len(group) + 1) // 2
+        out[largest:largest] = [group[:half], group[half:]]
+    return out
+
+
+def max_over_ranks(accelerator, value: int) -> int:
+    """The largest `value` any rank holds (every rank must call it)."""
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
+
+
+def rollout_metrics_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Rank-local rollout metrics made global (every rank must call it, with the same keys).
+
+    Ranks hold equal numbers of prompts and completions, so the mean of their means is the global
+    mean; "*/max" keys take the maximum and "tokens_per_s/*" the sum (throughput of all ranks).
+    Spreads ("*/std") become the mean of the ranks' spreads, an approximation.
+    """
+    if accelerator.num_processes == 1 or not metrics:
+        return dict(metrics)
+    names = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in names], dtype=torch.float64, device=accelerator.device)
+    per_rank = accelerator.gather(values[None]).cpu()  # [world, K]
+    out = {}
+    for i, name in enumerate(names):
+        column = per_rank[:, i]
+        if name.endswith("/max"):
+            out[name] = float(column.max())
+        elif name.startswith("tokens_per_s/"):
+            out[name] = float(column.sum())
+        else:
+            out[name] = float(column.mean())
+    return out
+
+
+# ----------------------------------------------------------------------------------- weight sync
+def _lora_layer_types() -> tuple[type, ...]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return ()
+    return (LoraLayer,)
+
+
+def _sync_units(model) -> Iterator[tuple[str, torch.nn.Module, bool]]:
+    """(name, module, recurse) units in state_dict order: a LoRA layer with its adapter as one unit
+    (its merged weight needs both), otherwise each module with its own direct parameters."""
+    lora_types = _lora_layer_types()
+    inside_lora: tuple[str, ...] = ()
+    for name, module in model.named_modules():
+        if inside_lora and name.startswith(inside_lora):
+            continue
+        if lora_types and isinstance(module, lora_types):
+            inside_lora = (name + ".",)
+            yield name, module, True
+        elif any(True for _ in module.parameters(recurse=False)) or module._buffers:
+            yield name, module, False
+
+
+def _persistent_buffers(prefix: str, module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for key, buf in module._buffers.items():
+        if buf is not None and key not in module._non_persistent_buffers_set:
+            yield f"{prefix}{key}", buf
+
+
+def _unit_tensors(name: str, module: torch.nn.Module, is_lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The unit's checkpoint-named tensors; a LoRA layer yields base weight + delta (not in place)."""
+    prefix = f"{name}." if name else ""
+    if is_lora:
+        base = module.get_base_layer()
+        weight = base.weight.detach().clone()
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                weight += module.get_delta_weight(adapter).to(weight.dtype)
+        yield _clean_name(f"{prefix}base_layer.weight"), weight
+        if getattr(base, "bias", None) is not None:
+            yield _clean_name(f"{prefix}base_layer.bias"), base.bias.detach().clone()
+        return
+    for key, param in module._parameters.items():
+        if param is not None:
+            yield _clean_name(prefix + key), param.detach().clone()
+    for key, buf in _persistent_buffers(prefix, module):
+        yield _clean_name(key), buf.detach().clone()
+
+
+@torch.no_grad()
+def gathered_named_tensors(model, offload_to: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Full (name, tensor) pairs of a ZeRO-3-sharded model, gathering one module at a time.
+
+    Every rank must iterate it to the end (each gather is a collective). Names and values are those
+    of `align.models.merged_named_tensors` (LoRA merged, tied weights under every name). Tensors are
+    copied to `offload_to` before the module's shards are released, so the device never holds more
+    than one gathered module beyond its shards. Works unchanged on an unsharded model.
+    """
+    import deepspeed
+
+    for name, module, recurse in _sync_units(model):
+        params = list(module.parameters(recurse=recurse))
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for tensor_name, tensor in _unit_tensors(name, module, recurse):
+                yield tensor_name, tensor.to(offload_to)
+
+
+def sync_named_tensors(accelerator, model) -> Iterator[tuple[str, torch.Tensor]] | None:
+    """What the rollout engine is loaded from: None means "read `model` directly" (its full weights
+    are local); under ZeRO-3 the module-by-module gather above, on every rank."""
+    if zero_stage(accelerator) < 3:
+        return None
+    return gathered_named_tensors(accelerator.unwrap_model(model))
+
+
+# ------------------------------------------------------------------------------ frozen models
+@contextlib.contextmanager
+def outside_zero3_init(accelerator) -> Iterator[None]:
+    """A context in which from_pretrained builds full, unsharded models even under ZeRO-3
+    (rollout engines keep their own copy of the weights; they are not trained).
+
+    transformers decides on zero.Init from a module-level weak reference to the DeepSpeed config;
+    it is cleared for the block and restored after. (accelerate's zero3_init_context_manager
+    re-registers a stage-3 config, which transformers still reads as "zero.Init on".)
+    """
+    if zero_stage(accelerator) < 3:
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def prepare_reference_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """Make a frozen model usable beside the trainer.
+
+    Under ZeRO-3 it is wrapped in an inference-only DeepSpeed engine with the trainer's sharding,
+    so its forward gathers layers on the fly like the trainer's (every rank must then run the same
+    number of forwards). Otherwise its full weights are local and it is returned on the device.
+    Call after `accelerator.prepare` of the trained model (that fills the config's "auto" values).
+    """
+    if zero_stage(accelerator) < 3:
+        return model.to(accelerator.device).eval()
+    import deepspeed
+
+    ds_config = copy.deepcopy(accelerator.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        ds_config.pop(key, None)
+    # Nothing to offload or step for a frozen model; keep only the parameter sharding.
+    ds_config["zero_optimization"].pop("offload_optimizer", None)
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    return engine
+
