@@ -35,7 +35,8 @@ def make_accelerator(cfg: Config | None = None):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     handlers = [InitProcessGroupKwargs(backend="gloo")] if world > 1 and not torch.cuda.is_available() else []
     plugin = None
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and cfg is not None:
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and cfg is not None:
         from align.trainers.base import resolve_dtype
         from align.trainers.distributed import fill_deepspeed_config
 
@@ -45,8 +46,10 @@ def make_accelerator(cfg: Config | None = None):
             batch_size=cfg.train.batch_size, world_size=world,
         )
         plugin = DeepSpeedPlugin(hf_ds_config=filled, zero3_init_flag=launched.zero3_init_flag)
-    # Not Accelerator(cpu=True): it silently drops the DeepSpeed plugin (ENVIRONMENT.md).
-    return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    # Plain DDP on CPUs needs cpu=True (else accelerate sees no device backend and runs every process
+    # as if alone: no DDP, no-op gathers). Never with DeepSpeed: cpu=True silently drops the plugin.
+    multi_cpu = bool(handlers) and not deepspeed
+    return Accelerator(cpu=multi_cpu, deepspeed_plugin=plugin, kwargs_handlers=handlers)
 
 
 def resolve_run_dir(cfg: Config, accelerator) -> Path:
