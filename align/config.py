@@ -128,6 +128,7 @@ class GCPOConfig:
 @dataclass
 class TrainConfig:
     steps: int = 100
+    max_minutes: float | None = None  # stop (and save) after this much wall-clock training time
     batch_size: int = 64  # completions per optimizer step, all ranks together (= prompts x G)
     updates_per_batch: int = 1  # mu: optimizer passes over one rollout batch
     lr: float = 1e-6

@@ -78,6 +78,7 @@ class Trainer:
             system_prompt=d.system_prompt, **d.options,
         )
         self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
+        self._eval_dataset = None  # loaded on the first evaluation
         with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
             self.engine = self._make_engine()
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
@@ -125,17 +126,30 @@ class Trainer:
         cfg, log = self.cfg, self.cfg.log
         self.logger.print_config(config_to_yaml(cfg))
         self.logger.print(self.batch_arithmetic())
+        if log.eval_every and self.start_step == 0:
+            self.logger.log(0, self.evaluate())  # the starting point of every learning curve
+        started = time.monotonic()
         for step in range(self.start_step, cfg.train.steps):
             metrics, samples = self.step(step)
-            if (step + 1) % log.every == 0 or step + 1 == cfg.train.steps:
+            last = step + 1 == cfg.train.steps or self._out_of_time(started)
+            if (step + 1) % log.every == 0 or last:
                 self.logger.log(step + 1, metrics)
             if log.sample_every and (step + 1) % log.sample_every == 0:
                 self.logger.log_samples(step + 1, samples[: log.num_samples])
-            if log.eval_every and (step + 1) % log.eval_every == 0:
+            if log.eval_every and ((step + 1) % log.eval_every == 0 or last):
                 self.logger.log(step + 1, self.evaluate())
-            if (log.save_every and (step + 1) % log.save_every == 0) or step + 1 == cfg.train.steps:
+            if (log.save_every and (step + 1) % log.save_every == 0) or last:
                 self.save(step + 1)
+            if last:
+                break
         self.logger.close()
+
+    def _out_of_time(self, started: float) -> bool:
+        """train.max_minutes is a wall-clock budget; every rank must agree to stop at the same step."""
+        if self.cfg.train.max_minutes is None:
+            return False
+        over = torch.tensor(float(time.monotonic() - started > 60 * self.cfg.train.max_minutes), device=self.acc.device)
+        return bool(self.acc.reduce(over, reduction="max").item())
 
     def save(self, step: int) -> Path:
         state = {"step": step, "prompts": self.prompts.state_dict(), "weight_version": self.engine.weight_version}
@@ -348,11 +362,15 @@ class Trainer:
         from align.eval import evaluate_engine
 
         d = self.cfg.data
-        dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column,
-                                      answer_column=d.answer_column, system_prompt=d.system_prompt,
-                                      **d.options)
-        return evaluate_engine(self.engine, self.tokenizer, dataset, self.algo.reward_functions[0],
-                               self.cfg.rollout, k=1, seed=self.cfg.train.seed)
+        if self._eval_dataset is None:
+            self._eval_dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column,
+                                                     answer_column=d.answer_column, system_prompt=d.system_prompt,
+                                                     **d.options)
+        dataset = self._eval_dataset
+        # The first reward function is the accuracy; the others are reported as rates (format, aux, ...).
+        accuracy, *others = self.algo.reward_functions
+        return evaluate_engine(self.engine, self.tokenizer, dataset, accuracy, self.cfg.rollout, k=1,
+                               seed=self.cfg.train.seed, extra=others)
 
 
 # Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
