@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from align.models.saving import save_pretrained_atomically
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # Non-special added tokens: they survive `skip_special_tokens=True` decoding, so rewards see them.
@@ -108,19 +108,7 @@ def write_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # Save into a sibling temp folder, then rename: a crash never leaves a half-written model.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return save_pretrained_atomically(model, tokenizer, out_dir)
 
 
 def tiny_model_path(cache_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:

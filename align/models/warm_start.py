@@ -24,14 +24,13 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from align.data.geometry import FAMILIES, problem_pool
+from align.models.saving import save_pretrained_atomically
 from align.models.tiny import spec_hash, tiny_model_path
 
 # Bump when the task generator or the training recipe changes in a way the config does not show,
@@ -174,22 +173,10 @@ def build_geometry_warm_start(cache_dir: str | os.PathLike, seed: int = 0, steps
         torch.manual_seed(config.seed)
         model = load_model(str(base))
         losses = train_warm_start(model, tokenizer, config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Temp sibling + rename: a crash or a concurrent builder never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "warm_start.json").write_text(json.dumps(
-            {"config": asdict(config), "version": WARM_START_VERSION, "families": list(FAMILIES),
-             "final_loss": sum(losses[-20:]) / min(20, len(losses))}, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    summary = {"config": asdict(config), "version": WARM_START_VERSION, "families": list(FAMILIES),
+               "final_loss": sum(losses[-20:]) / min(20, len(losses))}
+    return save_pretrained_atomically(model, tokenizer, out_dir, {"warm_start.json": json.dumps(summary, indent=2)})
 
 
 def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
