@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -334,7 +335,7 @@ class Trainer:
                 # shares of the global loss, so undo the average.
                 last = gi == len(groups) - 1
                 self.acc.sync_gradients = last
-                with self.acc.no_sync(self.model) if not last and self.world > 1 else _nullcontext():
+                with self.acc.no_sync(self.model) if not last and self.world > 1 else nullcontext():
                     self.acc.backward(loss * self.world)
                 n = mask.sum().item()
                 if update == 0:
@@ -376,14 +377,6 @@ class Trainer:
 # Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
 # and ranks); every other loss metric is a mean over the shard's tokens (token-weighted average).
 _ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens"})
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
