@@ -20,8 +20,10 @@ Angles are multiples of 10 and lengths small integers, so each written step is a
 arithmetic fact (with a trailing zero) that a tiny character-level model can learn in a short
 warm start, while composing two of them silently stays hard.
 
-Splits: whether a problem is in "train" or "test" is decided by a hash of its family and
-parameters, independent of the seed, so the splits are disjoint by construction for every seed.
+Splits: whether a problem is in "test" (held out), "sft" (the warm start's supervised data) or
+"train" (the RL prompts) is decided by a hash of its family and parameters, independent of the
+seed, so the splits are disjoint by construction for every seed. RL trains on problems the warm
+start never saw: otherwise it only polishes memorised answers and held-out accuracy does not move.
 The seed only decides which problems are drawn and in what order.
 """
 
@@ -32,7 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "sft")
 TEST_FRACTION = 0.25  # share of each family's problem space held out for evaluation
 FORMAT_SYSTEM_PROMPT = (
     "Reply as <think>reasoning</think><answer>number</answer>. "
@@ -153,9 +155,14 @@ FAMILIES: dict[str, Family] = {
 
 
 def split_of(family: str, params: Params) -> str:
-    """'train' or 'test' for one problem, from a hash of its family and parameters (seed-free)."""
+    """'test', 'sft' or 'train' for one problem, from a hash of its family and parameters (seed-free).
+
+    TEST_FRACTION of each family is held out; the rest is halved between the warm start and RL.
+    """
     digest = hashlib.sha256(f"{family}:{params}".encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION else "train"
+    if int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION:
+        return "test"
+    return "sft" if int.from_bytes(digest[8:16], "big") / 2**64 < 0.5 else "train"
 
 
 def problem_pool(family: str, split: str) -> list[Params]:

@@ -35,7 +35,7 @@ from align.models.tiny import spec_hash, tiny_model_path
 
 # Bump when the task generator or the training recipe changes in a way the config does not show,
 # so that stale cached builds are not reused.
-WARM_START_VERSION = 1
+WARM_START_VERSION = 2  # 2: trained on the 'sft' split, disjoint from RL's 'train'
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 def sft_examples(tokenizer) -> dict[str, list[tuple[list[int], list[int]]]]:
-    """Every train-split problem of every family, encoded in both styles.
+    """Every sft-split problem of every family (never RL's 'train' ones), encoded in both styles.
 
     Returns {family: [direct_0, aux_0, direct_1, aux_1, ...]}: problem j's direct and aux examples
     sit at 2j and 2j+1, so the trainer can draw family, problem and style independently.
@@ -95,7 +95,7 @@ def sft_examples(tokenizer) -> dict[str, list[tuple[list[int], list[int]]]]:
     examples: dict[str, list[tuple[list[int], list[int]]]] = {}
     for name, family in FAMILIES.items():
         encoded = []
-        for params in problem_pool(name, "train"):
+        for params in problem_pool(name, "sft"):
             problem = family.render(params)
             prompt = [{"role": "user", "content": problem.question}]
             encoded.append(encode_sft_example(tokenizer, prompt, problem.solution_direct))

@@ -39,8 +39,9 @@ def test_splits_are_disjoint_for_every_seed():
     test = {(r["family"], r["prompt"][-1]["content"]) for s in (0, 1) for r in generate_geometry_rows("test", 1000, seed=s)}
     assert train and test and not train & test
     for name in FAMILIES:  # the hash split holds out a real share of every family
-        train_pool, test_pool = problem_pool(name, "train"), problem_pool(name, "test")
-        assert test_pool and train_pool and not set(train_pool) & set(test_pool)
+        train_pool, test_pool, sft_pool = (problem_pool(name, s) for s in ("train", "test", "sft"))
+        assert test_pool and train_pool and sft_pool
+        assert not set(train_pool) & set(test_pool) and not set(sft_pool) & (set(train_pool) | set(test_pool))
         assert all(split_of(name, p) == "test" for p in test_pool)
 
 
