@@ -25,9 +25,11 @@ sys.path.insert(0, str(ROOT))
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux"}
 
 
-def train(recipe: str, seed: int, minutes: float, eval_every: int, run_dir: Path, extra: list[str]) -> None:
+def train(recipe: str, seed: int, minutes: float | None, steps: int | None, eval_every: int, run_dir: Path,
+          extra: list[str]) -> None:
+    budget = [f"train.steps={steps}"] if steps else ["train.steps=100000", f"train.max_minutes={minutes}"]
     cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}",
-           "train.steps=100000", f"train.max_minutes={minutes}", f"log.eval_every={eval_every}",
+           *budget, f"log.eval_every={eval_every}",
            f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
@@ -86,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=10.0, help="RL wall-clock budget per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="a fixed number of RL steps instead of --minutes (fair when the machine is shared)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_gcpo.json"))
@@ -99,7 +103,7 @@ def main() -> None:
     for name in args.algos:
         for seed in args.seeds:
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, args.minutes, args.eval_every, run_dir, args.extra)
+            train(RECIPES[name], seed, args.minutes, args.steps, args.eval_every, run_dir, args.extra)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<16}{'steps':>6}{'acc before':>12}{'acc after':>11}{'delta':>8}"
