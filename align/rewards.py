@@ -156,16 +156,17 @@ def compute_rewards(
 def reward_metrics(result: RewardResult) -> dict[str, float]:
     """Mean and std (Bessel, as TRL's nanstd) per function over its non-None rewards, plus the total's.
 
-    Keys: "rewards/<name>/mean", "rewards/<name>/std", "reward", "reward_std" (over scorable completions)
-    and "frac_unscorable". A statistic with too few values is NaN, as in TRL.
+    Keys: "reward/<name>/mean", "reward/<name>/std", "reward/scorable_mean", "reward/scorable_std"
+    (the total over scorable completions) and "reward/unscorable_frac". A statistic with too few
+    values is NaN, as in TRL.
     """
     metrics: dict[str, float] = {}
     for name, values in result.per_function.items():
         present = [v for v in values if v is not None]
-        metrics[f"rewards/{name}/mean"], metrics[f"rewards/{name}/std"] = _mean_std(present)
+        metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = _mean_std(present)
     scorable = [t for t, skip in zip(result.total, result.unscorable) if not skip]
-    metrics["reward"], metrics["reward_std"] = _mean_std(scorable)
-    metrics["frac_unscorable"] = sum(result.unscorable) / len(result.unscorable) if result.unscorable else 0.0
+    metrics["reward/scorable_mean"], metrics["reward/scorable_std"] = _mean_std(scorable)
+    metrics["reward/unscorable_frac"] = sum(result.unscorable) / len(result.unscorable) if result.unscorable else 0.0
     return metrics
 
 

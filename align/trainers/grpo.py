@@ -13,7 +13,7 @@ import torch
 
 from align import algos
 from align.config import Config
-from align.rewards import compute_rewards, load_reward_functions
+from align.rewards import compute_rewards, load_reward_functions, reward_metrics
 
 
 @dataclass
@@ -29,15 +29,6 @@ def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
     return flat.view(-1, group_size)
 
 
-def nan_stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
-    """Mean and std over the non-None (non-nan) entries."""
-    present = values[~values.isnan()]
-    if present.numel() == 0:
-        return {}
-    std = present.std(unbiased=False).item() if present.numel() > 1 else 0.0
-    return {f"{prefix}/mean": present.mean().item(), f"{prefix}/std": std}
-
-
 class GRPO:
     name = "grpo"
 
@@ -51,12 +42,8 @@ class GRPO:
             trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s,
         )
         components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
-        metrics: dict[str, float] = {}
-        for name, vals in components.items():
-            metrics |= nan_stats(f"reward/{name}", vals)
         valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
-        metrics["reward/unscorable_frac"] = 1.0 - valid.float().mean().item()
-        return Scores(_as_groups(result.total, group_size), valid, components, metrics)
+        return Scores(_as_groups(result.total, group_size), valid, components, reward_metrics(result))
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         c = self.cfg.loss

@@ -73,9 +73,9 @@ def test_weighted_nansum_with_none_matches_trl_rule():
 def test_metrics_are_over_non_none_values():
     functions = [RewardFunction("a", constant([1.0, None, 3.0])), RewardFunction("b", constant([None, None, None]))]
     metrics = reward_metrics(run(functions, ["x"] * 3))
-    assert metrics["rewards/a/mean"] == 2.0 and metrics["rewards/a/std"] == pytest.approx(math.sqrt(2.0))
-    assert math.isnan(metrics["rewards/b/mean"])
-    assert metrics["reward"] == 2.0 and metrics["frac_unscorable"] == pytest.approx(1 / 3)
+    assert metrics["reward/a/mean"] == 2.0 and metrics["reward/a/std"] == pytest.approx(math.sqrt(2.0))
+    assert math.isnan(metrics["reward/b/mean"])
+    assert metrics["reward/scorable_mean"] == 2.0 and metrics["reward/unscorable_frac"] == pytest.approx(1 / 3)
 
 
 def test_log_extra_and_log_metric_hooks_are_collected():
