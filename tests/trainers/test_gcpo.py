@@ -15,7 +15,7 @@ NO_FORMAT = "C is 20"
 
 
 def score(groups: list[list[str]], lengths: list[list[int]], **overrides):
-    cfg = load_config(["recipe=gcpo_geometry", "gcpo.l_max=10", *[f"{k}={v}" for k, v in overrides.items()]])
+    cfg = load_config(["recipe=gcpo_geometry", "gcpo.l_max=10", "gcpo.use_length=true", *[f"{k}={v}" for k, v in overrides.items()]])
     algo = GCPO(cfg)
     g = len(groups[0])
     completions = [[{"role": "assistant", "content": c}] for group in groups for c in group]
