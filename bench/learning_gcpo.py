@@ -93,12 +93,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_gcpo.json"))
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
     work = Path(args.out).with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
+    if args.merge and Path(args.out).exists():
+        results = json.loads(Path(args.out).read_text())["results"]
     started = time.time()
     for name in args.algos:
         for seed in args.seeds:
