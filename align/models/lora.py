@@ -39,7 +39,8 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _clean_name(name: str) -> str:
+def checkpoint_name(name: str) -> str:
+    """A peft parameter name as the plain checkpoint names it (what rollout engines load)."""
     # peft names look like base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight
     name = name.removeprefix("base_model.model.")
     return name.replace(".base_layer.", ".")
@@ -61,7 +62,7 @@ def merged_named_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
                     continue
                 # Merged layers change back in place on unmerge: copy those (and only those), so a
                 # caller that keeps the tensors still sees the merged values.
-                yield _clean_name(name), tensor.detach().clone() if ".base_layer." in name else tensor.detach()
+                yield checkpoint_name(name), tensor.detach().clone() if ".base_layer." in name else tensor.detach()
         finally:
             model.unmerge_adapter()
     else:

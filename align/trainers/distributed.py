@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from align.config import ConfigError
-from align.models.lora import _clean_name
+from align.models.lora import checkpoint_name
 
 # DeepSpeed keys the loop depends on; "auto" (or absent) means "align fills it from the recipe".
 _AUTO = "auto"
@@ -169,15 +169,15 @@ def _unit_tensors(name: str, module: torch.nn.Module, is_lora: bool) -> Iterator
         for adapter in module.active_adapters:
             if adapter in module.lora_A:
                 weight += module.get_delta_weight(adapter).to(weight.dtype)
-        yield _clean_name(f"{prefix}base_layer.weight"), weight
+        yield checkpoint_name(f"{prefix}base_layer.weight"), weight
         if getattr(base, "bias", None) is not None:
-            yield _clean_name(f"{prefix}base_layer.bias"), base.bias.detach().clone()
+            yield checkpoint_name(f"{prefix}base_layer.bias"), base.bias.detach().clone()
         return
     for key, param in module._parameters.items():
         if param is not None:
-            yield _clean_name(prefix + key), param.detach().clone()
+            yield checkpoint_name(prefix + key), param.detach().clone()
     for key, buf in _persistent_buffers(prefix, module):
-        yield _clean_name(key), buf.detach().clone()
+        yield checkpoint_name(key), buf.detach().clone()
 
 
 @torch.no_grad()
