@@ -29,6 +29,7 @@ from align.models import apply_lora, load_model, load_tokenizer, resolve_model_p
 from align.rollout import SamplingSettings, make_engine
 from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
+from align.trainers.grpo import Scores
 from align.trainers.distributed import (
     max_over_ranks,
     outside_zero3_init,
@@ -234,7 +235,7 @@ class Trainer:
         """
         lc = self.cfg.loss
         local = n_prompts // self.world
-        kept: list[tuple] = []  # (row, completions, rewards [G], valid [G]) per prompt
+        kept: list[tuple] = []  # (row, completions, rewards [G], valid [G], components {name: [G]}) per prompt
         dropped: list[tuple] = []
         zero_std = total = 0
         for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
@@ -252,14 +253,18 @@ class Trainer:
             total += len(rows)
             for i, row in enumerate(rows):
                 keep = informative[i] or not lc.dynamic_sampling
-                (kept if keep else dropped).append((row, groups[i], rewards[i], scores.valid[i]))
+                components = {name: values[i] for name, values in scores.components.items()}
+                (kept if keep else dropped).append((row, groups[i], rewards[i], scores.valid[i], components))
             if len(kept) == local:
                 break
         kept += dropped[: local - len(kept)]
-        rows, groups, rewards, valid = zip(*kept)
+        rows, groups, rewards, valid, components = zip(*kept)
         flat = [c for group in groups for c in group]
         lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
-        metrics = dict(scores.metrics)  # the reward functions' own statistics (last round)
+        # Reward statistics of the batch that is trained on (not of dropped groups).
+        kept_scores = Scores(torch.stack(rewards), torch.stack(valid),
+                             {name: torch.stack([c[name] for c in components]) for name in components[0]})
+        metrics = self.algo.batch_metrics(kept_scores)
         metrics |= {
             "zero_std_frac": zero_std / max(total, 1),
             "completion_len/mean": lengths.mean().item(),

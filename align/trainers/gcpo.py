@@ -33,18 +33,24 @@ class GCPO(GRPO):
         acc, fmt, aux = (_as_groups(result.per_function[f.name], group_size).nan_to_num(0.0) for f in self.reward_functions)
         length = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float32).view(-1, group_size)
         used_aux = aux > 0
-        rewards, contrast = algos.gcpo_rewards(
+        rewards, _ = algos.gcpo_rewards(
             acc, g.w_fmt * fmt, used_aux, length,
             eps=g.eps, w_aux=g.w_aux, w_len=g.w_len, l_max=g.l_max,
             gate_aux_on_correct=g.gate_aux_on_correct, gate_len_on_correct=g.gate_len_on_correct,
             use_length=g.use_length,
         )
         valid = torch.ones_like(rewards, dtype=torch.bool)
-        return Scores(rewards, valid, {"accuracy": acc, "format": fmt, "aux": aux, "length": length}, gcpo_metrics(acc, fmt, used_aux, length, contrast, g.l_max, g.w_len))
+        return Scores(rewards, valid, {"accuracy": acc, "format": fmt, "aux": aux, "length": length})
+
+    def batch_metrics(self, scores: Scores) -> dict[str, float]:
+        """Mask sign counts, aux usage, accuracy with and without aux, and the length reward."""
+        g, c = self.cfg.gcpo, scores.components
+        used_aux = c["aux"] > 0
+        contrast = algos.gcpo_contrastive_mask(c["accuracy"], used_aux, eps=g.eps)
+        return gcpo_metrics(c["accuracy"], c["format"], used_aux, c["length"], contrast, g.l_max, g.w_len)
 
 
 def gcpo_metrics(acc, fmt, used_aux, length, contrast, l_max: int, w_len: float) -> dict[str, float]:
-    """Mask sign counts, aux usage, accuracy with and without aux, and the length reward."""
     metrics = {
         "gcpo/mask_pos": (contrast > 0).sum().item(),
         "gcpo/mask_zero": (contrast == 0).sum().item(),

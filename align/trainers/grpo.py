@@ -7,13 +7,14 @@ GRAO and CoPG override one of them; the maths is in `align.algos`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from align import algos
 from align.config import Config
-from align.rewards import compute_rewards, load_reward_functions, reward_metrics
+from align.rewards import RewardResult, compute_rewards, load_reward_functions, reward_metrics
 
 
 @dataclass
@@ -21,7 +22,6 @@ class Scores:
     rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
     valid: torch.Tensor  # [P, G] bool: False where no reward function applied (TRL: advantage 0)
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
@@ -43,7 +43,16 @@ class GRPO:
         )
         components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
         valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
-        return Scores(_as_groups(result.total, group_size), valid, components, reward_metrics(result))
+        return Scores(_as_groups(result.total, group_size), valid, components)
+
+    def batch_metrics(self, scores: Scores) -> dict[str, float]:
+        """Reward statistics of the batch that is trained on (after dynamic sampling)."""
+        def values(t: torch.Tensor) -> list[float | None]:
+            return [None if math.isnan(v) else v for v in t.flatten().tolist()]
+
+        result = RewardResult(scores.rewards.flatten().tolist(), {k: values(v) for k, v in scores.components.items()},
+                              (~scores.valid).flatten().tolist())
+        return reward_metrics(result)
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         c = self.cfg.loss

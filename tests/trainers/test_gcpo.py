@@ -21,7 +21,7 @@ def score(groups: list[list[str]], lengths: list[list[int]], **overrides):
     completions = [[{"role": "assistant", "content": c}] for group in groups for c in group]
     ids = [[7] * n for group in lengths for n in group]
     columns = {"answer": ["20"] * len(completions)}
-    return algo.score([PROMPT] * len(completions), completions, columns, ids, g)
+    return algo, algo.score([PROMPT] * len(completions), completions, columns, ids, g)
 
 
 def test_mask_signs_and_rewards_hand_computed():
@@ -32,7 +32,7 @@ def test_mask_signs_and_rewards_hand_computed():
         [DIRECT_RIGHT, NO_FORMAT, DIRECT_WRONG, DIRECT_RIGHT],  # nobody constructed: M = 0
     ]
     lengths = [[5, 10, 20, 0]] * 4
-    s = score(groups, lengths)
+    algo, s = score(groups, lengths)
     length_term = 0.5 * torch.tensor([0.5, 1.0, 1.0, 0.0])  # w_len * min(L, 10) / 10
     expected = torch.stack([
         # acc + w_fmt * fmt (0.5) + M * w_aux * aux (0.5)
@@ -42,7 +42,7 @@ def test_mask_signs_and_rewards_hand_computed():
         torch.tensor([1.5, 0.0, 0.5, 1.5]),
     ]) + length_term
     torch.testing.assert_close(s.rewards, expected)
-    m = s.metrics
+    m = algo.batch_metrics(s)
     assert (m["gcpo/mask_pos"], m["gcpo/mask_neg"], m["gcpo/mask_zero"]) == (1, 1, 2)
     assert m["gcpo/aux_rate"] == pytest.approx(8 / 16)
     assert m["gcpo/acc_with_aux"] == pytest.approx(4 / 8)  # group 1: 2, group 2: 0, group 3: 2
@@ -52,5 +52,5 @@ def test_mask_signs_and_rewards_hand_computed():
 
 def test_gate_aux_on_correct_and_no_length():
     groups = [[AUX_RIGHT, AUX_RIGHT, DIRECT_WRONG, AUX_WRONG]]  # acc_aux 2/3, acc_noaux 0: M = +1
-    s = score(groups, [[5, 5, 5, 5]], **{"gcpo.gate_aux_on_correct": "true", "gcpo.use_length": "false"})
+    _, s = score(groups, [[5, 5, 5, 5]], **{"gcpo.gate_aux_on_correct": "true", "gcpo.use_length": "false"})
     torch.testing.assert_close(s.rewards, torch.tensor([[2.0, 2.0, 0.5, 0.5]]))
