@@ -79,8 +79,8 @@ def main(argv: list[str]) -> dict[str, float]:
     from align.config import load_config
     from align.data import load_prompt_dataset
     from align.models import load_tokenizer, resolve_model_path
-    from align.rewards import load_reward_functions
     from align.rollout import make_engine
+    from align.trainers import algorithm_class
     from align.trainers.base import resolve_dtype
 
     k = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("eval.k=")), 4)
@@ -92,8 +92,8 @@ def main(argv: list[str]) -> dict[str, float]:
                                   system_prompt=d.system_prompt, **d.options)
     path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
     engine = make_engine(cfg.rollout.engine, path, dtype=resolve_dtype(cfg.model.dtype), seed=cfg.train.seed)
-    accuracy_name = cfg.gcpo.accuracy_reward if cfg.algo == "gcpo" else cfg.reward.functions[0]
-    accuracy, *extra = load_reward_functions([accuracy_name] + ([cfg.gcpo.aux_reward] if cfg.algo == "gcpo" else []), None)
+    # As in training: the algorithm's first reward function is the accuracy, the others are rates.
+    accuracy, *extra = algorithm_class(cfg.algo)(cfg).reward_functions
     metrics = evaluate_engine(engine, load_tokenizer(path), dataset, accuracy, cfg.rollout, k=k, seed=cfg.train.seed, extra=extra)
     print(json.dumps(metrics, indent=2))
     return metrics

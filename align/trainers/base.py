@@ -275,7 +275,7 @@ class Trainer:
         }
         samples = [{"prompt": str(row["prompt"])[-200:], "completion": group[0].text, "reward": float(rew[0])}
                    for row, group, rew in zip(rows, groups, rewards)]
-        return SimpleNamespace(flat=flat, rewards=torch.stack(rewards), valid=torch.stack(valid),
+        return SimpleNamespace(flat=flat, rewards=kept_scores.rewards, valid=kept_scores.valid,
                                metrics=metrics, samples=samples)
 
     # ------------------------------------------------------------------------------- training

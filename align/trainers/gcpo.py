@@ -3,7 +3,7 @@
 R_i = acc_i + w_fmt * fmt_i + M(q) * w_aux * aux_i + w_len * min(L_i, L_max) / L_max, where the
 group contrastive mask M(q) in {-1, 0, +1} says whether, among this prompt's own G rollouts, the
 ones that constructed were more (or less) accurate than the ones that did not (ALGORITHMS.md s.2).
-Only `score` differs from GRPO; advantages and loss are GRPO's.
+Only `score` (and the metrics it implies) differs from GRPO; advantages and loss are GRPO's.
 """
 
 from __future__ import annotations
@@ -45,23 +45,19 @@ class GCPO(GRPO):
     def batch_metrics(self, scores: Scores) -> dict[str, float]:
         """Mask sign counts, aux usage, accuracy with and without aux, and the length reward."""
         g, c = self.cfg.gcpo, scores.components
-        used_aux = c["aux"] > 0
-        contrast = algos.gcpo_contrastive_mask(c["accuracy"], used_aux, eps=g.eps)
-        return gcpo_metrics(c["accuracy"], c["format"], used_aux, c["length"], contrast, g.l_max, g.w_len)
-
-
-def gcpo_metrics(acc, fmt, used_aux, length, contrast, l_max: int, w_len: float) -> dict[str, float]:
-    metrics = {
-        "gcpo/mask_pos": (contrast > 0).sum().item(),
-        "gcpo/mask_zero": (contrast == 0).sum().item(),
-        "gcpo/mask_neg": (contrast < 0).sum().item(),
-        "gcpo/aux_rate": used_aux.float().mean().item(),
-        "gcpo/length_reward": (w_len * length.clamp(max=l_max) / l_max).mean().item(),
-        "reward/accuracy/mean": acc.mean().item(),
-        "reward/format/mean": fmt.mean().item(),
-    }
-    if used_aux.any():
-        metrics["gcpo/acc_with_aux"] = acc[used_aux].mean().item()
-    if (~used_aux).any():
-        metrics["gcpo/acc_without_aux"] = acc[~used_aux].mean().item()
-    return metrics
+        acc, used_aux, length = c["accuracy"], c["aux"] > 0, c["length"]
+        contrast = algos.gcpo_contrastive_mask(acc, used_aux, eps=g.eps)
+        metrics = {
+            "gcpo/mask_pos": (contrast > 0).sum().item(),
+            "gcpo/mask_zero": (contrast == 0).sum().item(),
+            "gcpo/mask_neg": (contrast < 0).sum().item(),
+            "gcpo/aux_rate": used_aux.float().mean().item(),
+            "gcpo/length_reward": (g.w_len * length.clamp(max=g.l_max) / g.l_max).mean().item(),
+            "reward/accuracy/mean": acc.mean().item(),
+            "reward/format/mean": c["format"].mean().item(),
+        }
+        if used_aux.any():
+            metrics["gcpo/acc_with_aux"] = acc[used_aux].mean().item()
+        if (~used_aux).any():
+            metrics["gcpo/acc_without_aux"] = acc[~used_aux].mean().item()
+        return metrics
