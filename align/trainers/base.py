@@ -1,13 +1,17 @@
-"""The training loop, written once. Every algorithm plugs in through `score`, `advantages`, `loss`.
+"""The training loop, written once. Every algorithm plugs in through `needs`, `score`, `advantages`, `loss`.
 
 One step, top to bottom (`Trainer.step`):
-  prompts -> engine.generate (G completions each) -> algorithm.score (rewards [P, G])
-  -> reward shaping (overlong, dynamic sampling) -> algorithm.advantages
-  -> micro-batches by token budget -> logprobs (+ reference) -> algorithm.loss -> backward
-  -> optimizer step (x updates_per_batch) -> engine.sync_from(model), verified by the probe
-  -> metrics, samples, checkpoint.
-Losses are additive over micro-batches and ranks: normalisers (token and sequence counts) are
-those of the global step batch, so micro-batching and data parallelism never change the result.
+  1. rollouts: source.collect -> GroupBatch (this rank's P prompts x G completions, rewards [P,G]);
+     the source generates with the engine and calls algorithm.score, or reads fixed rows
+  2. plan: micro-batches by token budget (whole groups when the loss couples members), the step's
+     global normalisers, reference / pi_old log-probs when the algorithm needs them
+  3. algorithm.advantages over the global batch
+  4. per micro-batch: forward -> MicroBatch -> algorithm.loss -> backward; clip, optimizer step
+     (x updates_per_batch)
+  5. engine.sync_from(model), verified by the probe (when the engine samples from the policy)
+  then metrics, samples, checkpoint (`train`).
+Losses are additive over micro-batches and ranks: normalisers (token, sequence, prompt and group
+counts) are those of the global step batch, so micro-batching and data parallelism never change the result.
 """
 
 from __future__ import annotations
@@ -16,9 +20,8 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -26,10 +29,11 @@ from align import algos
 from align.config import Config, config_to_yaml
 from align.data import load_prompt_dataset
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
-from align.rollout import SamplingSettings, make_engine
-from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
+from align.algos import GroupBatch, MicroBatch, Totals
+from align.rollout import make_engine
+from align.trainers.algorithm import ADDITIVE_METRICS
+from align.trainers.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
-from align.trainers.grpo import Scores
 from align.trainers.distributed import (
     max_over_ranks,
     outside_zero3_init,
@@ -39,8 +43,25 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
-from align.trainers.prompts import PromptStream, encode_prompt
-from align.trainers.shaping import informative_groups, overlong_penalty
+from align.trainers.sources import GenerationSource, OfflineSource
+
+
+@dataclass
+class MicroBatchRows:
+    """One micro-batch: completion rows of the step batch, and the prompts whose reference answers ride along."""
+
+    rows: list[int]
+    answers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepPlan:
+    """What the optimisation phase of one step shares: micro-batches, global normalisers, fixed log-probs."""
+
+    micro_batches: list[MicroBatchRows]  # the same count on every rank
+    totals: Totals
+    ref: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> reference log-probs [B, T]
+    old: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> pi_old [B, T] (when not the current forward)
 
 
 def resolve_dtype(name: str) -> str:
@@ -64,7 +85,7 @@ class Trainer:
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
         self.ref_model = None
-        if cfg.loss.beta > 0:  # no reference model at all when the KL term is off
+        if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
         t = cfg.train
         params = [p for p in model.parameters() if p.requires_grad]
@@ -79,10 +100,16 @@ class Trainer:
             d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
             system_prompt=d.system_prompt, **d.options,
         )
-        self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
         self._eval_dataset = None  # loaded on the first evaluation
-        with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
-            self.engine = self._make_engine()
+        self.engine = None
+        offline = cfg.rollout.source == "offline"
+        if not offline or cfg.log.eval_every:  # offline training generates only to evaluate
+            with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
+                self.engine = self._make_engine()
+        if offline:
+            self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, self.rank, self.world)
+        else:
+            self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, self.rank, self.world)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -114,8 +141,9 @@ class Trainer:
             return
         state = load_checkpoint(self.acc, path)
         self.start_step = state["step"]
-        self.prompts.load_state_dict(state["prompts"])
-        self._sync_engine(version=state["weight_version"])
+        self.source.load_state_dict(state["prompts"])
+        if self.engine is not None:
+            self._sync_engine(version=state["weight_version"])
         self.logger.print(f"resumed from {path} at step {self.start_step}")
 
     def _sync_engine(self, version: int | None = None):
@@ -154,7 +182,8 @@ class Trainer:
         return bool(self.acc.reduce(over, reduction="max").item())
 
     def save(self, step: int) -> Path:
-        state = {"step": step, "prompts": self.prompts.state_dict(), "weight_version": self.engine.weight_version}
+        version = self.engine.weight_version if self.engine is not None else 0
+        state = {"step": step, "prompts": self.source.state_dict(), "weight_version": version}
         return save_checkpoint(self.acc, self.run_dir, step, state, keep_last=self.cfg.log.keep_last)
 
     def export(self, out_dir: Path) -> None:
@@ -171,124 +200,126 @@ class Trainer:
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
-        cfg, timers = self.cfg, defaultdict(float)
-        g = cfg.rollout.num_generations
-        n_prompts = cfg.train.batch_size // g
-        rollout = self._collect(step, n_prompts, g, timers)
-        metrics = rollout_metrics_over_ranks(self.acc, rollout.metrics)
+        """One optimizer step; each phase runs only if the algorithm needs it (`self.algo.needs`)."""
+        timers: dict[str, float] = defaultdict(float)
+        n_prompts = self.cfg.train.batch_size // self.cfg.rollout.num_generations
 
-        # Advantages over the global batch: group statistics are per prompt, but `scale=batch`
-        # needs every rank's rewards, so gather once and slice this rank's rows back.
-        all_rewards = self.acc.gather(rollout.rewards.to(self.acc.device)).cpu()
-        all_valid = self.acc.gather(rollout.valid.to(self.acc.device)).cpu().bool()
-        adv_global = self.algo.advantages(all_rewards, all_valid)
-        share = rollout.rewards.shape[0]
-        adv = adv_global[self.rank * share : (self.rank + 1) * share].reshape(-1)
-        metrics |= {"reward/mean": all_rewards.mean().item(), "reward/std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-                    "adv/abs_mean": adv_global.abs().mean().item()}
+        # 1. Rollouts: this rank's share of the step's groups, with rewards (generated or read).
+        collected = self.source.collect(step, n_prompts, timers)
+        batch = collected.batch
+        metrics = rollout_metrics_over_ranks(self.acc, collected.metrics)
 
+        # 2. The step's plan: micro-batches, global normalisers, log-probs that stay fixed.
         t0 = time.perf_counter()
-        metrics |= self._optimize(rollout, adv, timers)
+        plan = self._plan(batch)
+        timers["logprob"] += time.perf_counter() - t0
+
+        # 3. Advantages over the global batch.
+        batch = self._advantages(batch, metrics)
+
+        # 4. Loss per micro-batch -> backward -> clip -> optimizer (x updates_per_batch).
+        t0 = time.perf_counter()
+        metrics |= self._optimize(batch, plan)
         timers["train"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        report = self._sync_engine()
-        timers["sync"] += time.perf_counter() - t0
-        metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
+        # 5. The engine samples the next step from the new weights (verified by the probe).
+        if self.algo.needs.weight_sync:
+            t0 = time.perf_counter()
+            report = self._sync_engine()
+            timers["sync"] += time.perf_counter() - t0
+            metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
+
         metrics |= {f"time/{k}": v for k, v in timers.items()}
         metrics["time/step"] = sum(timers.values())
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics, rollout.samples
+        return metrics, collected.samples
 
-    # ------------------------------------------------------------------------------- rollouts
-    def _generate(self, step: int, rows: list[dict], g: int, round_: int):
-        r = self.cfg.rollout
-        prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
-        seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31 + round_) % (2**31)
-        sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    top_k=r.top_k, stop=list(r.stop), seed=seed)
-        if not r.seed_per_prompt:
-            return self.engine.generate(prompt_ids, g, sampling)
-        # rows are this rank's slice of the round's global draw (PromptStream.next_rows), so
-        # rank * len(rows) + i is prompt i's global position: seeds that ignore the rank split.
-        first = self.rank * len(rows)
-        base = (self.cfg.train.seed * 1_000_003 + step * 1009 + round_ * 7919) % (2**31)
-        return [self.engine.generate([ids], g, replace(sampling, seed=(base + (first + i) * 104_729) % (2**31)))[0]
-                for i, ids in enumerate(prompt_ids)]
+    # ------------------------------------------------------------------------------- the plan
+    def _usable(self, batch: GroupBatch) -> torch.Tensor:
+        """[P,G] bool: members that carry loss (valid, and not cut at max_tokens when those are masked)."""
+        if self.cfg.loss.mask_truncated:
+            return batch.valid & ~batch.truncated
+        return batch.valid
 
-    def _score(self, step: int, rows: list[dict], groups, g: int):
-        flat = [c for group in groups for c in group]
-        prompts = [row["prompt"] for row in rows for _ in range(g)]
-        chat = isinstance(rows[0]["prompt"], list)
-        completions = [[{"role": "assistant", "content": c.text}] if chat else c.text for c in flat]
-        columns = {k: [row[k] for row in rows for _ in range(g)] for k in rows[0] if k != "prompt"}
-        scores = self.algo.score(prompts, completions, columns, [c.token_ids for c in flat], g,
-                                 trainer_state=SimpleNamespace(global_step=step))
-        return flat, scores
+    def _plan(self, batch: GroupBatch) -> StepPlan:
+        """Micro-batches (equal counts on every rank), global normalisers, reference / pi_old log-probs.
 
-    def _collect(self, step: int, n_prompts: int, g: int, timers) -> SimpleNamespace:
-        """Generate and score this rank's share of prompts.
-
-        With dynamic sampling (DAPO), groups whose rewards are all equal carry no policy gradient:
-        they are dropped and more prompts are generated, for up to `dynamic_sampling_max_rounds`
-        rounds; if that is not enough, dropped groups fill the rest so the batch keeps its size.
+        Micro-batches are cut by token budget over sequences, or over whole groups (with their
+        reference answer) when the algorithm's loss couples group members. Reference log-probs
+        when the algorithm needs a reference model; pi_old from a no-grad pass when the batch is
+        reused (mu > 1); with mu = 1 pi_old is the current policy, taken from the gradient's own
+        forward pass (saves a pass).
         """
-        lc = self.cfg.loss
-        local = n_prompts // self.world
-        kept: list[tuple] = []  # (row, completions, rewards [G], valid [G], components {name: [G]}) per prompt
-        dropped: list[tuple] = []
-        zero_std = total = 0
-        for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
-            t0 = time.perf_counter()
-            rows = self.prompts.next_rows((local - len(kept)) * self.world)
-            groups = self._generate(step, rows, g, round_)
-            timers["generate"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            flat, scores = self._score(step, rows, groups, g)
-            lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
-            rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer, lc.overlong_penalty)
-            timers["reward"] += time.perf_counter() - t0
-            informative = informative_groups(rewards, scores.valid)
-            zero_std += int((~informative).sum())
-            total += len(rows)
-            for i, row in enumerate(rows):
-                keep = informative[i] or not lc.dynamic_sampling
-                components = {name: values[i] for name, values in scores.components.items()}
-                (kept if keep else dropped).append((row, groups[i], rewards[i], scores.valid[i], components))
-            if len(kept) == local:
-                break
-        kept += dropped[: local - len(kept)]
-        rows, groups, rewards, valid, components = zip(*kept)
-        flat = [c for group in groups for c in group]
-        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
-        # Reward statistics of the batch that is trained on (not of dropped groups).
-        kept_scores = Scores(torch.stack(rewards), torch.stack(valid),
-                             {name: torch.stack([c[name] for c in components]) for name in components[0]})
-        metrics = self.algo.batch_metrics(kept_scores)
-        metrics |= {
-            "zero_std_frac": zero_std / max(total, 1),
-            "completion_len/mean": lengths.mean().item(),
-            "completion_len/max": lengths.max().item(),
-            "truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat),
-            "tokens_per_s/generate": lengths.sum().item() / max(timers["generate"], 1e-9),
-            "weight_version": float(flat[0].weight_version),
-        }
-        samples = [{"prompt": str(row["prompt"])[-200:], "completion": group[0].text, "reward": float(rew[0])}
-                   for row, group, rew in zip(rows, groups, rewards)]
-        return SimpleNamespace(flat=flat, rewards=kept_scores.rewards, valid=kept_scores.valid,
-                               metrics=metrics, samples=samples)
+        needs, G = self.algo.needs, batch.group_size
+        prompt_lens = [len(ids) for ids in batch.prompt_ids]
+        if needs.whole_groups:
+            answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
+            lengths = [(prompt_lens[p], max([len(answers[p])] + [len(batch.completion_ids[p * G + i]) for i in range(G)]))
+                       for p in range(batch.num_prompts)]
+            sizes = [G + (1 if batch.answer_ids else 0)] * batch.num_prompts
+        else:
+            lengths = [(prompt_lens[r // G], len(ids)) for r, ids in enumerate(batch.completion_ids)]
+            sizes = None
+        units = token_budget_groups(lengths, self.cfg.train.micro_batch_tokens, sizes)
+        # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
+        units = split_to_count(units, max_over_ranks(self.acc, len(units)))
+        if needs.whole_groups:
+            micro = [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
+                                    answers=sorted(u) if batch.answer_ids else []) for u in units]
+        else:
+            micro = [MicroBatchRows(rows=sorted(u)) for u in units]
+
+        usable = self._usable(batch)
+        local = torch.tensor([
+            float(sum(batch.loss_tokens(r) for r in range(len(batch.completion_ids)) if usable.view(-1)[r])),
+            float((usable.sum(1) >= 2).sum()),
+        ], dtype=torch.float64, device=self.acc.device)
+        tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
+        totals = Totals(num_tokens=tokens, num_seqs=float(len(batch.completion_ids) * self.world),
+                        num_prompts=float(batch.num_prompts * self.world), num_groups=groups)
+        plan = StepPlan(micro_batches=micro, totals=totals)
+        need_old = needs.importance_correction and self.cfg.train.updates_per_batch > 1
+        with torch.no_grad():
+            for i, mb in enumerate(micro):
+                seqs = self._sequences(batch, mb)
+                if self.ref_model is not None:
+                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
+                if need_old:
+                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
+        return plan
+
+    def _advantages(self, batch: GroupBatch, metrics: dict[str, float]) -> GroupBatch:
+        """Group statistics are per prompt, but `scale=batch` needs every rank's rewards: gather once,
+        compute over the global batch, and keep this rank's rows."""
+        gather = lambda t: self.acc.gather(t.to(self.acc.device)).cpu()  # noqa: E731
+        rewards, valid = gather(batch.rewards), gather(batch.valid).bool()
+        answer_rewards = gather(batch.answer_rewards) if batch.answer_rewards is not None else None
+        adv = self.algo.advantages(rewards, valid, answer_rewards)
+        scored = rewards[valid]
+        metrics |= {"reward/mean": scored.mean().item() if scored.numel() else 0.0,
+                    "reward/std": scored.std().item() if scored.numel() > 1 else 0.0,
+                    "adv/abs_mean": adv.completions[valid].abs().mean().item() if scored.numel() else 0.0}
+        mine = slice(self.rank * batch.num_prompts, (self.rank + 1) * batch.num_prompts)
+        answers = adv.answers[mine] if adv.answers is not None else None
+        if answers is not None:
+            metrics["adv/answer_mean"] = adv.answers.mean().item()
+        return batch.with_advantages(adv.completions[mine], answers)
 
     # ------------------------------------------------------------------------------- training
-    def _sequences(self, rollout, idx: list[int]):
-        flat = rollout.flat
-        return pad_sequences([flat[i].prompt_ids for i in idx], [flat[i].token_ids for i in idx], idx,
-                             self.tokenizer.pad_token_id, self.acc.device)
+    def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences:
+        """The micro-batch padded for the model: its completion rows, then its reference answers."""
+        G = batch.group_size
+        prompts = [batch.prompt_ids[r // G] for r in mb.rows] + [batch.prompt_ids[p] for p in mb.answers]
+        completions = [batch.completion_ids[r] for r in mb.rows] + [batch.answer_ids[p] for p in mb.answers]
+        index = mb.rows + [len(batch.completion_ids) + p for p in mb.answers]
+        return pad_sequences(prompts, completions, index, self.tokenizer.pad_token_id, self.acc.device)
 
-    def _engine_logp(self, rollout, seqs) -> torch.Tensor:
-        out = torch.zeros_like(seqs.completion_mask)
-        for row, i in enumerate(seqs.index.tolist()):
-            lp = rollout.flat[i].logprobs
-            out[row, : len(lp)] = torch.tensor(lp, dtype=out.dtype)
+    def _padded(self, rows_of_values: list[list[float]], rows: list[int], like: torch.Tensor) -> torch.Tensor:
+        """Per-token values of `rows` right-padded with 0 into a tensor shaped like `like` [B, T]."""
+        out = torch.zeros_like(like)
+        for i, r in enumerate(rows):
+            values = rows_of_values[r]
+            out[i, : len(values)] = torch.tensor(values, dtype=out.dtype)
         return out
 
     def _logp(self, model, seqs, with_entropy: bool = False):
@@ -298,58 +329,59 @@ class Trainer:
             return algos.token_logprobs(logits, seqs.completion_ids, return_entropy=True)
         return algos.token_logprobs(logits, seqs.completion_ids), None
 
-    def _optimize(self, rollout, adv: torch.Tensor, timers) -> dict[str, float]:
-        cfg, lc = self.cfg, self.cfg.loss
-        flat = rollout.flat
-        mask_all = torch.tensor([0.0 if (lc.mask_truncated and c.finish_reason == "length") else 1.0 for c in flat])
-        local_tokens = torch.tensor(float(sum(len(c.token_ids) * m for c, m in zip(flat, mask_all.tolist()))), device=self.acc.device)
-        num_tokens = self.acc.reduce(local_tokens, reduction="sum").item()
-        num_seqs = float(len(flat) * self.world)
-        groups = token_budget_groups([(len(c.prompt_ids), len(c.token_ids)) for c in flat], cfg.train.micro_batch_tokens)
-        # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
-        groups = split_to_count(groups, max_over_ranks(self.acc, len(groups)))
+    def _micro_batch(self, batch: GroupBatch, mb: MicroBatchRows, plan: StepPlan, i: int, with_entropy: bool):
+        """Forward one micro-batch and assemble the algorithm's `MicroBatch` (and the entropy [B,T])."""
+        needs, lc, n = self.algo.needs, self.cfg.loss, len(mb.rows)
+        seqs = self._sequences(batch, mb)
+        logp_all, entropy = self._logp(self.model, seqs, with_entropy)
+        logp, mask = logp_all[:n], seqs.completion_mask[:n]
+        if batch.token_mask is not None:  # agents: action tokens only
+            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        usable = self._usable(batch).reshape(-1)[mb.rows]
+        if lc.mask_truncated:
+            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
+        engine_logp = self._padded(batch.engine_logprobs, mb.rows, logp.detach()) if batch.engine_logprobs else None
+        old_logp = is_weights = None
+        if needs.importance_correction:
+            old_logp = plan.old.get(i, logp.detach())
+            if lc.tis_cap and engine_logp is not None:
+                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap)
+        answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
+                       answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
+        micro = MicroBatch(
+            logp=logp, mask=mask, advantages=batch.advantages.reshape(-1)[mb.rows].to(logp),
+            rewards=batch.rewards.reshape(-1)[mb.rows].to(logp), valid=usable.to(logp.device),
+            group_size=batch.group_size, totals=plan.totals, old_logp=old_logp, engine_logp=engine_logp,
+            ref_logp=plan.ref.get(i), is_weights=is_weights, **answers,
+        )
+        return micro, (entropy[:n] if entropy is not None else None)
 
-        # Constants of the step: reference logprobs (KL) and, when the batch is reused (mu > 1),
-        # the trainer's own pre-update logprobs as pi_old. With mu = 1, pi_old is the current
-        # policy and is taken from the same forward pass as the gradient (saves a pass).
-        t0 = time.perf_counter()
-        old, ref = {}, {}
-        with torch.no_grad():
-            for gi, idx in enumerate(groups):
-                seqs = self._sequences(rollout, idx)
-                if self.ref_model is not None:
-                    ref[gi] = self._logp(self.ref_model, seqs)[0]
-                if cfg.train.updates_per_batch > 1:
-                    old[gi] = self._logp(self.model, seqs)[0]
-        timers["logprob"] += time.perf_counter() - t0
-
+    def _optimize(self, batch: GroupBatch, plan: StepPlan) -> dict[str, float]:
+        cfg, micro_batches = self.cfg, plan.micro_batches
+        additive = getattr(self.algo, "additive_metrics", ADDITIVE_METRICS)
         sums: dict[str, float] = defaultdict(float)
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
-            for gi, idx in enumerate(groups):
-                seqs = self._sequences(rollout, idx)
-                mask = seqs.completion_mask * mask_all[seqs.index.cpu()].to(seqs.completion_mask)[:, None]
-                logp, entropy = self._logp(self.model, seqs, with_entropy=update == 0)
-                old_logp = old.get(gi, logp.detach())
-                engine_logp = self._engine_logp(rollout, seqs)
-                adv_tok = adv[seqs.index.cpu()].to(logp)
-                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap) if lc.tis_cap else None
-                loss, m = self.algo.loss(logp, old_logp, adv_tok, mask, ref_logp=ref.get(gi), is_weights=is_weights,
-                                         num_tokens=num_tokens, num_seqs=num_seqs)
+            for i, mb in enumerate(micro_batches):
+                micro, entropy = self._micro_batch(batch, mb, plan, i, with_entropy=update == 0)
+                loss, m = self.algo.loss(micro)
                 # DDP and ZeRO average gradients over ranks; our per-rank losses are additive
                 # shares of the global loss, so undo the average.
-                last = gi == len(groups) - 1
+                last = i == len(micro_batches) - 1
                 self.acc.sync_gradients = last
                 with self.acc.no_sync(self.model) if not last and self.world > 1 else nullcontext():
                     self.acc.backward(loss * self.world)
+                mask = micro.mask
                 n = mask.sum().item()
                 if update == 0:
                     sums["loss"] += loss.item()
                     sums["tokens"] += n
                     for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
-                        sums[k] += float(v) if k in _ADDITIVE_METRICS else float(v) * n
+                        sums[k] += float(v) if k in additive else float(v) * n
                     sums["entropy"] += (entropy * mask).sum().item()
-                    sums["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
+                    if micro.engine_logp is not None:
+                        reference = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
+                        sums["logp_mismatch"] += ((reference - micro.engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
@@ -359,7 +391,7 @@ class Trainer:
         totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
         sums = dict(zip(names, totals.tolist()))
         tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
+        out = {k: v if k in additive else v / tokens for k, v in sums.items()}
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
         return out
 
@@ -368,8 +400,10 @@ class Trainer:
         from align.eval import evaluate_engine
 
         d = self.cfg.data
+        if not self.algo.needs.weight_sync:  # the engine does not follow the policy during training
+            self._sync_engine()
         if self._eval_dataset is None:
-            self._eval_dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column,
+            self._eval_dataset = load_prompt_dataset(d.eval_source or d.source, d.eval_split, prompt_column=d.prompt_column,
                                                      answer_column=d.answer_column, system_prompt=d.system_prompt,
                                                      **d.options)
         dataset = self._eval_dataset
@@ -377,11 +411,6 @@ class Trainer:
         accuracy, *others = self.algo.reward_functions
         return evaluate_engine(self.engine, self.tokenizer, dataset, accuracy, self.cfg.rollout, k=1,
                                seed=self.cfg.train.seed, extra=others)
-
-
-# Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
-# and ranks); every other loss metric is a mean over the shard's tokens (token-weighted average).
-_ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens"})
 
 
 def _make_scheduler(optimizer, kind: str, warmup: int, total: int):
