@@ -20,7 +20,7 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,6 @@ from align.data import load_prompt_dataset
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
 from align.algos import GroupBatch, MicroBatch, Totals
 from align.rollout import make_engine
-from align.trainers.algorithm import ADDITIVE_METRICS
 from align.trainers.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
 from align.trainers.distributed import (
@@ -43,6 +42,7 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
+from align.trainers.precision import training_precision
 from align.trainers.sources import GenerationSource, OfflineSource
 
 
@@ -72,7 +72,7 @@ def resolve_dtype(name: str) -> str:
 
 class Trainer:
     def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path):
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         self.cfg, self.acc, self.algo, self.run_dir = cfg, accelerator, algorithm, run_dir
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -81,7 +81,10 @@ class Trainer:
         m = cfg.model
         self.model_path = resolve_model_path(m.name, m.cache_dir)
         self.tokenizer = load_tokenizer(self.model_path)
-        model = load_model(self.model_path, self.dtype, accelerator.device, m.gradient_checkpointing)
+        # fp32 master weights + bf16 autocast for full fine-tuning (see trainers/precision.py)
+        self.precision = training_precision(self.dtype, lora=cfg.lora.enabled,
+                                            deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
+        model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
         self.ref_model = None
@@ -107,9 +110,9 @@ class Trainer:
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
         if offline:
-            self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, self.rank, self.world)
+            self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, accelerator)
         else:
-            self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, self.rank, self.world)
+            self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -214,7 +217,9 @@ class Trainer:
         plan = self._plan(batch)
         timers["logprob"] += time.perf_counter() - t0
 
-        # 3. Advantages over the global batch.
+        # 3. Advantages over the global batch (after the KL penalty, when it goes into the reward).
+        if self.cfg.loss.kl_in_reward:
+            batch = self._kl_in_reward(batch, plan, metrics)
         batch = self._advantages(batch, metrics)
 
         # 4. Loss per micro-batch -> backward -> clip -> optimizer (x updates_per_batch).
@@ -269,16 +274,18 @@ class Trainer:
         else:
             micro = [MicroBatchRows(rows=sorted(u)) for u in units]
 
-        usable = self._usable(batch)
+        # Token count over exactly the loss mask (_loss_mask); groups with >= 2 members that carry loss.
+        cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(len(batch.completion_ids), dtype=torch.bool)
         local = torch.tensor([
-            float(sum(batch.loss_tokens(r) for r in range(len(batch.completion_ids)) if usable.view(-1)[r])),
-            float((usable.sum(1) >= 2).sum()),
+            float(sum(batch.loss_tokens(r) for r in range(len(batch.completion_ids)) if not cut[r])),
+            float((self._usable(batch).sum(1) >= 2).sum()),
         ], dtype=torch.float64, device=self.acc.device)
         tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
         totals = Totals(num_tokens=tokens, num_seqs=float(len(batch.completion_ids) * self.world),
                         num_prompts=float(batch.num_prompts * self.world), num_groups=groups)
         plan = StepPlan(micro_batches=micro, totals=totals)
-        need_old = needs.importance_correction and self.cfg.train.updates_per_batch > 1
+        # pi_old from its own pass when the batch is reused (mu > 1) or the KL goes into the reward.
+        need_old = needs.importance_correction and (self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
         with torch.no_grad():
             for i, mb in enumerate(micro):
                 seqs = self._sequences(batch, mb)
@@ -287,6 +294,20 @@ class Trainer:
                 if need_old:
                     plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
         return plan
+
+    def _kl_in_reward(self, batch: GroupBatch, plan: StepPlan, metrics: dict[str, float]) -> GroupBatch:
+        """verl's use_kl_in_reward: R - beta * sum_t KL_t(pi_old || pi_ref) per completion, before advantages."""
+        lc = self.cfg.loss
+        penalty = torch.zeros(len(batch.completion_ids), dtype=torch.float32)
+        for i, mb in enumerate(plan.micro_batches):
+            seqs = self._sequences(batch, mb)
+            mask = self._loss_mask(batch, mb, seqs.completion_mask[: len(mb.rows)])
+            zero = torch.zeros(len(mb.rows), device=self.acc.device)
+            shaped = algos.kl_penalty_rewards(zero, plan.old[i], plan.ref[i], mask, lc.beta, kind=lc.kl_kind)
+            penalty[mb.rows] = -shaped.float().cpu()
+        penalty = penalty.view_as(batch.rewards)
+        metrics["kl_in_reward/penalty"] = self.acc.reduce(penalty.mean().to(self.acc.device), "mean").item()
+        return replace(batch, rewards=batch.rewards - penalty)
 
     def _advantages(self, batch: GroupBatch, metrics: dict[str, float]) -> GroupBatch:
         """Group statistics are per prompt, but `scale=batch` needs every rank's rewards: gather once,
@@ -323,23 +344,34 @@ class Trainer:
         return out
 
     def _logp(self, model, seqs, with_entropy: bool = False):
-        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked."""
-        logits = completion_logits(model, seqs)
+        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked.
+
+        Of softmax(logits / T), the distribution the engine sampled from at temperature T: the ratio,
+        the importance weights and the KL are then all of the sampling policy.
+        """
+        with self.precision.context(self.acc.device):
+            logits = completion_logits(model, seqs)
+        t = self.cfg.rollout.temperature
         if with_entropy:
-            return algos.token_logprobs(logits, seqs.completion_ids, return_entropy=True)
-        return algos.token_logprobs(logits, seqs.completion_ids), None
+            return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
+        return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
+
+    def _loss_mask(self, batch: GroupBatch, mb: MicroBatchRows, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] loss tokens of the micro-batch's completion rows: agents' action tokens only, and
+        none in completions cut at max_tokens when loss.mask_truncated."""
+        if batch.token_mask is not None:
+            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        if self.cfg.loss.mask_truncated:
+            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
+        return mask
 
     def _micro_batch(self, batch: GroupBatch, mb: MicroBatchRows, plan: StepPlan, i: int, with_entropy: bool):
         """Forward one micro-batch and assemble the algorithm's `MicroBatch` (and the entropy [B,T])."""
         needs, lc, n = self.algo.needs, self.cfg.loss, len(mb.rows)
         seqs = self._sequences(batch, mb)
         logp_all, entropy = self._logp(self.model, seqs, with_entropy)
-        logp, mask = logp_all[:n], seqs.completion_mask[:n]
-        if batch.token_mask is not None:  # agents: action tokens only
-            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        logp, mask = logp_all[:n], self._loss_mask(batch, mb, seqs.completion_mask[:n])
         usable = self._usable(batch).reshape(-1)[mb.rows]
-        if lc.mask_truncated:
-            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
         engine_logp = self._padded(batch.engine_logprobs, mb.rows, logp.detach()) if batch.engine_logprobs else None
         old_logp = is_weights = None
         if needs.importance_correction:
@@ -358,8 +390,13 @@ class Trainer:
 
     def _optimize(self, batch: GroupBatch, plan: StepPlan) -> dict[str, float]:
         cfg, micro_batches = self.cfg, plan.micro_batches
-        additive = getattr(self.algo, "additive_metrics", ADDITIVE_METRICS)
-        sums: dict[str, float] = defaultdict(float)
+        additive = self.algo.additive_metrics
+        # Loss metrics are averaged over every update (mu of them: with mu > 1 the ratio moves, and
+        # the clip fractions of update 0 alone would always read 0); entropy and the engine mismatch
+        # describe the rollout policy and come from update 0.
+        per_update: dict[str, float] = defaultdict(float)
+        rollout_policy: dict[str, float] = defaultdict(float)
+        grad_norms = []
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
             for i, mb in enumerate(micro_batches):
@@ -373,26 +410,30 @@ class Trainer:
                     self.acc.backward(loss * self.world)
                 mask = micro.mask
                 n = mask.sum().item()
+                per_update["loss"] += loss.item()
+                per_update["tokens"] += n
+                for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
+                    per_update[k] += float(v) if k in additive else float(v) * n
                 if update == 0:
-                    sums["loss"] += loss.item()
-                    sums["tokens"] += n
-                    for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
-                        sums[k] += float(v) if k in additive else float(v) * n
-                    sums["entropy"] += (entropy * mask).sum().item()
+                    rollout_policy["tokens"] += n
+                    rollout_policy["entropy"] += (entropy * mask).sum().item()
                     if micro.engine_logp is not None:
-                        reference = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
-                        sums["logp_mismatch"] += ((reference - micro.engine_logp).abs() * mask).sum().item()
+                        trainer_logp = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
+                        rollout_policy["logp_mismatch"] += ((trainer_logp - micro.engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        # Metrics over every rank's tokens, not rank 0's alone (one reduce for all).
-        names = sorted(sums)
-        totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
-        sums = dict(zip(names, totals.tolist()))
-        tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v if k in additive else v / tokens for k, v in sums.items()}
-        out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+        out = {}
+        for sums, repeats in ((per_update, cfg.train.updates_per_batch), (rollout_policy, 1)):
+            # Metrics over every rank's tokens, not rank 0's alone (one reduce for each).
+            names = sorted(sums)
+            totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
+            sums = dict(zip(names, totals.tolist()))
+            tokens = max(sums.pop("tokens"), 1.0)
+            out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return out
 
     # ------------------------------------------------------------------------------ evaluation
