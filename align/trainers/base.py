@@ -43,7 +43,7 @@ from align.trainers.distributed import (
 )
 from align.trainers.logger import RunLogger
 from align.trainers.precision import training_precision
-from align.trainers.sources import GenerationSource, OfflineSource
+from align.trainers.sources import ROLLOUT_SOURCES
 
 
 @dataclass
@@ -87,6 +87,9 @@ class Trainer:
         model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
+        if algorithm.needs.token_advantages:  # declared in Needs for SALT; the loop does not spread them yet
+            raise NotImplementedError(f"algo={algorithm.name} needs per-token advantages, which arrive with the "
+                                      "episode source (SALT); GroupBatch.advantages holds one per completion")
         self.ref_model = None
         if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
@@ -104,15 +107,12 @@ class Trainer:
             system_prompt=d.system_prompt, **d.options,
         )
         self._eval_dataset = None  # loaded on the first evaluation
+        source = ROLLOUT_SOURCES[cfg.rollout.source]
         self.engine = None
-        offline = cfg.rollout.source == "offline"
-        if not offline or cfg.log.eval_every:  # offline training generates only to evaluate
+        if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
-        if offline:
-            self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, accelerator)
-        else:
-            self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
+        self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -196,10 +196,13 @@ class Trainer:
     def batch_arithmetic(self) -> str:
         c = self.cfg
         g, batch = c.rollout.num_generations, c.train.batch_size
+        unused = getattr(self.source, "unused_rows", 0)
+        note = (f"; offline rows: {unused} rows beyond {g} per prompt are unused (raise rollout.num_generations)"
+                if unused else "")
         return (
             f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
             f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
-            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch"
+            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch{note}"
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -247,17 +250,30 @@ class Trainer:
         return batch.valid
 
     def _plan(self, batch: GroupBatch) -> StepPlan:
-        """Micro-batches (equal counts on every rank), global normalisers, reference / pi_old log-probs.
+        """Micro-batches, global normalisers, and the log-probs that stay fixed during the step.
 
-        Micro-batches are cut by token budget over sequences, or over whole groups (with their
-        reference answer) when the algorithm's loss couples group members. Reference log-probs
-        when the algorithm needs a reference model; pi_old from a no-grad pass when the batch is
-        reused (mu > 1); with mu = 1 pi_old is the current policy, taken from the gradient's own
-        forward pass (saves a pass).
+        Reference log-probs when the algorithm needs a reference model; pi_old from a no-grad pass
+        when the batch is reused (mu > 1) or the KL goes into the reward; otherwise pi_old is the
+        current policy, taken from the gradient's own forward pass (saves a pass).
         """
-        needs, G = self.algo.needs, batch.group_size
+        plan = StepPlan(micro_batches=self._micro_batches(batch), totals=self._totals(batch))
+        need_old = self.algo.needs.importance_correction and (
+            self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
+        with torch.no_grad():
+            for i, mb in enumerate(plan.micro_batches):
+                seqs = self._sequences(batch, mb)
+                if self.ref_model is not None:
+                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
+                if need_old:
+                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
+        return plan
+
+    def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
+        """Token-budget micro-batches over sequences, or over whole groups (each with its reference
+        answer) when the algorithm's loss couples group members; the same count on every rank."""
+        G, whole = batch.group_size, self.algo.needs.whole_groups
         prompt_lens = [len(ids) for ids in batch.prompt_ids]
-        if needs.whole_groups:
+        if whole:
             answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
             lengths = [(prompt_lens[p], max([len(answers[p])] + [len(batch.completion_ids[p * G + i]) for i in range(G)]))
                        for p in range(batch.num_prompts)]
@@ -268,32 +284,21 @@ class Trainer:
         units = token_budget_groups(lengths, self.cfg.train.micro_batch_tokens, sizes)
         # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
         units = split_to_count(units, max_over_ranks(self.acc, len(units)))
-        if needs.whole_groups:
-            micro = [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
-                                    answers=sorted(u) if batch.answer_ids else []) for u in units]
-        else:
-            micro = [MicroBatchRows(rows=sorted(u)) for u in units]
+        if not whole:
+            return [MicroBatchRows(rows=sorted(u)) for u in units]
+        return [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
+                               answers=sorted(u) if batch.answer_ids else []) for u in units]
 
-        # Token count over exactly the loss mask (_loss_mask); groups with >= 2 members that carry loss.
-        cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(len(batch.completion_ids), dtype=torch.bool)
-        local = torch.tensor([
-            float(sum(batch.loss_tokens(r) for r in range(len(batch.completion_ids)) if not cut[r])),
-            float((self._usable(batch).sum(1) >= 2).sum()),
-        ], dtype=torch.float64, device=self.acc.device)
+    def _totals(self, batch: GroupBatch) -> Totals:
+        """The step's global counts: tokens under exactly the loss mask (`_loss_mask`), completions,
+        prompts, and groups with >= 2 members that carry loss. One all-reduce."""
+        n = len(batch.completion_ids)
+        cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(n, dtype=torch.bool)
+        local = torch.tensor([float(sum(batch.loss_tokens(r) for r in range(n) if not cut[r])),
+                              float((self._usable(batch).sum(1) >= 2).sum())], dtype=torch.float64, device=self.acc.device)
         tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
-        totals = Totals(num_tokens=tokens, num_seqs=float(len(batch.completion_ids) * self.world),
-                        num_prompts=float(batch.num_prompts * self.world), num_groups=groups)
-        plan = StepPlan(micro_batches=micro, totals=totals)
-        # pi_old from its own pass when the batch is reused (mu > 1) or the KL goes into the reward.
-        need_old = needs.importance_correction and (self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
-        with torch.no_grad():
-            for i, mb in enumerate(micro):
-                seqs = self._sequences(batch, mb)
-                if self.ref_model is not None:
-                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
-                if need_old:
-                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
-        return plan
+        return Totals(num_tokens=tokens, num_seqs=float(n * self.world), num_prompts=float(batch.num_prompts * self.world),
+                      num_groups=groups)
 
     def _kl_in_reward(self, batch: GroupBatch, plan: StepPlan, metrics: dict[str, float]) -> GroupBatch:
         """verl's use_kl_in_reward: R - beta * sum_t KL_t(pi_old || pi_ref) per completion, before advantages."""

@@ -218,8 +218,8 @@ class OfflineSource:
 
     uses_engine = False
 
-    def __init__(self, cfg, algorithm, tokenizer, dataset, accelerator):
-        self.cfg, self.algo, self.tokenizer = cfg, algorithm, tokenizer
+    def __init__(self, cfg, algorithm, engine, tokenizer, dataset, accelerator):
+        self.cfg, self.algo, self.tokenizer = cfg, algorithm, tokenizer  # the engine (if any) only evaluates
         self.groups = group_offline_rows(dataset, f"offline data {cfg.data.source!r}")
         self.unused_rows = sum(max(len(group.rows) - cfg.rollout.num_generations, 0) for group in self.groups)
         self.prompts = PromptStream(self.groups, cfg.train.seed, accelerator.process_index, accelerator.num_processes)
@@ -259,3 +259,7 @@ class OfflineSource:
         samples = [{"prompt": str(group.prompt)[-200:], "completion": group.completions[0], "reward": group.rewards[0]}
                    for group in groups]
         return Collected(batch, metrics, samples)
+
+
+# rollout.source=NAME -> the source class (each takes cfg, algorithm, engine, tokenizer, dataset, accelerator)
+ROLLOUT_SOURCES: dict[str, type] = {"generate": GenerationSource, "offline": OfflineSource}

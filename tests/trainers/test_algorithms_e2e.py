@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 SMALL = ["model.name=tiny", "rollout.engine=hf", "rollout.num_generations=4", "train.batch_size=8", "rollout.max_tokens=12",
-         "data.options.size=32", "log.console=false", "log.tensorboard=false", "log.eval_every=0", "train.lr=1e-3",
+         "log.console=false", "log.tensorboard=false", "log.eval_every=0", "train.lr=1e-3",
          "train.steps=2", "log.save_every=0"]
 
 
@@ -43,7 +43,7 @@ def moved(run_dir: Path, tiny_path: str) -> float:
 
 
 def test_grao_run_imitates_the_reference_and_trains(cache_dir, tiny_path, tmp_path):
-    rows = launch(cache_dir, tmp_path / "grao", "recipe=grao_geometry")
+    rows = launch(cache_dir, tmp_path / "grao", "recipe=grao_geometry", "data.options.size=32")
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         # the untrained tiny model is never right, so every sample loses to the worked solution:
@@ -56,7 +56,7 @@ def test_grao_run_imitates_the_reference_and_trains(cache_dir, tiny_path, tmp_pa
 
 
 def test_online_copg_run_moves_away_from_the_reference(cache_dir, tiny_path, tmp_path):
-    rows = launch(cache_dir, tmp_path / "copg", "recipe=copg_geometry", "data.source=arith",
+    rows = launch(cache_dir, tmp_path / "copg", "recipe=copg_geometry", "data.source=arith", "data.options.size=32",
                   f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null")
     assert rows[0]["log_ratio_mean"] == 0.0  # step 1: pi = pi_ref
     assert rows[-1]["log_ratio_mean"] != 0.0 and rows[-1]["num_groups"] == 2  # 2 prompts, all groups used
@@ -72,7 +72,7 @@ def test_sample_writes_rows_that_offline_copg_trains_on_without_generating(cache
     assert len(written) == 18 and {"prompt", "completion", "completion_ids", "reward", "answer"} <= set(written[0])
     assert len({r["prompt"] for r in written}) == 6 and len({r["reward"] for r in written}) > 1
 
-    rows = launch(cache_dir, tmp_path / "offline", "recipe=copg_offline", f"data.source={out}", "data.options={}",
+    rows = launch(cache_dir, tmp_path / "offline", "recipe=copg_offline", f"data.source={out}",
                   "rollout.num_generations=3", "train.batch_size=6")
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
