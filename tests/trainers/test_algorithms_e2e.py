@@ -66,7 +66,7 @@ def test_online_copg_run_moves_away_from_the_reference(cache_dir, tiny_path, tmp
 def test_sample_writes_rows_that_offline_copg_trains_on_without_generating(cache_dir, tiny_path, tmp_path):
     out = tmp_path / "rows.jsonl"
     run([sys.executable, "-m", "align", "sample", "recipe=grpo_math", f"reward.functions=[{DIGITS}:digit_fraction]",
-         "reward.weights=null", "model.name=tiny", "rollout.engine=hf", "rollout.num_generations=3", "rollout.max_tokens=12",
+         "reward.weights=null", "model.name=tiny", "rollout.engine=hf", "rollout.num_generations=3", "train.batch_size=6", "rollout.max_tokens=12",
          "data.options.size=32", f"model.cache_dir={cache_dir}", "--out", str(out), "--prompts", "6"])
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == 18 and {"prompt", "completion", "completion_ids", "reward", "answer"} <= set(written[0])
