@@ -196,12 +196,10 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _closest(key: str) -> str:
-    match = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    if not match:  # a misspelled leaf under the right section: compare leaf names only
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in all_keys()}
-        match = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
-    return f"; did you mean '{match[0]}'?" if match else ""
+    from align.aliases import TABLE, suggest_key  # near-identical spellings only: never a different concept
+
+    match = suggest_key(key, all_keys() + list(TABLE))
+    return f"; did you mean '{match}'?" if match else "; `python -m align --help` lists every key"
 
 
 def find_recipe(name: str) -> Path:
@@ -241,13 +239,15 @@ def load_config(argv: list[str]) -> Config:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from align.aliases import translate_overrides, translate_tree  # TRL/verl names, before any suggestion
+
     recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
-    overrides = _to_override_pairs([a for a in argv if not a.startswith("recipe=")])
+    overrides = _to_override_pairs(translate_overrides([a for a in argv if not a.startswith("recipe=")], is_known_key))
     schema = OmegaConf.structured(Config)
     layers = []
     if recipe:
         path = find_recipe(recipe)
-        recipe_cfg = OmegaConf.load(path)
+        recipe_cfg = OmegaConf.create(translate_tree(OmegaConf.to_container(OmegaConf.load(path)), is_known_key, FREE_FORM))
         flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if not is_known_key(k)]
         if flat:
             raise ConfigError(f"unknown config key '{flat[0]}' in {path}{_closest(flat[0])}")
