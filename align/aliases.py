@@ -167,7 +167,8 @@ TABLE: dict[str, Alias] = {
     "rollout.tensor_model_parallel_size": _verl("rollout.tensor_parallel_size"),
     "rollout.response_length": _verl("rollout.max_tokens"),
     "model.path": _verl("model.name"),
-    "model.lora_rank": Alias("verl", (), None, "", lambda v: {"lora.r": v, "lora.enabled": int(v) > 0}),
+    "model.lora_rank": Alias("verl", ("lora.r", "lora.enabled"), None, "lora_rank > 0 turns LoRA on",
+                             lambda v: {"lora.r": v, "lora.enabled": int(v) > 0}),
     "model.lora_alpha": _verl("lora.alpha"),
     "model.target_modules": _verl("lora.target_modules"),
     "model.enable_gradient_checkpointing": _verl("model.gradient_checkpointing"),
@@ -181,7 +182,8 @@ TABLE: dict[str, Alias] = {
     "data.reward_fn_key": _verl_none("the verl adapter passes the data_source column: reward.functions=[verl:FILE.py:compute_score]"),
     "custom_reward_function.path": _verl_none("write reward.functions=[verl:PATH.py:compute_score] (path and function name together)"),
     "custom_reward_function.name": _verl_none("write reward.functions=[verl:PATH.py:NAME] (path and function name together)"),
-    "algorithm.adv_estimator": _verl(values={"grpo": "grpo"}, note="GRPO advantages are the default; RLOO: loss.baseline=loo"),
+    "algorithm.adv_estimator": Alias("verl", ("loss.baseline",), None, "grpo: the default (mean baseline); rloo: loo",
+                                     lambda v: _adv_estimator(v)),
     "algorithm.norm_adv_by_std_in_grpo": _verl("loss.scale", values={"true": "std", "false": "none"}),
     "algorithm.use_kl_in_reward": _verl("loss.kl_in_reward"),
     "algorithm.kl_ctrl.kl_coef": _verl("loss.beta"),
@@ -195,6 +197,14 @@ TABLE: dict[str, Alias] = {
     "trainer.test_freq": _verl("log.eval_every"),
     "trainer.default_local_dir": _verl("log.run_dir"),
 }
+
+def _adv_estimator(value: Any) -> dict[str, Any]:
+    baselines = {"grpo": "mean", "rloo": "loo"}
+    if str(value).lower() not in baselines:
+        raise ConfigError(f"'algorithm.adv_estimator={value}' (verl) has no equivalent here; accepted: grpo, rloo "
+                          "(GAE/PPO critics are not implemented)")
+    return {"loss.baseline": baselines[str(value).lower()]}
+
 
 # Foreign values accepted under our own keys too (e.g. loss.agg=token-mean, loss.kl_kind=low_var_kl).
 VALUES_OF_OUR_KEYS: dict[str, dict[str, Any]] = {
@@ -392,15 +402,25 @@ def _distance(a: str, b: str) -> int:
 
 def markdown_table() -> str:
     """The README table: TRL's and verl's names beside ours, with the defaults that differ."""
+    from align.config import Config, _get
+
+    defaults = Config()
     rows = ["| TRL 1.16 | verl | here | note |", "|---|---|---|---|"]
-    by_target: dict[tuple[str, ...], dict[str, list[str]]] = {}
+    groups: dict[tuple[str, ...], dict[str, list[str]]] = {}
     for name, alias in TABLE.items():
-        entry = by_target.setdefault(alias.targets or (f"({name})",), {"TRL": [], "verl": [], "notes": []})
-        shown = f"`{name}`" + (f" (default {alias.foreign_default})" if alias.foreign_default else "")
-        entry[alias.origin].append(shown)
-        if alias.note and alias.targets:
+        # Keys with no equivalent share a row per explanation.
+        entry = groups.setdefault(alias.targets or ("—", alias.note), {"TRL": [], "verl": [], "notes": [], "differs": []})
+        entry[alias.origin].append(f"`{name}`" + (f" (default {alias.foreign_default})" if alias.foreign_default else ""))
+        if alias.note and alias.note not in entry["notes"]:
             entry["notes"].append(alias.note)
-    for targets, entry in by_target.items():
-        ours = " + ".join(f"`{t}`" for t in targets) if not targets[0].startswith("(") else "—"
+        if alias.foreign_default:
+            entry["differs"].append(name)
+    for targets, entry in groups.items():
+        if targets[0] == "—":
+            ours = "—"
+        else:
+            ours = " + ".join(f"`{t}`" for t in targets)
+            if entry["differs"]:
+                ours += f" (default {_dump(_get(defaults, targets[0]))})"
         rows.append(f"| {', '.join(entry['TRL'])} | {', '.join(entry['verl'])} | {ours} | {'; '.join(entry['notes'])} |")
     return "\n".join(rows)
