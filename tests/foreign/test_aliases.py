@@ -135,3 +135,12 @@ def test_every_alias_target_is_a_real_key():
     for name, alias in aliases.TABLE.items():
         for target in alias.targets:
             assert target in all_keys(), (name, target)
+
+
+def test_explain_accepts_and_translates_foreign_names(cache_dir):
+    from align.explain import main as explain
+
+    text = explain(["recipe=grpo_math", f"model.cache_dir={cache_dir}", "num_iterations=2", "loss_type=dapo",
+                    "actor_rollout_ref.actor.kl_loss_coef=0.04", "actor_rollout_ref.actor.kl_loss_type=mse"])
+    assert "2 update(s) per rollout batch" in text and "aggregation token_mean" in text
+    assert "KL: beta=0.04 k2 in the loss" in text

@@ -109,3 +109,14 @@ def test_missing_eval_split_holds_out_a_disjoint_deterministic_slice(tmp_path):
     assert len(training_rows(cfg)) == 50
     with pytest.raises(Exception, match="single split"):
         evaluation_rows(cfg)
+
+
+def test_eval_accuracy_changes_what_align_eval_reports(cache_dir):
+    from align.eval import main as evaluate
+
+    common = ["recipe=grpo_math", f"model.cache_dir={cache_dir}", "data.options.size=4", "eval.k=1",
+              "rollout.engine=hf", "rollout.max_tokens=4"]
+    default = evaluate(common)
+    chosen = evaluate(common + ["eval.accuracy=think_answer_format"])
+    assert "eval/think_answer_format/rate" in default and "eval/math_accuracy/rate" not in default
+    assert "eval/math_accuracy/rate" in chosen and "eval/think_answer_format/rate" not in chosen
