@@ -233,6 +233,8 @@ def translate_pair(key: str, value: Any) -> dict[str, Any] | None:
     """
     stripped = key.removeprefix(VERL_PREFIX)
     if stripped != key and stripped in all_keys():  # verl spells some keys as we do: rollout.temperature, ...
+        if stripped == "rollout.top_k" and value == -1:  # verl's "off" is -1, ours 0
+            value = 0
         return _announce(key, {stripped: value})
     found = lookup(key)
     if found is None:

@@ -49,6 +49,7 @@ def test_verl_keys_and_values_translate_with_or_without_prefix():
     assert (cfg.train.lr, cfg.loss.kl_kind, cfg.loss.agg, cfg.rollout.num_generations) == (2e-6, "k3", "token_mean", 4)
     assert (cfg.train.updates_per_batch, cfg.rollout.temperature, cfg.loss.eps_high, cfg.loss.scale) == (3, 0.7, 0.28, "none")
     assert cfg.lora.enabled and cfg.lora.r == 8
+    assert load_config(["actor_rollout_ref.rollout.top_k=-1"]).rollout.top_k == 0  # verl's "off"
     assert load_config(["actor.kl_loss_type=kl"]).loss.kl_kind == "k1"
     assert load_config(["actor.kl_loss_type=mse"]).loss.kl_kind == "k2"
     assert load_config(["actor.loss_agg_mode=seq-mean-token-sum-norm"]).loss.agg == "seq_sum_const"
