@@ -156,3 +156,40 @@ def test_offline_source_needs_an_offline_algorithm_and_unknown_algo_lists_the_re
         load_config(["algo=ppo"])
     with pytest.raises(ConfigError, match="copg.beta=0.0: must be > 0"):
         load_config(["recipe=copg_geometry", "copg.beta=0"])
+
+
+def _micro(group_size: int, **extra):
+    from align.algos import MicroBatch, Totals
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 2 * group_size, 5
+    return MicroBatch(logp=-torch.rand(B, T, generator=g), mask=torch.ones(B, T), advantages=torch.randn(B, generator=g),
+                      rewards=torch.randn(B, generator=g), valid=torch.ones(B, dtype=torch.bool), group_size=group_size,
+                      totals=Totals(num_tokens=B * T, num_seqs=B, num_prompts=2, num_groups=2), **extra)
+
+
+@pytest.mark.parametrize("algo, key, value", [("grao", "beta", 0.9), ("grao", "lam", 0.1), ("copg", "beta", 0.7)])
+def test_section_keys_change_the_loss(algo, key, value):
+    """grao.beta, grao.lam and copg.beta reach the loss (each recipe key does something)."""
+    from align.trainers import algorithm_class
+
+    recipe = {"grao": "grao_geometry", "copg": "copg_geometry"}[algo]
+    extra = dict(answer_logp=-torch.rand(2, 4), answer_mask=torch.ones(2, 4), answer_advantages=torch.tensor([1.0, -0.5]))
+    mb = _micro(3, **(extra if algo == "grao" else dict(ref_logp=-torch.rand(6, 5))))
+    losses = [algorithm_class(algo)(load_config([f"recipe={recipe}", *o])).loss(mb)[0]
+              for o in ([], [f"{algo}.{key}={value}"])]
+    assert not torch.allclose(losses[0], losses[1])
+
+
+def test_eval_source_is_what_evaluation_reads(tmp_path):
+    """data.eval_source: offline rows train, a task evaluates; and nothing of the rows file is held out."""
+    from align.data.holdout import evaluation_rows, training_rows
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i // 2}", "completion": str(i), "reward": i % 2}) + "\n"
+                            for i in range(40)))
+    cfg = load_config(["recipe=copg_offline", f"data.source={rows}", "data.eval_source=arith"])
+    assert len(training_rows(cfg)) == 40
+    assert evaluation_rows(cfg)[0]["prompt"].startswith("What is")
+    other = load_config(["recipe=copg_offline", f"data.source={rows}", "data.eval_source=geometry"])
+    assert isinstance(evaluation_rows(other)[0]["prompt"], list)  # geometry prompts are chat messages
