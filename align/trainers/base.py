@@ -43,6 +43,7 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
+from align.trainers.episodes import EpisodeSource
 from align.trainers.sources import GenerationSource, OfflineSource
 
 
@@ -96,7 +97,8 @@ class Trainer:
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
         d = cfg.data
-        dataset = load_prompt_dataset(
+        episodes = cfg.rollout.source == "episodes"  # agents: tasks come from the environment
+        dataset = None if episodes else load_prompt_dataset(
             d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
             system_prompt=d.system_prompt, **d.options,
         )
@@ -106,7 +108,9 @@ class Trainer:
         if not offline or cfg.log.eval_every:  # offline training generates only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
-        if offline:
+        if episodes:
+            self.source = EpisodeSource(cfg, algorithm, self.engine, self.tokenizer, self.rank, self.world)
+        elif offline:
             self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, self.rank, self.world)
         else:
             self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, self.rank, self.world)
@@ -303,7 +307,11 @@ class Trainer:
         answers = adv.answers[mine] if adv.answers is not None else None
         if answers is not None:
             metrics["adv/answer_mean"] = adv.answers.mean().item()
-        return batch.with_advantages(adv.completions[mine], answers)
+        batch = batch.with_advantages(adv.completions[mine], answers)
+        if self.algo.needs.token_advantages:  # SALT: per-step advantages from this rank's groups
+            batch, graph_metrics = self.algo.token_advantages(batch)
+            metrics |= rollout_metrics_over_ranks(self.acc, graph_metrics)
+        return batch
 
     # ------------------------------------------------------------------------------- training
     def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences:
@@ -344,12 +352,21 @@ class Trainer:
         old_logp = is_weights = None
         if needs.importance_correction:
             old_logp = plan.old.get(i, logp.detach())
+        if engine_logp is not None and batch.token_mask is not None:
+            # Observation tokens come from the environment, not the policy: their engine "log-prob" is
+            # no policy probability, so they stay out of importance correction (weight 1, no mismatch).
+            engine_logp = torch.where(mask > 0, engine_logp, old_logp if old_logp is not None else logp.detach())
+        if needs.importance_correction:
             if lc.tis_cap and engine_logp is not None:
                 is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap)
         answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
                        answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
+        if batch.token_advantages is not None:  # SALT: one advantage per action token
+            advantages = self._padded(batch.token_advantages, mb.rows, logp.detach())
+        else:
+            advantages = batch.advantages.reshape(-1)[mb.rows].to(logp)
         micro = MicroBatch(
-            logp=logp, mask=mask, advantages=batch.advantages.reshape(-1)[mb.rows].to(logp),
+            logp=logp, mask=mask, advantages=advantages,
             rewards=batch.rewards.reshape(-1)[mb.rows].to(logp), valid=usable.to(logp.device),
             group_size=batch.group_size, totals=plan.totals, old_logp=old_logp, engine_logp=engine_logp,
             ref_logp=plan.ref.get(i), is_weights=is_weights, **answers,
@@ -402,6 +419,8 @@ class Trainer:
         d = self.cfg.data
         if not self.algo.needs.weight_sync:  # the engine does not follow the policy during training
             self._sync_engine()
+        if isinstance(self.source, EpisodeSource):  # agents: success rate on held-out tasks
+            return self.source.evaluate()
         if self._eval_dataset is None:
             self._eval_dataset = load_prompt_dataset(d.eval_source or d.source, d.eval_split, prompt_column=d.prompt_column,
                                                      answer_column=d.answer_column, system_prompt=d.system_prompt,
