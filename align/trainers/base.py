@@ -20,7 +20,7 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,6 @@ from align.data import load_prompt_dataset
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
 from align.algos import GroupBatch, MicroBatch, Totals
 from align.rollout import make_engine
-from align.trainers.algorithm import ADDITIVE_METRICS
 from align.trainers.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
 from align.trainers.distributed import (
@@ -43,8 +42,8 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
-from align.trainers.episodes import EpisodeSource
-from align.trainers.sources import GenerationSource, OfflineSource
+from align.trainers.precision import training_precision
+from align.trainers.sources import ROLLOUT_SOURCES
 
 
 @dataclass
@@ -73,7 +72,7 @@ def resolve_dtype(name: str) -> str:
 
 class Trainer:
     def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path):
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         self.cfg, self.acc, self.algo, self.run_dir = cfg, accelerator, algorithm, run_dir
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -82,7 +81,10 @@ class Trainer:
         m = cfg.model
         self.model_path = resolve_model_path(m.name, m.cache_dir)
         self.tokenizer = load_tokenizer(self.model_path)
-        model = load_model(self.model_path, self.dtype, accelerator.device, m.gradient_checkpointing)
+        # fp32 master weights + bf16 autocast for full fine-tuning (see trainers/precision.py)
+        self.precision = training_precision(self.dtype, lora=cfg.lora.enabled,
+                                            deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
+        model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
         self.ref_model = None
@@ -97,23 +99,18 @@ class Trainer:
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
         d = cfg.data
-        episodes = cfg.rollout.source == "episodes"  # agents: tasks come from the environment
-        dataset = None if episodes else load_prompt_dataset(
+        # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
+        dataset = None if cfg.rollout.source == "episodes" else load_prompt_dataset(
             d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
             system_prompt=d.system_prompt, **d.options,
         )
         self._eval_dataset = None  # loaded on the first evaluation
+        source = ROLLOUT_SOURCES[cfg.rollout.source]
         self.engine = None
-        offline = cfg.rollout.source == "offline"
-        if not offline or cfg.log.eval_every:  # offline training generates only to evaluate
+        if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
-        if episodes:
-            self.source = EpisodeSource(cfg, algorithm, self.engine, self.tokenizer, self.rank, self.world)
-        elif offline:
-            self.source = OfflineSource(cfg, algorithm, self.tokenizer, dataset, self.rank, self.world)
-        else:
-            self.source = GenerationSource(cfg, algorithm, self.engine, self.tokenizer, dataset, self.rank, self.world)
+        self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -197,10 +194,13 @@ class Trainer:
     def batch_arithmetic(self) -> str:
         c = self.cfg
         g, batch = c.rollout.num_generations, c.train.batch_size
+        unused = getattr(self.source, "unused_rows", 0)
+        note = (f"; offline rows: {unused} rows beyond {g} per prompt are unused (raise rollout.num_generations)"
+                if unused else "")
         return (
             f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
             f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
-            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch"
+            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch{note}"
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -218,7 +218,9 @@ class Trainer:
         plan = self._plan(batch)
         timers["logprob"] += time.perf_counter() - t0
 
-        # 3. Advantages over the global batch.
+        # 3. Advantages over the global batch (after the KL penalty, when it goes into the reward).
+        if self.cfg.loss.kl_in_reward:
+            batch = self._kl_in_reward(batch, plan, metrics)
         batch = self._advantages(batch, metrics)
 
         # 4. Loss per micro-batch -> backward -> clip -> optimizer (x updates_per_batch).
@@ -246,17 +248,30 @@ class Trainer:
         return batch.valid
 
     def _plan(self, batch: GroupBatch) -> StepPlan:
-        """Micro-batches (equal counts on every rank), global normalisers, reference / pi_old log-probs.
+        """Micro-batches, global normalisers, and the log-probs that stay fixed during the step.
 
-        Micro-batches are cut by token budget over sequences, or over whole groups (with their
-        reference answer) when the algorithm's loss couples group members. Reference log-probs
-        when the algorithm needs a reference model; pi_old from a no-grad pass when the batch is
-        reused (mu > 1); with mu = 1 pi_old is the current policy, taken from the gradient's own
-        forward pass (saves a pass).
+        Reference log-probs when the algorithm needs a reference model; pi_old from a no-grad pass
+        when the batch is reused (mu > 1) or the KL goes into the reward; otherwise pi_old is the
+        current policy, taken from the gradient's own forward pass (saves a pass).
         """
-        needs, G = self.algo.needs, batch.group_size
+        plan = StepPlan(micro_batches=self._micro_batches(batch), totals=self._totals(batch))
+        need_old = self.algo.needs.importance_correction and (
+            self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
+        with torch.no_grad():
+            for i, mb in enumerate(plan.micro_batches):
+                seqs = self._sequences(batch, mb)
+                if self.ref_model is not None:
+                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
+                if need_old:
+                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
+        return plan
+
+    def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
+        """Token-budget micro-batches over sequences, or over whole groups (each with its reference
+        answer) when the algorithm's loss couples group members; the same count on every rank."""
+        G, whole = batch.group_size, self.algo.needs.whole_groups
         prompt_lens = [len(ids) for ids in batch.prompt_ids]
-        if needs.whole_groups:
+        if whole:
             answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
             lengths = [(prompt_lens[p], max([len(answers[p])] + [len(batch.completion_ids[p * G + i]) for i in range(G)]))
                        for p in range(batch.num_prompts)]
@@ -267,30 +282,35 @@ class Trainer:
         units = token_budget_groups(lengths, self.cfg.train.micro_batch_tokens, sizes)
         # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
         units = split_to_count(units, max_over_ranks(self.acc, len(units)))
-        if needs.whole_groups:
-            micro = [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
-                                    answers=sorted(u) if batch.answer_ids else []) for u in units]
-        else:
-            micro = [MicroBatchRows(rows=sorted(u)) for u in units]
+        if not whole:
+            return [MicroBatchRows(rows=sorted(u)) for u in units]
+        return [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
+                               answers=sorted(u) if batch.answer_ids else []) for u in units]
 
-        usable = self._usable(batch)
-        local = torch.tensor([
-            float(sum(batch.loss_tokens(r) for r in range(len(batch.completion_ids)) if usable.view(-1)[r])),
-            float((usable.sum(1) >= 2).sum()),
-        ], dtype=torch.float64, device=self.acc.device)
+    def _totals(self, batch: GroupBatch) -> Totals:
+        """The step's global counts: tokens under exactly the loss mask (`_loss_mask`), completions,
+        prompts, and groups with >= 2 members that carry loss. One all-reduce."""
+        n = len(batch.completion_ids)
+        cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(n, dtype=torch.bool)
+        local = torch.tensor([float(sum(batch.loss_tokens(r) for r in range(n) if not cut[r])),
+                              float((self._usable(batch).sum(1) >= 2).sum())], dtype=torch.float64, device=self.acc.device)
         tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
-        totals = Totals(num_tokens=tokens, num_seqs=float(len(batch.completion_ids) * self.world),
-                        num_prompts=float(batch.num_prompts * self.world), num_groups=groups)
-        plan = StepPlan(micro_batches=micro, totals=totals)
-        need_old = needs.importance_correction and self.cfg.train.updates_per_batch > 1
-        with torch.no_grad():
-            for i, mb in enumerate(micro):
-                seqs = self._sequences(batch, mb)
-                if self.ref_model is not None:
-                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
-                if need_old:
-                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
-        return plan
+        return Totals(num_tokens=tokens, num_seqs=float(n * self.world), num_prompts=float(batch.num_prompts * self.world),
+                      num_groups=groups)
+
+    def _kl_in_reward(self, batch: GroupBatch, plan: StepPlan, metrics: dict[str, float]) -> GroupBatch:
+        """verl's use_kl_in_reward: R - beta * sum_t KL_t(pi_old || pi_ref) per completion, before advantages."""
+        lc = self.cfg.loss
+        penalty = torch.zeros(len(batch.completion_ids), dtype=torch.float32)
+        for i, mb in enumerate(plan.micro_batches):
+            seqs = self._sequences(batch, mb)
+            mask = self._loss_mask(batch, mb, seqs.completion_mask[: len(mb.rows)])
+            zero = torch.zeros(len(mb.rows), device=self.acc.device)
+            shaped = algos.kl_penalty_rewards(zero, plan.old[i], plan.ref[i], mask, lc.beta, kind=lc.kl_kind)
+            penalty[mb.rows] = -shaped.float().cpu()
+        penalty = penalty.view_as(batch.rewards)
+        metrics["kl_in_reward/penalty"] = self.acc.reduce(penalty.mean().to(self.acc.device), "mean").item()
+        return replace(batch, rewards=batch.rewards - penalty)
 
     def _advantages(self, batch: GroupBatch, metrics: dict[str, float]) -> GroupBatch:
         """Group statistics are per prompt, but `scale=batch` needs every rank's rewards: gather once,
@@ -331,23 +351,34 @@ class Trainer:
         return out
 
     def _logp(self, model, seqs, with_entropy: bool = False):
-        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked."""
-        logits = completion_logits(model, seqs)
+        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked.
+
+        Of softmax(logits / T), the distribution the engine sampled from at temperature T: the ratio,
+        the importance weights and the KL are then all of the sampling policy.
+        """
+        with self.precision.context(self.acc.device):
+            logits = completion_logits(model, seqs)
+        t = self.cfg.rollout.temperature
         if with_entropy:
-            return algos.token_logprobs(logits, seqs.completion_ids, return_entropy=True)
-        return algos.token_logprobs(logits, seqs.completion_ids), None
+            return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
+        return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
+
+    def _loss_mask(self, batch: GroupBatch, mb: MicroBatchRows, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] loss tokens of the micro-batch's completion rows: agents' action tokens only, and
+        none in completions cut at max_tokens when loss.mask_truncated."""
+        if batch.token_mask is not None:
+            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        if self.cfg.loss.mask_truncated:
+            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
+        return mask
 
     def _micro_batch(self, batch: GroupBatch, mb: MicroBatchRows, plan: StepPlan, i: int, with_entropy: bool):
         """Forward one micro-batch and assemble the algorithm's `MicroBatch` (and the entropy [B,T])."""
         needs, lc, n = self.algo.needs, self.cfg.loss, len(mb.rows)
         seqs = self._sequences(batch, mb)
         logp_all, entropy = self._logp(self.model, seqs, with_entropy)
-        logp, mask = logp_all[:n], seqs.completion_mask[:n]
-        if batch.token_mask is not None:  # agents: action tokens only
-            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        logp, mask = logp_all[:n], self._loss_mask(batch, mb, seqs.completion_mask[:n])
         usable = self._usable(batch).reshape(-1)[mb.rows]
-        if lc.mask_truncated:
-            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
         engine_logp = self._padded(batch.engine_logprobs, mb.rows, logp.detach()) if batch.engine_logprobs else None
         old_logp = is_weights = None
         if needs.importance_correction:
@@ -375,8 +406,13 @@ class Trainer:
 
     def _optimize(self, batch: GroupBatch, plan: StepPlan) -> dict[str, float]:
         cfg, micro_batches = self.cfg, plan.micro_batches
-        additive = getattr(self.algo, "additive_metrics", ADDITIVE_METRICS)
-        sums: dict[str, float] = defaultdict(float)
+        additive = self.algo.additive_metrics
+        # Loss metrics are averaged over every update (mu of them: with mu > 1 the ratio moves, and
+        # the clip fractions of update 0 alone would always read 0); entropy and the engine mismatch
+        # describe the rollout policy and come from update 0.
+        per_update: dict[str, float] = defaultdict(float)
+        rollout_policy: dict[str, float] = defaultdict(float)
+        grad_norms = []
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
             for i, mb in enumerate(micro_batches):
@@ -390,26 +426,30 @@ class Trainer:
                     self.acc.backward(loss * self.world)
                 mask = micro.mask
                 n = mask.sum().item()
+                per_update["loss"] += loss.item()
+                per_update["tokens"] += n
+                for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
+                    per_update[k] += float(v) if k in additive else float(v) * n
                 if update == 0:
-                    sums["loss"] += loss.item()
-                    sums["tokens"] += n
-                    for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
-                        sums[k] += float(v) if k in additive else float(v) * n
-                    sums["entropy"] += (entropy * mask).sum().item()
+                    rollout_policy["tokens"] += n
+                    rollout_policy["entropy"] += (entropy * mask).sum().item()
                     if micro.engine_logp is not None:
-                        reference = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
-                        sums["logp_mismatch"] += ((reference - micro.engine_logp).abs() * mask).sum().item()
+                        trainer_logp = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
+                        rollout_policy["logp_mismatch"] += ((trainer_logp - micro.engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        # Metrics over every rank's tokens, not rank 0's alone (one reduce for all).
-        names = sorted(sums)
-        totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
-        sums = dict(zip(names, totals.tolist()))
-        tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v if k in additive else v / tokens for k, v in sums.items()}
-        out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+        out = {}
+        for sums, repeats in ((per_update, cfg.train.updates_per_batch), (rollout_policy, 1)):
+            # Metrics over every rank's tokens, not rank 0's alone (one reduce for each).
+            names = sorted(sums)
+            totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
+            sums = dict(zip(names, totals.tolist()))
+            tokens = max(sums.pop("tokens"), 1.0)
+            out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return out
 
     # ------------------------------------------------------------------------------ evaluation
@@ -419,7 +459,7 @@ class Trainer:
         d = self.cfg.data
         if not self.algo.needs.weight_sync:  # the engine does not follow the policy during training
             self._sync_engine()
-        if isinstance(self.source, EpisodeSource):  # agents: success rate on held-out tasks
+        if hasattr(self.source, "evaluate"):  # agents (EpisodeSource): success rate on held-out tasks
             return self.source.evaluate()
         if self._eval_dataset is None:
             self._eval_dataset = load_prompt_dataset(d.eval_source or d.source, d.eval_split, prompt_column=d.prompt_column,

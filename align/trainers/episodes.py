@@ -32,8 +32,9 @@ from align.trainers.sources import Collected
 class EpisodeSource:
     uses_engine = True
 
-    def __init__(self, cfg, algorithm, engine, tokenizer, rank: int, world: int):
+    def __init__(self, cfg, algorithm, engine, tokenizer, dataset, accelerator):
         self.cfg, self.algo, self.engine, self.tokenizer = cfg, algorithm, engine, tokenizer
+        rank, world = accelerator.process_index, accelerator.num_processes
         self.rank, self.world = rank, world
         e = cfg.env
         self.env_class = load_environment_class(e.name)
