@@ -32,8 +32,9 @@ GRID_WARM_START_VERSION = 1
 @dataclass(frozen=True)
 class GridWarmStartConfig:
     seed: int = 0
-    steps: int = 150
-    batch_size: int = 32
+    # Small on purpose (a ~0.8M-parameter model, ~200-token episodes): about 100 x 16 x 200 tokens.
+    steps: int = 100
+    batch_size: int = 16
     lr: float = 3e-3
     expert_prob: float = 0.6  # share of demonstrated moves that are optimal; the rest are random
     size: int = 4
