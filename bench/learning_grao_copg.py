@@ -43,9 +43,9 @@ RUNS = {
 COLORS = {"grpo": "tab:orange", "grao": "tab:blue", "copg": "tab:green", "copg_offline": "tab:red"}
 
 
-def offline_rows(path: Path, prompts: int) -> Path:
+def offline_rows(path: Path, prompts: int, extra: list[str]) -> Path:
     if not path.exists():
-        cmd = [sys.executable, "-m", "align", "sample", "recipe=grpo_geometry_aux", *SCORED, "--out", str(path),
+        cmd = [sys.executable, "-m", "align", "sample", "recipe=grpo_geometry_aux", *SCORED, *extra, "--out", str(path),
                "--prompts", str(prompts)]
         subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
     return path
@@ -91,10 +91,13 @@ def main() -> None:
     for seed in args.seeds:  # alternate algorithms within a seed: machine load hits them alike
         for name in args.algos:
             recipe, extra = RUNS[name]
-            if name == "copg_offline":
-                extra = [f"data.source={offline_rows(work / 'rows.jsonl', args.offline_prompts)}"]
+            overrides = args.extra
+            if name == "copg_offline":  # the rows file is the training data: task options do not apply to it
+                rows = offline_rows(work / "rows.jsonl", args.offline_prompts, args.extra)
+                extra = [f"data.source={rows}"]
+                overrides = [o for o in args.extra if not o.startswith(("data.options", "rollout.num_generations", "train.batch_size"))]
             run_dir = work / f"{name}-seed{seed}"
-            train(recipe, seed, None, args.steps, args.eval_every, run_dir, [*extra, *args.extra])
+            train(recipe, seed, None, args.steps, args.eval_every, run_dir, [*extra, *overrides])
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<20}{'steps':>6}{'acc before':>12}{'acc after':>11}{'delta':>8}{'train s':>9}")
