@@ -78,7 +78,7 @@ def describe(cfg: Config, n_params: int, vocab: int, hidden: int, layers: int, d
         lines = [line for line in lines if not line.startswith(grpo_only)]
         section = getattr(cfg, entry.section)
         values = ", ".join(f"{k}={v}" for k, v in vars(section).items())
-        lines.insert(lines.index("active:") + 1, f"  {entry.section}: {values}")
+        lines.insert(lines.index("active:") + 4, f"  {entry.section}: {values}")  # after algorithm, rollouts, phases
     return "\n".join(lines)
 
 

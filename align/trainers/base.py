@@ -27,7 +27,7 @@ import torch
 
 from align import algos
 from align.config import Config, config_to_yaml
-from align.data import load_prompt_dataset
+from align.data.holdout import evaluation_rows, training_rows
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
 from align.algos import GroupBatch, MicroBatch, Totals
 from align.rollout import make_engine
@@ -43,6 +43,7 @@ from align.trainers.distributed import (
 )
 from align.trainers.logger import RunLogger
 from align.trainers.precision import training_precision
+from align.trainers.samples import group_samples
 from align.trainers.sources import ROLLOUT_SOURCES
 
 
@@ -98,12 +99,9 @@ class Trainer:
         if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
-        d = cfg.data
         # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
-        dataset = None if cfg.rollout.source == "episodes" else load_prompt_dataset(
-            d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
-            system_prompt=d.system_prompt, **d.options,
-        )
+        dataset = None if cfg.rollout.source == "episodes" else training_rows(
+            cfg, warn=print if accelerator.is_main_process else lambda _: None)
         self._eval_dataset = None  # loaded on the first evaluation
         source = ROLLOUT_SOURCES[cfg.rollout.source]
         self.engine = None
@@ -238,7 +236,10 @@ class Trainer:
         metrics |= {f"time/{k}": v for k, v in timers.items()}
         metrics["time/step"] = sum(timers.values())
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics, collected.samples
+        # A few groups as the model saw them, with the rewards the advantages came from.
+        samples = group_samples(self.tokenizer, collected.rows, collected.completions, batch.rewards, batch.advantages,
+                                batch.components, self.cfg.log.num_samples)
+        return metrics, samples
 
     # ------------------------------------------------------------------------------- the plan
     def _usable(self, batch: GroupBatch) -> torch.Tensor:
@@ -454,22 +455,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        from align.eval import evaluate_engine
+        from align.eval import eval_rewards, evaluate_engine
 
-        d = self.cfg.data
-        if not self.algo.needs.weight_sync:  # the engine does not follow the policy during training
+        if not self.algo.needs.weight_sync:  # the engine did not follow the policy during training
             self._sync_engine()
         if hasattr(self.source, "evaluate"):  # agents (EpisodeSource): success rate on held-out tasks
             return self.source.evaluate()
         if self._eval_dataset is None:
-            self._eval_dataset = load_prompt_dataset(d.eval_source or d.source, d.eval_split, prompt_column=d.prompt_column,
-                                                     answer_column=d.answer_column, system_prompt=d.system_prompt,
-                                                     **d.options)
-        dataset = self._eval_dataset
-        # The first reward function is the accuracy; the others are reported as rates (format, aux, ...).
-        accuracy, *others = self.algo.reward_functions
-        return evaluate_engine(self.engine, self.tokenizer, dataset, accuracy, self.cfg.rollout, k=1,
-                               seed=self.cfg.train.seed, extra=others)
+            self._eval_dataset = evaluation_rows(self.cfg, warn=self.logger.print)
+        accuracy, others = eval_rewards(self.algo, self.cfg)  # eval.accuracy, else the algorithm's accuracy reward
+        return evaluate_engine(self.engine, self.tokenizer, self._eval_dataset, accuracy, self.cfg.rollout,
+                               k=self.cfg.eval.k, seed=self.cfg.train.seed, extra=others)
 
 
 def _make_scheduler(optimizer, kind: str, warmup: int, total: int):

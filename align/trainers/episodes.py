@@ -24,6 +24,7 @@ import torch
 from align.algos import GroupBatch
 from align.envs import EnvError, GuardedEnv, environment_tasks, load_environment_class, make_environment
 from align.rollout import SamplingSettings
+from align.rollout.base import Completion
 from align.rollout.multiturn import ACTION, PROMPT, run_episodes
 from align.trainers.prompts import PromptStream
 from align.trainers.sources import Collected
@@ -85,9 +86,14 @@ class EpisodeSource:
             "tokens_per_s/generate": sum(sum(ep.action_mask) for ep in episodes) / max(timers["generate"], 1e-9),
             "weight_version": float(episodes[0].weight_versions[0]) if episodes[0].weight_versions else 0.0,
         }
-        samples = [{"prompt": guards[p * g].observations[0][-200:], "completion": transcript(guards[p * g], episodes[p * g]),
-                    "reward": float(batch.rewards[p, 0])} for p in range(len(tasks))]
-        return Collected(batch, metrics, samples)
+        # For the sample log: each episode as one "completion" whose text is its transcript.
+        rows = [{"prompt": guards[p * g].observations[0], "task": str(task)} for p, task in enumerate(tasks)]
+        completions = [Completion(prompt_ids=batch.prompt_ids[r // g], token_ids=batch.completion_ids[r],
+                                  logprobs=batch.engine_logprobs[r], text=transcript(guard, episode),
+                                  finish_reason="done" if episode.done else "max_turns",
+                                  weight_version=episode.weight_versions[0] if episode.weight_versions else 0)
+                       for r, (guard, episode) in enumerate(zip(guards, episodes))]
+        return Collected(batch, metrics, rows, completions)
 
     def evaluate(self) -> dict[str, float]:
         """Success rate (return > 0) and mean return on held-out tasks, one sampled episode each."""

@@ -26,7 +26,7 @@ import torch
 
 from align.algos import GroupBatch
 from align.data.offline import group_offline_rows
-from align.rollout import SamplingSettings
+from align.rollout import Completion, SamplingSettings
 from align.trainers.algorithm import Scores
 from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.seeds import derived_seed
@@ -35,11 +35,13 @@ from align.trainers.shaping import informative_groups, overlong_penalty
 
 @dataclass
 class Collected:
-    """What a source returns: the batch, this rank's rollout metrics, a few samples to log."""
+    """What a source returns: the batch, this rank's rollout metrics, and for the sample log the
+    dataset rows (P) and completions (P*G `Completion`s, group-major) the batch was built from."""
 
     batch: GroupBatch
     metrics: dict[str, float]
-    samples: list[dict]
+    rows: list[dict]
+    completions: list[Completion]
 
 
 class RolloutSource(Protocol):
@@ -178,8 +180,6 @@ class GenerationSource:
             "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
-        samples = [{"prompt": str(d.row["prompt"])[-200:], "completion": d.completions[0].text, "reward": float(d.rewards[0])}
-                   for d in drawn]
         batch = GroupBatch(
             prompt_ids=[d.completions[0].prompt_ids for d in drawn],
             completion_ids=[c.token_ids for c in flat],
@@ -189,7 +189,7 @@ class GenerationSource:
             answer_ids=[encode_answer(self.tokenizer, d.row[self.answer_column]) for d in drawn] if self.answer_column else None,
             components=kept_scores.components,
         )
-        return Collected(batch, metrics, samples)
+        return Collected(batch, metrics, [d.row for d in drawn], flat)
 
     def _sum_over_ranks(self, value: int) -> int:
         if self.world == 1:
@@ -256,9 +256,13 @@ class OfflineSource:
             "completion_len/max": lengths.max().item(),
             "offline/members_mean": valid.sum(1).float().mean().item(),
         }
-        samples = [{"prompt": str(group.prompt)[-200:], "completion": group.completions[0], "reward": group.rewards[0]}
-                   for group in groups]
-        return Collected(batch, metrics, samples)
+        completions = []  # for the sample log: the rows as completions (padding members have no text)
+        for p, group in enumerate(groups):
+            for i in range(g):
+                text = group.completions[i] if i < len(group.rows) else ""
+                completions.append(Completion(batch.prompt_ids[p], completion_ids[p * g + i], [], text,
+                                              "offline" if i < len(group.rows) else "padding", 0))
+        return Collected(batch, metrics, [{"prompt": group.prompt, **group.columns} for group in groups], completions)
 
 
 # rollout.source=NAME -> the source class (each takes cfg, algorithm, engine, tokenizer, dataset, accelerator)
