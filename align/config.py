@@ -166,7 +166,7 @@ class EnvConfig:
     eval_split: str = "test"  # held-out tasks for log.eval_every (success rate)
     eval_tasks: int = 64  # how many held-out tasks an evaluation runs (one episode each, sampled)
     step_timeout_s: float = 30.0  # a reset()/step() that takes longer is an error, not a hang
-    system_prompt: str | None = None
+    system_prompt: str | None = None  # a system message before the first observation of every episode
 
 
 @dataclass
