@@ -190,6 +190,16 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "log.eval_every": ("files", ("log.eval_every=1",)),
     "log.sample_every": ("files", ("log.sample_every=1",)),
     "log.save_every": ("files", ("log.save_every=1",)),
+    # Agents (issue 12): shown by the SALT / environment tests named here.
+    "rollout.source": ("covered", ("tests/trainers/test_salt.py::test_loop_loss_on_an_episode_batch_equals_the_algos_functions",)),
+    "env.name": ("covered", ("tests/envs/test_envs.py::test_user_env_class_from_a_file_runs_episodes_with_keys",)),
+    "env.options": ("covered", ("tests/envs/test_envs.py::test_env_options_reach_the_class_and_a_bad_one_is_named",)),
+    "env.max_turns": ("covered", ("tests/envs/test_envs.py::test_env_that_never_ends_stops_at_max_turns",)),
+    "env.step_timeout_s": ("covered", ("tests/envs/test_envs.py::test_env_step_that_hangs_is_an_error_not_a_hang",)),
+    "env.eval_tasks": ("covered", ("tests/trainers/test_salt_e2e.py::test_salt_run_on_a_user_environment_logs_graph_metrics_and_held_out_success",)),
+    "salt.base": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.dedup": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.history": ("covered", ("tests/trainers/test_salt.py::test_salt_token_advantages_merge_shared_steps",)),
 }
 # Baselines the overrides above are compared with (options that only matter beside another one).
 PAIRED_BASE = {

@@ -118,3 +118,14 @@ def test_grid_train_and_test_tasks_are_disjoint_and_cover_all():
     assert len(train) + len(test) == len(all_tasks(4)) and len(test) > 100
     with pytest.raises(ValueError, match="splits 'train' and 'test'"):
         GridEnv.tasks("dev")
+
+
+def test_env_options_reach_the_class_and_a_bad_one_is_named():
+    from align.envs import make_environment
+
+    cls = load_environment_class(f"{FILE}:Echo")
+    env = make_environment(cls, {"turns": 1}, "Echo")
+    env.reset("t")
+    assert env.step("a")[2] is True  # env.options={turns: 1}: done after one action (default 2)
+    with pytest.raises(EnvError, match=r"Echo\(\*\*env.options=\{'door': 1\}\) raised TypeError"):
+        make_environment(cls, {"door": 1}, "Echo")
