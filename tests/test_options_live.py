@@ -191,7 +191,6 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "log.sample_every": ("files", ("log.sample_every=1",)),
     "log.save_every": ("files", ("log.save_every=1",)),
     # Agents (issue 12): shown by the SALT / environment tests named here.
-    "rollout.source": ("covered", ("tests/trainers/test_salt.py::test_loop_loss_on_an_episode_batch_equals_the_algos_functions",)),
     "env.name": ("covered", ("tests/envs/test_envs.py::test_user_env_class_from_a_file_runs_episodes_with_keys",)),
     "env.options": ("covered", ("tests/envs/test_envs.py::test_env_options_reach_the_class_and_a_bad_one_is_named",)),
     "env.max_turns": ("covered", ("tests/envs/test_envs.py::test_env_that_never_ends_stops_at_max_turns",)),
