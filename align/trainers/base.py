@@ -84,7 +84,7 @@ class Trainer:
         with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
             self.engine = self._make_engine()
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
-                                tensorboard=cfg.log.tensorboard, console=cfg.log.console)
+                                tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0
         if cfg.resume:
             self._resume(cfg.resume)

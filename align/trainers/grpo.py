@@ -31,6 +31,9 @@ def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
 
 class GRPO:
     name = "grpo"
+    # The algorithm's own metrics (align.trainers.report.Signal), shown in the evaluation tables
+    # and metrics.png next to the held-out accuracy. Plain GRPO has none beyond reward and accuracy.
+    signals: tuple = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

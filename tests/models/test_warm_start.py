@@ -11,6 +11,7 @@ from align.data.geometry import FAMILIES, generate_geometry_rows
 from align.models import load_model, load_tokenizer, resolve_model_path
 from align.models.warm_start import (
     WarmStartConfig,
+    accumulate_batch_loss,
     build_geometry_warm_start,
     collate,
     draw_batch,
@@ -44,6 +45,21 @@ def test_only_completion_tokens_carry_loss(tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == (2, len(ids))
     assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (len(ids) - 5)
     assert (batch["labels"][1, 5:] == -100).all()
+
+
+def test_length_sorted_micro_batches_give_the_whole_batch_loss_and_gradient(tokenizer, tiny_path):
+    examples = sft_examples(tokenizer)
+    batch = draw_batch(examples, WarmStartConfig(batch_size=12), torch.Generator().manual_seed(1))
+    assert len({len(ids) for ids, _ in batch}) > 3  # lengths differ: the pieces are padded differently
+    model = load_model(tiny_path)
+    whole = model(**collate(batch, tokenizer.pad_token_id)).loss
+    whole.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss = accumulate_batch_loss(model, batch, tokenizer.pad_token_id, micro_batches=4)
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
 
 
 def test_every_family_is_trained_in_both_styles(tokenizer):
