@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,6 +166,7 @@ def train_warm_start(model, tokenizer, config: WarmStartConfig, log_every: int =
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     losses = []
+    started = time.monotonic()
     for step in range(config.steps):
         loss = accumulate_batch_loss(model, draw_batch(examples, config, generator), tokenizer.pad_token_id,
                                      config.micro_batches)
@@ -174,8 +176,10 @@ def train_warm_start(model, tokenizer, config: WarmStartConfig, log_every: int =
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
         if log_every and (step + 1) % log_every == 0:
-            print(f"warm start step {step + 1}/{config.steps} loss {sum(losses[-log_every:]) / log_every:.4f}",
-                  flush=True)
+            elapsed = time.monotonic() - started
+            eta = elapsed / (step + 1) * (config.steps - step - 1)
+            print(f"warm start step {step + 1}/{config.steps} loss {sum(losses[-log_every:]) / log_every:.4f} "
+                  f"({elapsed:.0f} s, ~{eta:.0f} s to go)", flush=True)
     model.eval()
     return losses
 

@@ -149,3 +149,68 @@ def test_default_warm_start_is_calibrated(cache_dir):
     hurts = [report[n] for n, f in FAMILIES.items() if not f.aux_helps]
     assert sum(r["acc_without_aux"] - r["acc_with_aux"] for r in hurts) / len(hurts) > 0.1
     assert all(0.2 < report[n]["aux_rate"] < 0.8 for n in FAMILIES)
+
+
+def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, monkeypatch):
+    import align.models.warm_start as warm_start
+
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(warm_start, "SHIPPED_DIR", shipped_dir)
+    config = WarmStartConfig(seed=0, **FAST)
+    shipped_dir.mkdir()
+    (shipped_dir / warm_start.shipped_weights_path(config).name).write_bytes((fast_build / "model.safetensors").read_bytes())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the weights are shipped")
+
+    monkeypatch.setattr(warm_start, "train_warm_start", no_training)
+    folder = build_geometry_warm_start(tmp_path / "cache", seed=0, **FAST)
+    assert json.loads((folder / "warm_start.json").read_text())["source"].startswith("shipped")
+    loaded, built = load_file(folder / "model.safetensors"), load_file(fast_build / "model.safetensors")
+    assert set(loaded) == set(built) and all(torch.equal(loaded[k], built[k]) for k in built)
+    # Another recipe has another key: no shipped file, so it trains (here: the stub refuses loudly).
+    with pytest.raises(AssertionError, match="trained although"):
+        build_geometry_warm_start(tmp_path / "cache", seed=0, **{**FAST, "steps": 13})
+
+
+def test_a_shipped_file_that_does_not_fit_is_a_loud_error(tmp_path, monkeypatch):
+    import align.models.warm_start as warm_start
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(warm_start, "SHIPPED_DIR", tmp_path / "shipped")
+    config = WarmStartConfig(seed=0, **FAST)
+    (tmp_path / "shipped").mkdir()
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(warm_start.shipped_weights_path(config)))
+    with pytest.raises(RuntimeError, match="does not fit the tiny model"):
+        build_geometry_warm_start(tmp_path / "cache", seed=0, **FAST)
+
+
+def test_the_default_recipe_ships_its_weights():
+    """A change to the warm-start recipe or the task changes the key: re-run scripts/ship_warm_start.py."""
+    from align.models.warm_start import shipped_weights_path
+
+    path = shipped_weights_path(WarmStartConfig())
+    assert path.exists(), f"no shipped warm start for the default recipe: run scripts/ship_warm_start.py ({path.name})"
+    assert path.stat().st_size < 8 << 20  # a few MB in the repository, not more
+
+
+@pytest.mark.slow
+def test_training_from_code_reproduces_the_shipped_weights(tmp_path):
+    """Rebuild the default warm start from code (minutes) and compare it with the shipped file.
+
+    Bit-identical on the machine that shipped it; elsewhere CPU kernels may sum in another order, so
+    the check is that the weights are close and the two models answer held-out prompts alike."""
+    from align.models.warm_start import shipped_weights_path
+
+    rebuilt = build_geometry_warm_start(tmp_path, seed=0, use_shipped=False)
+    shipped = load_file(shipped_weights_path(WarmStartConfig()))
+    ours = load_file(rebuilt / "model.safetensors")
+    assert set(ours) == set(shipped)
+    worst = max(((ours[k] - shipped[k]).abs().max() / shipped[k].abs().max()).item() for k in shipped)
+    assert worst < 0.05, f"rebuilt weights differ from the shipped ones by {worst:.3g} (relative)"
+    tok = load_tokenizer(str(rebuilt))
+    rows = generate_geometry_rows("test", 64, seed=0)
+    shipped_model = load_model(str(build_geometry_warm_start(tmp_path / "shipped", seed=0)))
+    greedy = [sample_geometry_completions(m, tok, rows, temperature=1e-4) for m in (load_model(str(rebuilt)), shipped_model)]
+    agree = sum(a == b for a, b in zip(*greedy)) / len(rows)
+    assert agree >= 0.9, f"rebuilt and shipped models agree on {agree:.0%} of greedy answers"
