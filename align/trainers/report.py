@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.table import Table
 
@@ -139,7 +141,10 @@ def where_to_look(run_dir, png_path, tensorboard_dir) -> str:
     """The closing lines: where the run is and how to look at it."""
     lines = [f"run folder: {run_dir}", f"plot:       {png_path}  (open it in any image viewer)"]
     if tensorboard_dir is not None:
-        lines.append(f"TensorBoard: tensorboard --logdir {tensorboard_dir}  (then open http://localhost:6006)")
+        # The environment's own tensorboard: `.venv/bin` is usually not on PATH.
+        local = Path(sys.executable).parent / "tensorboard"
+        command = str(local) if local.exists() else "tensorboard"
+        lines.append(f"TensorBoard: {command} --logdir {tensorboard_dir}  (then open http://localhost:6006)")
     lines.append(f"metrics:    {run_dir}/metrics.jsonl")
     lines.append(f"samples:    {run_dir}/samples.jsonl")
     return "\n".join(lines)
