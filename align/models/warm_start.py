@@ -10,8 +10,8 @@ The result is saved in the ordinary Hugging Face format next to the base model's
 (transformers and vLLM load it like any checkpoint) and is deterministic for a seed. The
 built-in name `tiny-geometry` (`tiny-geometry@SEED`) resolves to it, building it on first use.
 
-The default build is shipped in align/models/shipped/ (named by its cache key), so a first run loads
-it in seconds; scripts/ship_warm_start.py retrains it from code after a recipe change. Training
+The default build can be shipped in align/models/shipped/ (named by its cache key), so that a first
+run loads it in seconds; scripts/ship_warm_start.py (re)trains it from code and writes the file. Training
 cost: 600 steps of 64 examples, ~0.25 s a step on 2 idle cores with length-sorted micro-batches
 (~0.36 s before them; single-thread CPU time per step 0.56 s vs 0.79 s, measured in one run).
 
