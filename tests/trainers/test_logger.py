@@ -173,6 +173,9 @@ def test_default_panels_lead_with_held_out_accuracy_then_declared_signals_and_dr
     signals = (Signal("eval/aux_helps/no/aux_construction/rate", "aux where it hurts", "aux use"),
                Signal("gcpo/mask_pos", "mask +1", "mask"), Signal("gcpo/mask_neg", "mask -1", "mask"),
                Signal("gcpo/absent", "never logged", "mask"))
+    flat_accuracy = default_panels(_series(["eval/mean@1", "eval/supplement/mean@1", "loss"],
+                                           constant={"eval/mean@1", "eval/supplement/mean@1"}))
+    assert flat_accuracy == [("held-out accuracy", ["eval/mean@1"]), ("loss", ["loss"])]  # a flat result is shown
     panels = default_panels(_series(keys, constant={"kl", "clip_frac/low", "clip_frac/high"}), signals)
     assert panels == [
         ("held-out accuracy", ["eval/mean@1"]),  # pass@1 = mean@1: not drawn twice
