@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
-from align.trainers.plots import plot_metrics
+from align.trainers.plots import plot_metrics, read_metrics
 from align.trainers.report import Signal, eval_table, summary_table, where_to_look
 
 # Metrics shown beside the bar: label -> patterns on the key, most preferred first; the first
@@ -94,7 +94,11 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.png_path = self.run_dir / "metrics.png"
-        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes).
+        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes), and
+        # its tables compare with the run's first evaluation, not the first after the resume.
+        self._history = [(r["step"], {k: float(v) for k, v in r.items() if k not in ("step", "time")
+                                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                         for r in read_metrics(self.metrics_path)]
         self._metrics_file = open(self.metrics_path, "a")
 
         self._writer = None
@@ -138,6 +142,8 @@ class RunLogger:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, global_step=step)
             self._writer.flush()
+        if self._first_log:  # a resumed run redoes the steps after its checkpoint: forget the old ones
+            self._history = [(s, v) for s, v in self._history if s < step]
         self._history.append((step, values))
         self._advance(step, values)
         if any(key.startswith("eval/") for key in values):

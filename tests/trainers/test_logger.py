@@ -261,3 +261,24 @@ def test_no_evaluation_no_table(tmp_path, capsys):
     logger.close()
     out = capsys.readouterr().out
     assert "held-out" not in out and "what the run learned" not in out and "run folder:" in out
+
+
+def test_a_resumed_run_summarises_from_the_first_evaluation_of_the_whole_run(tmp_path, capsys):
+    first = RunLogger(tmp_path, 6, tensorboard=False, console=False)
+    first.log(0, {"eval/mean@1": 0.125})
+    first.log(1, {"loss": 1.0})
+    first.log(2, {"loss": 1.0})
+    first.log(2, {"eval/mean@1": 0.25})
+    first.log(3, {"loss": 1.0})
+    first.log(3, {"eval/mean@1": 0.9})  # crash after this: the resume redoes step 3 from the step-2 checkpoint
+    first.close()
+    capsys.readouterr()
+    resumed = RunLogger(tmp_path, 6, tensorboard=False, console=True)
+    resumed.log(3, {"loss": 1.0})
+    resumed.log(4, {"loss": 1.0})
+    resumed.log(4, {"eval/mean@1": 0.5})
+    resumed.close()
+    summary = capsys.readouterr().out.split("what the run learned")[1]
+    assert summary.startswith(" (step 0 -> step 4)")
+    assert _row(summary, "held-out accuracy") == ["0.125", "0.500", "+0.375"]
+    assert [s for s, _ in resumed._history] == [0, 1, 2, 2, 3, 4, 4]  # the crashed run's step 3 is gone
