@@ -439,7 +439,7 @@ class Trainer:
             tokens = max(sums.pop("tokens"), 1.0)
             out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["micro_batches"] = float(len(groups))
+        out["micro_batches"] = float(len(micro_batches))
         return out
 
     # ------------------------------------------------------------------------------ evaluation
