@@ -141,7 +141,8 @@ def test_vllm_loads_the_warm_start(fast_build):
 def test_default_warm_start_is_calibrated(cache_dir):
     """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated; every
     family learned (no family at 0, the gap that capped RL before); where aux hurts, direct answers
-    beat aux answers; where it helps, aux answers beat direct ones (else GCPO's contrast is empty)."""
+    beat aux answers. Measured for version 3 (400 x 4 samples): 0.402 overall, families 0.08-0.955,
+    hurts gap +0.13."""
     path = resolve_model_path("tiny-geometry", cache_dir)
     model, tok = load_model(path), load_tokenizer(path)
     rows = generate_geometry_rows("test", 400, seed=1)
@@ -151,8 +152,19 @@ def test_default_warm_start_is_calibrated(cache_dir):
     assert sum(r["acc_without_aux"] - r["acc_with_aux"] for r in hurts) / len(hurts) > 0.1
     assert all(0.2 < report[n]["aux_rate"] < 0.8 for n in FAMILIES)
     assert all(report[n]["accuracy"] >= 0.05 for n in FAMILIES), {n: report[n]["accuracy"] for n in FAMILIES}
-    helps = [report[n] for n, f in FAMILIES.items() if f.aux_helps]
-    assert sum(r["acc_with_aux"] - r["acc_without_aux"] for r in helps) / len(helps) > 0.0
+
+
+@pytest.mark.slow
+def test_default_warm_start_constructs_usefully_where_the_task_says_aux_helps(cache_dir):
+    """In the aux-helps families, this model's aux answers must be more accurate than its direct ones,
+    or GCPO's contrast there is empty. Known to fail for WARM_START_VERSION 3 (issue 15: with-aux
+    minus without-aux -0.035, -0.023, +0.030, -0.050 on third angle, isosceles, rectangle, quad)."""
+    path = resolve_model_path("tiny-geometry", cache_dir)
+    model, tok = load_model(path), load_tokenizer(path)
+    rows = generate_geometry_rows("test", 400, seed=1)
+    report = geometry_style_report(rows, sample_geometry_completions(model, tok, rows, samples_per_prompt=4))
+    gaps = {n: report[n]["acc_with_aux"] - report[n]["acc_without_aux"] for n, f in FAMILIES.items() if f.aux_helps}
+    assert sum(gaps.values()) / len(gaps) > 0.0, gaps
 
 
 def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, monkeypatch):
