@@ -110,7 +110,7 @@ class Trainer:
                 self.engine = self._make_engine()
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
-                                tensorboard=cfg.log.tensorboard, console=cfg.log.console)
+                                tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0
         if cfg.resume:
             self._resume(cfg.resume)
