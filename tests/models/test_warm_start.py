@@ -155,6 +155,8 @@ def test_default_warm_start_is_calibrated(cache_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 15 open: this warm start's aux answers are not more accurate than its "
+                   "direct ones in the aux-helps families; strict, so it reports when that changes")
 def test_default_warm_start_constructs_usefully_where_the_task_says_aux_helps(cache_dir):
     """In the aux-helps families, this model's aux answers must be more accurate than its direct ones,
     or GCPO's contrast there is empty. Known to fail for WARM_START_VERSION 3 (issue 15: with-aux
