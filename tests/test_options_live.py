@@ -198,6 +198,25 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "log.eval_every": ("files", ("log.eval_every=1",)),
     "log.sample_every": ("files", ("log.sample_every=1",)),
     "log.save_every": ("files", ("log.save_every=1",)),
+    # Agents (issue 12): shown by the SALT / environment tests named here.
+    "env.name": ("covered", ("tests/envs/test_envs.py::test_user_env_class_from_a_file_runs_episodes_with_keys",)),
+    "env.options": ("covered", ("tests/envs/test_envs.py::test_env_options_reach_the_class_and_a_bad_one_is_named",)),
+    "env.max_turns": ("covered", ("tests/envs/test_envs.py::test_env_that_never_ends_stops_at_max_turns",)),
+    "env.step_timeout_s": ("covered", ("tests/envs/test_envs.py::test_env_step_that_hangs_is_an_error_not_a_hang",)),
+    "env.eval_tasks": ("covered", ("tests/trainers/test_salt_e2e.py::test_salt_run_on_a_user_environment_logs_graph_metrics_and_held_out_success",)),
+    "salt.base": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.dedup": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.history": ("covered", ("tests/trainers/test_salt.py::test_salt_token_advantages_merge_shared_steps",)),
+}
+GEOMETRY = ("data.source=geometry", "reward.functions=[geometry_accuracy]", "reward.weights=null", "train.updates_per_batch=1")
+LIVE |= {
+    "grao.beta": ("run", ("algo=grao", *GEOMETRY, "grao.beta=3.0")),
+    "grao.lam": ("run", ("algo=grao", *GEOMETRY, "grao.lam=3.0")),
+    "grao.reference_column": ("raises", ("algo=grao", *GEOMETRY, "grao.reference_column=no_such_column")),
+    "grao.judge": ("raises", ("algo=grao", *GEOMETRY, "grao.judge=no_such_judge")),
+    "copg.beta": ("run", ("algo=copg", "train.updates_per_batch=1", "copg.beta=1.0")),  # arith: rewards with spread
+    "rollout.source": ("covered", ("tests/trainers/test_algorithms_e2e.py::test_sample_writes_rows_that_offline_copg_trains_on_without_generating",)),
+    "data.eval_source": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
 }
 # Baselines the overrides above are compared with (options that only matter beside another one).
 PAIRED_BASE = {
@@ -208,6 +227,7 @@ PAIRED_BASE = {
     "lora.r": ("lora.enabled=true",), "lora.alpha": ("lora.enabled=true",), "lora.target_modules": ("lora.enabled=true",),
     "gcpo.w_len": ("gcpo.use_length=true",), "gcpo.l_max": ("gcpo.use_length=true",),
     "data.source": ("reward.functions=[math_accuracy]", "reward.weights=null"),
+    "grao.beta": ("algo=grao", *GEOMETRY), "grao.lam": ("algo=grao", *GEOMETRY), "copg.beta": ("algo=copg", "train.updates_per_batch=1"),
     "lora.dropout": ("lora.enabled=true",),
     "loss.overlong_penalty": ("loss.overlong_buffer=4",),
     "log.keep_last": ("log.save_every=1",),

@@ -35,12 +35,15 @@ class GroupBatch:
       token_mask      P*G 0/1 lists: which completion tokens carry loss (None = all of them;
                       agent episodes: action tokens only)
       step_ids        P*G lists: the agent step of each completion token, -1 outside actions (SALT)
+      steps           P*G lists of (state_key, action_key), one per agent step (SALT's graph)
       answer_ids      P token-id lists: the reference answer y of each prompt (GRAO)
       answer_rewards  [P]: R(y), the reference answer's own reward (0 = a tie under a pairwise judge)
       components      {name: [P,G]}: per-function rewards, for metrics (and GCPO's composition)
     Filled by the loop, before the loss:
       advantages [P,G]        per-completion advantages (constants)
       answer_advantages [P]   the reference answer's advantage (GRAO)
+      token_advantages P*G lists, one per completion token: per-token advantages (SALT), used
+                      instead of `advantages` when present
     """
 
     prompt_ids: list[list[int]]
@@ -51,11 +54,13 @@ class GroupBatch:
     engine_logprobs: list[list[float]] | None = None
     token_mask: list[list[int]] | None = None
     step_ids: list[list[int]] | None = None
+    steps: list[list[tuple]] | None = None
     answer_ids: list[list[int]] | None = None
     answer_rewards: torch.Tensor | None = None
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     advantages: torch.Tensor | None = None
     answer_advantages: torch.Tensor | None = None
+    token_advantages: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.rewards, torch.Tensor) or self.rewards.dim() != 2:
@@ -77,13 +82,15 @@ class GroupBatch:
         if len(self.completion_ids) != P * G:
             raise ValueError(f"GroupBatch.completion_ids has {len(self.completion_ids)} rows; P*G = {P}*{G} = {P * G}")
         lengths = [len(ids) for ids in self.completion_ids]
-        for name in ("engine_logprobs", "token_mask", "step_ids"):
+        for name in ("engine_logprobs", "token_mask", "step_ids", "token_advantages"):
             rows = getattr(self, name)
             if rows is None:
                 continue
             bad = next((r for r, row in enumerate(rows) if r >= len(lengths) or len(row) != lengths[r]), None)
             if len(rows) != P * G or bad is not None:
                 raise ValueError(f"GroupBatch.{name} must have one value per completion token (row {bad} differs)")
+        if self.steps is not None and len(self.steps) != P * G:
+            raise ValueError(f"GroupBatch.steps has {len(self.steps)} trajectories; P*G = {P * G}")
         if self.answer_ids is not None:
             if len(self.answer_ids) != P:
                 raise ValueError(f"GroupBatch.answer_ids has {len(self.answer_ids)} answers for {P} prompts")

@@ -88,9 +88,6 @@ class Trainer:
         model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
-        if algorithm.needs.token_advantages:  # declared in Needs for SALT; the loop does not spread them yet
-            raise NotImplementedError(f"algo={algorithm.name} needs per-token advantages, which arrive with the "
-                                      "episode source (SALT); GroupBatch.advantages holds one per completion")
         self.ref_model = None
         if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
@@ -102,7 +99,9 @@ class Trainer:
         if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
-        dataset = training_rows(cfg, warn=print if accelerator.is_main_process else lambda _: None)
+        # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
+        dataset = None if cfg.rollout.source == "episodes" else training_rows(
+            cfg, warn=print if accelerator.is_main_process else lambda _: None)
         self._eval_dataset = None  # loaded on the first evaluation
         source = ROLLOUT_SOURCES[cfg.rollout.source]
         self.engine = None
@@ -111,7 +110,7 @@ class Trainer:
                 self.engine = self._make_engine()
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
-                                tensorboard=cfg.log.tensorboard, console=cfg.log.console)
+                                tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0
         if cfg.resume:
             self._resume(cfg.resume)
@@ -329,7 +328,11 @@ class Trainer:
         answers = adv.answers[mine] if adv.answers is not None else None
         if answers is not None:
             metrics["adv/answer_mean"] = adv.answers.mean().item()
-        return batch.with_advantages(adv.completions[mine], answers)
+        batch = batch.with_advantages(adv.completions[mine], answers)
+        if self.algo.needs.token_advantages:  # SALT: per-step advantages from this rank's groups
+            batch, graph_metrics = self.algo.token_advantages(batch)
+            metrics |= rollout_metrics_over_ranks(self.acc, graph_metrics)
+        return batch
 
     # ------------------------------------------------------------------------------- training
     def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences:
@@ -381,12 +384,21 @@ class Trainer:
         old_logp = is_weights = None
         if needs.importance_correction:
             old_logp = plan.old.get(i, logp.detach())
+        if engine_logp is not None and batch.token_mask is not None:
+            # Observation tokens come from the environment, not the policy: their engine "log-prob" is
+            # no policy probability, so they stay out of importance correction (weight 1, no mismatch).
+            engine_logp = torch.where(mask > 0, engine_logp, old_logp if old_logp is not None else logp.detach())
+        if needs.importance_correction:
             if lc.tis_cap and engine_logp is not None:
                 is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap)
         answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
                        answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
+        if batch.token_advantages is not None:  # SALT: one advantage per action token
+            advantages = self._padded(batch.token_advantages, mb.rows, logp.detach())
+        else:
+            advantages = batch.advantages.reshape(-1)[mb.rows].to(logp)
         micro = MicroBatch(
-            logp=logp, mask=mask, advantages=batch.advantages.reshape(-1)[mb.rows].to(logp),
+            logp=logp, mask=mask, advantages=advantages,
             rewards=batch.rewards.reshape(-1)[mb.rows].to(logp), valid=usable.to(logp.device),
             group_size=batch.group_size, totals=plan.totals, old_logp=old_logp, engine_logp=engine_logp,
             ref_logp=plan.ref.get(i), is_weights=is_weights, **answers,
@@ -448,6 +460,8 @@ class Trainer:
 
         if not self.algo.needs.weight_sync:  # the engine did not follow the policy during training
             self._sync_engine()
+        if hasattr(self.source, "evaluate"):  # agents (EpisodeSource): success rate on held-out tasks
+            return self.source.evaluate()
         if self._eval_dataset is None:
             self._eval_dataset = evaluation_rows(self.cfg, warn=self.logger.print)
         accuracy, others = eval_rewards(self.algo, self.cfg)  # eval.accuracy, else the algorithm's accuracy reward

@@ -29,6 +29,9 @@ def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
 class GRPO:
     name = "grpo"
     additive_metrics = ADDITIVE_METRICS
+    # The algorithm's own metrics (align.trainers.report.Signal), shown in the evaluation tables
+    # and metrics.png next to the held-out accuracy. Plain GRPO has none beyond reward and accuracy.
+    signals: tuple = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

@@ -26,6 +26,8 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "grao": AlgorithmEntry("align.trainers.grao:GRAO", "grao", summary="reference-answer judge, explore + imitate + regularise"),
     "copg": AlgorithmEntry("align.trainers.copg:CoPG", "copg", offline=True,
                            summary="contrastive pairwise squared loss on KL-regularised sequence rewards"),
+    "salt": AlgorithmEntry("align.trainers.salt:SALT", "salt",
+                           summary="agents: step advantages from the trajectory graph of each task's G episodes"),
 }
 
 

@@ -266,4 +266,6 @@ class OfflineSource:
 
 
 # rollout.source=NAME -> the source class (each takes cfg, algorithm, engine, tokenizer, dataset, accelerator)
-ROLLOUT_SOURCES: dict[str, type] = {"generate": GenerationSource, "offline": OfflineSource}
+from align.trainers.episodes import EpisodeSource  # noqa: E402 - it builds on Collected, defined above
+
+ROLLOUT_SOURCES: dict[str, type] = {"generate": GenerationSource, "offline": OfflineSource, "episodes": EpisodeSource}

@@ -46,6 +46,13 @@ def test_splits_are_disjoint_for_every_seed():
         assert all(split_of(name, p) == "test" for p in test_pool)
 
 
+def test_every_family_has_a_pool_to_learn_its_arithmetic_from():
+    # With 6-16 warm-start problems a family was memorised, not learned (held-out accuracy 0).
+    for name in FAMILIES:
+        sizes = {split: len(problem_pool(name, split)) for split in ("sft", "train", "test")}
+        assert sizes["sft"] >= 25 and sizes["train"] >= 25 and sizes["test"] >= 12, (name, sizes)
+
+
 def test_seed_determines_the_draw():
     assert generate_geometry_rows("train", 40, seed=3) == generate_geometry_rows("train", 40, seed=3)
     assert generate_geometry_rows("train", 40, seed=3) != generate_geometry_rows("train", 40, seed=4)
