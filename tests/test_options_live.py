@@ -184,14 +184,6 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "eval.holdout": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
     "eval.k": ("covered", ("tests/test_cli.py::test_eval_reports_mean_and_pass_at_k",)),
     "log.run_dir": ("covered", ("tests/trainers/test_train_e2e.py::read_metrics",)),
-    # GRAO / CoPG sections and the offline source (issue 11).
-    "grao.beta": ("covered", ("tests/trainers/test_algorithms.py::test_section_keys_change_the_loss",)),
-    "grao.lam": ("covered", ("tests/trainers/test_algorithms.py::test_section_keys_change_the_loss",)),
-    "copg.beta": ("covered", ("tests/trainers/test_algorithms.py::test_section_keys_change_the_loss",)),
-    "grao.reference_column": ("covered", ("tests/trainers/test_algorithms.py::test_grao_without_the_reference_column_names_it",)),
-    "grao.judge": ("covered", ("tests/trainers/test_algorithms.py::test_grao_judge_outside_minus_one_zero_one_names_the_completion",)),
-    "rollout.source": ("covered", ("tests/trainers/test_algorithms_e2e.py::test_sample_writes_rows_that_offline_copg_trains_on_without_generating",)),
-    "data.eval_source": ("covered", ("tests/trainers/test_algorithms.py::test_eval_source_is_what_evaluation_reads",)),
     "train.batch_size": ("run", ("train.batch_size=16",)),
     "train.lr": ("run", ("train.lr=1e-4",)),
     "train.updates_per_batch": ("run", ("train.updates_per_batch=1",)),
@@ -216,7 +208,7 @@ LIVE |= {
     "grao.judge": ("raises", ("algo=grao", *GEOMETRY, "grao.judge=no_such_judge")),
     "copg.beta": ("run", ("algo=copg", "train.updates_per_batch=1", "copg.beta=1.0")),  # arith: rewards with spread
     "rollout.source": ("covered", ("tests/trainers/test_algorithms_e2e.py::test_sample_writes_rows_that_offline_copg_trains_on_without_generating",)),
-    "data.eval_source": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
+    "data.eval_source": ("covered", ("tests/trainers/test_algorithms.py::test_eval_source_is_what_evaluation_reads",)),
 }
 # Baselines the overrides above are compared with (options that only matter beside another one).
 PAIRED_BASE = {
