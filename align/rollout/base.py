@@ -267,15 +267,18 @@ class RolloutEngine(ABC):
 
         The tolerance alone cannot see it: in half precision it exceeds what a small-lr step moves
         the probe. Only the teacher-forced sequences are compared (greedy continuations change with
-        the weights). Two checks, each where it is decisive:
-        - the trainer moved but the engine's probe values are bit-identical: nothing was loaded;
-        - the trainer moved by more than twice the engine/trainer noise (that of the previous
-          version): the engine must be closer to the new trainer than to the pre-update one.
+        the weights). Two checks, each where it is decisive, with noise = the engine/trainer
+        difference of the previous version:
+        - the trainer moved by more than noise / 10 but the engine's probe values are bit-identical:
+          nothing was loaded (below that, a half-precision engine may legitimately round a tiny
+          update of full-precision weights back to the same values);
+        - the trainer moved by more than twice the noise: the engine must be closer to the new
+          trainer than to the pre-update one.
         """
         if before is None:
             return None
         moved = mean_abs_difference(now.trainer, before.trainer)
-        if not moved > 0:
+        if not moved > before.diff / 10:
             return None
         if now.engine == before.engine:
             return (f"the trainer's probe logprobs moved by {moved:.3g} since the last verified version but the engine's "

@@ -79,7 +79,11 @@ def check_sleep_mode_supported(vllm) -> None:
 
     # vLLM's sleep-mode allocator asserted on expandable segments until it learnt to switch them off
     # around its own pool (the same release that added vllm.device_allocator.alloc_conf).
-    if _expandable_segments_on() and importlib.util.find_spec("vllm.device_allocator.alloc_conf") is None:
+    try:
+        handles_expandable = importlib.util.find_spec("vllm.device_allocator.alloc_conf") is not None
+    except ImportError:
+        handles_expandable = False
+    if _expandable_segments_on() and not handles_expandable:
         raise ValueError(
             f"rollout.sleep_mode=true with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM {vllm.__version__}'s "
             "sleep-mode allocator does not support expandable segments; unset it, or upgrade vLLM"
@@ -171,19 +175,29 @@ class VLLMEngine(RolloutEngine):
         )
 
     # ---- generation ------------------------------------------------------------------------
-    def _params(self, n: int, sampling: SamplingSettings, seed: int | None):
+    def _params(self, n: int, sampling: SamplingSettings):
+        # No per-request seed, ever: one seeded request sends vLLM's whole batch down the sampler's
+        # per-request-generator path. `sampling.seed` seeds the call instead (see generate).
         return self._vllm.SamplingParams(
             n=n, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, stop=list(sampling.stop), seed=seed, logprobs=0,
+            top_k=sampling.top_k, stop=list(sampling.stop), logprobs=0,
         )
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Completion]]:
         check_prompts(prompts, n)
         self._check_awake()
-        # vLLM gives sample j of a request seed + j; spacing prompts by n keeps every sample's seed unique.
-        params = [self._params(n, sampling, None if sampling.seed is None else sampling.seed + i * n)
-                  for i in range(len(prompts))]
-        outputs = self._llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        requests = [{"prompt_token_ids": p} for p in prompts]
+        params = self._params(n, sampling)
+        if sampling.seed is None:  # the engine's own stream (LLM(seed=...), one per rank)
+            outputs = self._llm.generate(requests, params, use_tqdm=False)
+        else:
+            # The engine runs in this process, and unseeded requests draw from torch's global
+            # generators: seeding those for the call makes it reproducible (as HFEngine does)
+            # while every request stays on the batched sampling path.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(sampling.seed)
+                outputs = self._llm.generate(requests, params, use_tqdm=False)
         return [[self._completion(prompt, out) for out in request.outputs] for prompt, request in zip(prompts, outputs)]
 
     def _completion(self, prompt: list[int], out) -> Completion:
