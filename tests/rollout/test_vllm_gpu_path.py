@@ -20,6 +20,7 @@ DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 
 def make_trainer(cache_dir: str, run_dir: Path, *overrides: str, sleep_mode: bool = True):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     from align.config import load_config
     from align.train import build_algorithm
@@ -30,6 +31,8 @@ def make_trainer(cache_dir: str, run_dir: Path, *overrides: str, sleep_mode: boo
                        "train.lr=1e-3", "rollout.engine=vllm", "log.tensorboard=false", "log.console=false",
                        f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", *overrides])
     cfg.rollout.sleep_mode = sleep_mode  # validate() refuses it on this CPU machine; the fake is the "GPU"
+    AcceleratorState._reset_state(True)  # a fresh accelerator per test (a process-wide singleton)
+    GradientState._reset_state()
     return Trainer(cfg, Accelerator(cpu=True), build_algorithm(cfg), run_dir)
 
 
