@@ -34,6 +34,10 @@ CALIBRATION_FACTOR = 3.0
 # Above this at weight version 0 the two sides do not run the same model (another checkpoint, a
 # broken load): calibration refuses instead of widening the tolerance around it.
 MAX_CALIBRATED_DIFF = {"float32": 1e-2, "bfloat16": 0.5, "float16": 0.5}
+# How far rounding alone moves probe logprobs in an engine of this dtype (HF against HF, and a
+# half-precision engine rounding a small full-precision update, e.g. a merged LoRA delta, away):
+# the staleness check in `verify` only judges updates that move the probe beyond it.
+PROBE_NOISE_FLOOR = {"float32": 1e-6, "bfloat16": 1e-2, "float16": 2e-3}
 
 
 class WeightSyncError(RuntimeError):
@@ -255,20 +259,20 @@ class RolloutEngine(ABC):
             self._fail(model, f"probe logprob difference {diff:.3g} > tolerance {self.probe_tolerance:g} ({self.dtype})")
         n = len(self._probe.sequences)
         now = ProbeState(engine_lp[:n], trainer_lp[:n], mean_abs_difference(engine_lp[:n], trainer_lp[:n]))
-        stale = self._staleness(self._last_probe, now)
+        stale = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
         if stale:
             self._fail(model, stale)
         self._last_probe = now
         return diff
 
     @staticmethod
-    def _staleness(before: ProbeState | None, now: ProbeState) -> str | None:
+    def _staleness(before: ProbeState | None, now: ProbeState, noise_floor: float = 0.0) -> str | None:
         """Why the engine still computes with the pre-update weights, or None.
 
         The tolerance alone cannot see it: in half precision it exceeds what a small-lr step moves
         the probe. Only the teacher-forced sequences are compared (greedy continuations change with
         the weights). Two checks, each where it is decisive, with noise = the engine/trainer
-        difference of the previous version:
+        difference of the previous version, at least the dtype's PROBE_NOISE_FLOOR:
         - the trainer moved by more than noise / 10 but the engine's probe values are bit-identical:
           nothing was loaded (below that, a half-precision engine may legitimately round a tiny
           update of full-precision weights back to the same values);
@@ -278,12 +282,13 @@ class RolloutEngine(ABC):
         if before is None:
             return None
         moved = mean_abs_difference(now.trainer, before.trainer)
-        if not moved > before.diff / 10:
+        noise = max(before.diff, noise_floor)
+        if not moved > noise / 10:
             return None
         if now.engine == before.engine:
             return (f"the trainer's probe logprobs moved by {moved:.3g} since the last verified version but the engine's "
                     "did not change at all: the load did not reach the weights the engine computes with")
-        if moved > 2 * before.diff:
+        if moved > 2 * noise:
             to_new = mean_abs_difference(now.engine, now.trainer)
             to_old = mean_abs_difference(now.engine, before.trainer)
             if not to_new < to_old:

@@ -150,3 +150,16 @@ def test_calibration_measures_version_zero_and_widens_only_a_default_tolerance(e
     monkeypatch.setattr(engine, "probe_tolerance", 1e-3)
     with pytest.raises(WeightSyncError, match="raise rollout.probe_tolerance"):
         engine.calibrate(near)
+
+
+def test_staleness_judges_only_updates_beyond_the_dtype_noise():
+    """A bf16 engine rounds a small full-precision update (a merged LoRA delta) mostly away: that is
+    resolution, not staleness. Beyond the noise floor the same picture is stale."""
+    from align.rollout.base import PROBE_NOISE_FLOOR, ProbeState, RolloutEngine
+
+    before = ProbeState(engine=[[-1.0, -2.0]], trainer=[[-1.0, -2.0]], diff=0.0)
+    moved_a_little = ProbeState(engine=[[-1.0001, -2.0]], trainer=[[-1.0007, -2.0007]], diff=0.0006)
+    assert RolloutEngine._staleness(before, moved_a_little, PROBE_NOISE_FLOOR["bfloat16"]) is None
+    assert "closer to the pre-update" in RolloutEngine._staleness(before, moved_a_little, PROBE_NOISE_FLOOR["float32"])
+    unchanged = ProbeState(engine=[[-1.0, -2.0]], trainer=[[-1.01, -2.01]], diff=0.01)
+    assert "did not change at all" in RolloutEngine._staleness(before, unchanged, PROBE_NOISE_FLOOR["bfloat16"])
