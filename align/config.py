@@ -69,8 +69,8 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)  # strings that end a completion
     kv_cache_mb: int = 256  # vLLM KV cache on CPU (vLLM would otherwise reserve most of RAM)
     gpu_memory_utilization: float = 0.3  # vLLM's share of GPU memory when colocated
-    sleep_mode: bool = False  # GPU only: free vLLM memory during the training phase
-    tensor_parallel_size: int = 1  # GPUs one vLLM engine is split over
+    sleep_mode: bool = False  # GPU only: free the engine's memory during the training phase
+    tensor_parallel_size: int = 1  # GPUs one vLLM engine is split over; only 1 for now (config error otherwise)
     # Seed each prompt's samples from its position in the global batch instead of the rank: the same
     # completions on any number of processes (for exact data-parallel checks). Generates prompt by
     # prompt, so it costs batching; off for training runs.
@@ -390,9 +390,23 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
+    _validate_rollout_device(cfg.rollout)
     _validate_algorithm(cfg, entry)
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def _validate_rollout_device(r: RolloutConfig) -> None:
+    if r.tensor_parallel_size != 1:
+        # Each rank generates its own prompts; a TP group would need them gathered per group first.
+        raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} is not supported yet (one colocated "
+                          "engine per GPU); set rollout.tensor_parallel_size=1 and use ZeRO-3 for models that need more GPUs")
+    if r.sleep_mode:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("rollout.sleep_mode=true frees GPU memory and needs a CUDA GPU (vLLM has no sleep mode "
+                              "on CPU); set rollout.sleep_mode=false")
 
 
 def _validate_algorithm(cfg: Config, entry) -> None:

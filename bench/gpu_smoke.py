@@ -2,6 +2,11 @@
 
     python bench/gpu_smoke.py [--model qwen2-40m] [--lora] [--steps 3]
 
+First it measures the probe difference at weight version 0 (engine and trainer both hold the
+checkpoint) and exits with status 1 when it exceeds the per-dtype default tolerance
+(DEFAULT_PROBE_TOLERANCE, calibrated HF against HF), so a lent GPU answers whether that constant
+holds for its kernels. tests/test_gpu_smoke.py runs it on CPU at a tiny shape so it cannot rot.
+
 Needs only torch, transformers, peft and accelerate (what a bare GPU box has): it drives the same
 pieces the loop uses (HFEngine, pad_sequences/completion_logits, align.algos.grpo_loss,
 sync_from) without the config/data/reward layers, with a synthetic reward (digit fraction).
@@ -25,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from align import algos
     from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
-    from align.rollout.base import SamplingSettings
+    from align.rollout.base import DEFAULT_PROBE_TOLERANCE, SamplingSettings
     from align.rollout.hf_engine import HFEngine
     from align.trainers.batching import completion_logits, pad_sequences
 
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument("--g", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--cache-dir", default="/tmp/align-cache")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="version-0 probe difference above which to fail (default: DEFAULT_PROBE_TOLERANCE[dtype])")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,6 +54,14 @@ def main() -> None:
     if args.lora:
         model = apply_lora(model, r=16, alpha=32)
     engine = HFEngine(path, dtype=dtype, device=device, seed=0)
+    tolerance = DEFAULT_PROBE_TOLERANCE[dtype] if args.tolerance is None else args.tolerance
+    diff_v0 = engine.calibrate(model)
+    print(json.dumps({"check": "probe_diff_at_version_0", "device": device, "dtype": dtype, "model": args.model,
+                      "lora": args.lora, "probe_diff_v0": diff_v0, "tolerance": tolerance,
+                      "ok": diff_v0 <= tolerance}), flush=True)
+    if not diff_v0 <= tolerance:
+        sys.exit(f"probe difference at weight version 0 is {diff_v0:.3g} > tolerance {tolerance:g} ({dtype}): "
+                 "DEFAULT_PROBE_TOLERANCE is too tight for this machine's kernels")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4 if not args.lora else 1e-3)
     prompts = [tok(f"Q{i}: 12+{i}=", add_special_tokens=False)["input_ids"] for i in range(args.prompts)]

@@ -13,8 +13,14 @@ def apply_lora(
     alpha: int = 32,
     dropout: float = 0.0,
     target_modules: Sequence[str] | str = "all-linear",
+    autocast_adapter_dtype: bool = True,
 ):
-    """Wrap `model` in a peft LoRA adapter; only the adapter weights stay trainable."""
+    """Wrap `model` in a peft LoRA adapter; only the adapter weights stay trainable.
+
+    autocast_adapter_dtype: peft's default upcasts bf16/fp16 adapters to float32. Pass False under
+    DeepSpeed: its bf16 engine expects every trainable parameter in bf16 (it keeps the fp32 master
+    copy itself) and fails on the first optimizer step otherwise.
+    """
     from peft import LoraConfig, get_peft_model
 
     if not isinstance(target_modules, str):
@@ -28,7 +34,7 @@ def apply_lora(
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
 
 
 def is_peft_model(model) -> bool:

@@ -18,16 +18,26 @@ from align.models import merged_named_tensors
 from align.rollout.probe import (
     Probe,
     describe_mismatch,
+    device_checksum,
     make_probe,
     mean_abs_difference,
     model_logprobs,
-    tensor_checksum,
 )
 
 # Mean |logp_engine - logp_trainer| over the probe tokens above which a sync counts as failed.
 # fp32 kernels of two libraries agree to ~1e-5 on the tiny model and ~1e-4 at 40M parameters;
-# half-precision rounding alone moves logprobs by ~1e-2.
+# half-precision rounding alone moves logprobs by ~1e-2 (HF against HF). `calibrate` raises the
+# tolerance to CALIBRATION_FACTOR x the difference measured before any update, for engine pairs
+# that disagree more (vLLM against HF in bf16: 0.02-0.1 nats per token are reported).
 DEFAULT_PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
+CALIBRATION_FACTOR = 3.0
+# Above this at weight version 0 the two sides do not run the same model (another checkpoint, a
+# broken load): calibration refuses instead of widening the tolerance around it.
+MAX_CALIBRATED_DIFF = {"float32": 1e-2, "bfloat16": 0.5, "float16": 0.5}
+# How far rounding alone moves probe logprobs in an engine of this dtype (HF against HF, and a
+# half-precision engine rounding a small full-precision update, e.g. a merged LoRA delta, away):
+# the staleness check in `verify` only judges updates that move the probe beyond it.
+PROBE_NOISE_FLOOR = {"float32": 1e-6, "bfloat16": 1e-2, "float16": 2e-3}
 
 
 class WeightSyncError(RuntimeError):
@@ -64,8 +74,10 @@ class Completion:
 
     token_ids includes the EOS token when generation ended on it (its logprob is in `logprobs`) and
     the token that completed a stop string; `text` excludes both, as vLLM reports them.
-    logprobs[t] = log p(token_ids[t] | prompt, token_ids[:t]) under the raw model distribution
-    (before temperature / top-k / top-p), the quantity the trainer recomputes.
+    logprobs[t] = log p(token_ids[t] | prompt, token_ids[:t]) under the distribution the token was
+    sampled from: softmax(logits / temperature), renormalised over the tokens top-k / top-p keep
+    (vLLM's processed_logprobs). Greedy requests (temperature 0) report the raw log_softmax(logits).
+    The trainer recomputes the same quantity (its logits divided by rollout.temperature).
     """
 
     prompt_ids: list[int]
@@ -74,6 +86,15 @@ class Completion:
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens reached)
     weight_version: int
+
+
+@dataclass
+class ProbeState:
+    """Teacher-forced probe logprobs of engine and trainer at one verified weight version."""
+
+    engine: list[list[float]]
+    trainer: list[list[float]]
+    diff: float
 
 
 @dataclass
@@ -103,6 +124,9 @@ class RolloutEngine(ABC):
     _weight_version: int = 0
     _expected_names: set[str]
     _sent_checksums: dict[str, tuple[float, float]]
+    _last_probe: ProbeState | None = None  # the last verified version (or the calibration at version 0)
+    calibrated_diff: float | None = None  # probe difference at weight version 0 (see `calibrate`)
+    _tolerance_given: bool = False
 
     # ---- what each engine implements -------------------------------------------------------
     @abstractmethod
@@ -114,8 +138,9 @@ class RolloutEngine(ABC):
         """log p(completion[t] | prompt, completion[:t]) under the current weights, per (prompt, completion)."""
 
     @abstractmethod
-    def _load(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
-        """Copy the tensors into the engine's weights in place (all-or-some names)."""
+    def _load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy the tensors into the engine's weights in place (all-or-some names), consuming the
+        iterator once; an engine asleep wakes up for the load."""
 
     @abstractmethod
     def _engine_tensors(self, names: set[str]) -> dict[str, torch.Tensor]:
@@ -138,6 +163,7 @@ class RolloutEngine(ABC):
 
     def _init_probe(self, vocab_size: int, seed: int, dtype: str, probe_tolerance: float | None,
                     expected_names: Iterable[str], prompt_len: int = 144) -> None:
+        self._tolerance_given = probe_tolerance is not None
         if probe_tolerance is None:
             if dtype not in DEFAULT_PROBE_TOLERANCE:
                 raise ValueError(f"no default probe tolerance for dtype '{dtype}'; pass probe_tolerance=")
@@ -148,17 +174,60 @@ class RolloutEngine(ABC):
         self._weight_version = 0
         self._expected_names = set(expected_names)
         self._sent_checksums = {}
+        self._last_probe = None
+        self.calibrated_diff = None
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy (name, tensor) pairs in checkpoint naming into the engine; bumps weight_version."""
-        tensors = list(iter_named(named_tensors))
-        if not tensors:
-            raise ValueError("load_weights: got no tensors; pass (name, tensor) pairs, e.g. merged_named_tensors(model)")
+        """Copy (name, tensor) pairs in checkpoint naming into the engine; bumps weight_version.
+
+        The pairs are streamed: never held all at once (a ZeRO-3 gather yields one module at a time).
+        """
+        sums: dict[str, torch.Tensor] = {}
+
+        def recorded() -> Iterator[tuple[str, torch.Tensor]]:
+            # Checksums of what was really handed over (float32, on the tensor's device, read back
+            # once at the end): a failed sync can then name what is missing or changed.
+            for name, tensor in iter_named(named_tensors):
+                sums[name] = device_checksum(tensor)
+                yield name, tensor
+
         self._before_load()
-        self._load(tensors)
-        # Checksums of what was really handed over: a failed sync can then name what is missing.
-        self._sent_checksums = {name: tensor_checksum(t) for name, t in tensors}
+        self._load(recorded())
+        if not sums:
+            raise ValueError("load_weights: got no tensors; pass (name, tensor) pairs, e.g. merged_named_tensors(model)")
+        by_device: dict[torch.device, list[str]] = {}
+        for name, total in sums.items():
+            by_device.setdefault(total.device, []).append(name)
+        self._sent_checksums = {}
+        for names in by_device.values():  # one host sync per device, not one per tensor
+            values = torch.stack([sums[n] for n in names]).tolist()
+            self._sent_checksums.update({n: (v[0], v[1]) for n, v in zip(names, values)})
         self._weight_version += 1
+
+    def calibrate(self, model) -> float:
+        """Measure the probe difference between the engine and `model` before any update (both hold
+        the checkpoint), and set the tolerance from it: CALIBRATION_FACTOR x that difference when it
+        exceeds the per-dtype default, so a correct sync never fails on the mere disagreement of two
+        libraries' kernels. Its probe values are also the "pre-update" reference of the first sync's
+        staleness check (see `verify`). Raises WeightSyncError when the two already disagree beyond
+        MAX_CALIBRATED_DIFF (different checkpoints), or beyond an explicit probe_tolerance.
+        """
+        engine_lp, trainer_lp = self._probe_logprobs(model)
+        diff = mean_abs_difference(engine_lp, trainer_lp)
+        ceiling = self.probe_tolerance if self._tolerance_given else MAX_CALIBRATED_DIFF.get(self.dtype, self.probe_tolerance)
+        if not diff <= ceiling:
+            why = "probe_tolerance" if self._tolerance_given else "the most two kernels of one model disagree"
+            raise WeightSyncError(
+                f"before any update the engine and the trainer already differ by {diff:.3g} on the probe ({self.dtype}), "
+                f"above {ceiling:g} ({why}): they do not hold the same weights (engine built from another checkpoint "
+                "or dtype?)" + ("; or raise rollout.probe_tolerance" if self._tolerance_given else "")
+            )
+        if not self._tolerance_given:
+            self.probe_tolerance = max(self.probe_tolerance, CALIBRATION_FACTOR * diff)
+        self.calibrated_diff = diff
+        n = len(self._probe.sequences)
+        self._last_probe = ProbeState(engine_lp[:n], trainer_lp[:n], mean_abs_difference(engine_lp[:n], trainer_lp[:n]))
+        return diff
 
     def sync_from(self, model, *, verify: bool = True, version: int | None = None,
                   named_tensors: Iterable[tuple[str, torch.Tensor]] | None = None) -> SyncReport:
@@ -187,15 +256,50 @@ class RolloutEngine(ABC):
         engine_lp, trainer_lp = self._probe_logprobs(model)
         diff = mean_abs_difference(engine_lp, trainer_lp)
         if not diff <= self.probe_tolerance:  # also catches nan
-            trainer = dict(merged_named_tensors(model))
-            detail = describe_mismatch(
-                self._expected_names, self._sent_checksums, trainer, self._engine_tensors(set(trainer))
-            )
-            raise WeightSyncError(
-                f"weight sync v{self.weight_version} failed: probe logprob difference {diff:.3g} > tolerance "
-                f"{self.probe_tolerance:g} ({self.dtype}); {detail}"
-            )
+            self._fail(model, f"probe logprob difference {diff:.3g} > tolerance {self.probe_tolerance:g} ({self.dtype})")
+        n = len(self._probe.sequences)
+        now = ProbeState(engine_lp[:n], trainer_lp[:n], mean_abs_difference(engine_lp[:n], trainer_lp[:n]))
+        stale = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
+        if stale:
+            self._fail(model, stale)
+        self._last_probe = now
         return diff
+
+    @staticmethod
+    def _staleness(before: ProbeState | None, now: ProbeState, noise_floor: float = 0.0) -> str | None:
+        """Why the engine still computes with the pre-update weights, or None.
+
+        The tolerance alone cannot see it: in half precision it exceeds what a small-lr step moves
+        the probe. Only the teacher-forced sequences are compared (greedy continuations change with
+        the weights). Two checks, each where it is decisive, with noise = the engine/trainer
+        difference of the previous version, at least the dtype's PROBE_NOISE_FLOOR:
+        - the trainer moved by more than noise / 10 but the engine's probe values are bit-identical:
+          nothing was loaded (below that, a half-precision engine may legitimately round a tiny
+          update of full-precision weights back to the same values);
+        - the trainer moved by more than twice the noise: the engine must be closer to the new
+          trainer than to the pre-update one.
+        """
+        if before is None:
+            return None
+        moved = mean_abs_difference(now.trainer, before.trainer)
+        noise = max(before.diff, noise_floor)
+        if not moved > noise / 10:
+            return None
+        if now.engine == before.engine:
+            return (f"the trainer's probe logprobs moved by {moved:.3g} since the last verified version but the engine's "
+                    "did not change at all: the load did not reach the weights the engine computes with")
+        if moved > 2 * noise:
+            to_new = mean_abs_difference(now.engine, now.trainer)
+            to_old = mean_abs_difference(now.engine, before.trainer)
+            if not to_new < to_old:
+                return (f"the engine is closer to the pre-update trainer ({to_old:.3g}) than to the updated one "
+                        f"({to_new:.3g}; the update moved the probe by {moved:.3g}): it is (partly) stale")
+        return None
+
+    def _fail(self, model, reason: str) -> None:
+        trainer = dict(merged_named_tensors(model))
+        detail = describe_mismatch(self._expected_names, self._sent_checksums, trainer, self._engine_tensors(set(trainer)))
+        raise WeightSyncError(f"weight sync v{self.weight_version} failed: {reason}; {detail}")
 
     def _probe_logprobs(self, model) -> tuple[list[list[float]], list[list[float]]]:
         sequences = self._probe.sequences

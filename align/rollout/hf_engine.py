@@ -7,6 +7,8 @@ sync copies tensors into it. Generation is batched (prompts x n rows, left-padde
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from align.models import load_model, load_tokenizer
@@ -39,6 +41,13 @@ class HFEngine(RolloutEngine):
         # vLLM stops on the tokenizer's EOS and the generation config's; do the same.
         self._eos_ids = sorted({self._tok.eos_token_id, *eos} - {None})
         self._pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._eos_ids[0]
+        # transformers fills every sampling option left unset in the GenerationConfig we pass from
+        # the checkpoint's generation_config.json (an Instruct model's repetition_penalty, top_k,
+        # min_p...): samples would then come from a distribution neither rollout.* nor the reported
+        # logprobs describe. A neutral config leaves exactly what `SamplingSettings` says.
+        from transformers import GenerationConfig
+
+        self._model.generation_config = GenerationConfig(eos_token_id=self._eos_ids, pad_token_id=self._pad_id)
         # Unseeded requests draw their seed from this, so a run is reproducible from `seed` alone.
         self._seeds = torch.Generator().manual_seed(seed)
         self._asleep = False
@@ -75,9 +84,9 @@ class HFEngine(RolloutEngine):
         config = GenerationConfig(
             max_new_tokens=sampling.max_tokens, do_sample=not greedy,
             temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else sampling.top_k,
+            top_k=None if greedy else sampling.top_k, repetition_penalty=1.0,
             eos_token_id=self._eos_ids, pad_token_id=self._pad_id, use_cache=True,
-            stop_strings=list(sampling.stop) or None, return_dict_in_generate=True, output_logits=True,
+            stop_strings=list(sampling.stop) or None, return_dict_in_generate=True, output_scores=True,
         )
         out = self._model.generate(
             input_ids=ids.to(self._device), attention_mask=mask.to(self._device), generation_config=config,
@@ -87,9 +96,11 @@ class HFEngine(RolloutEngine):
             synced_gpus=False,
         )
         new_tokens = out.sequences[:, width:]
-        # output_logits are the raw logits, before temperature/top-k/top-p: the trainer's distribution.
+        # output_scores are the logits after temperature, top-k and top-p (filtered tokens at -inf):
+        # their log_softmax is the distribution the token was drawn from, softmax(z / T) renormalised
+        # over the kept tokens, as vLLM's processed_logprobs. Greedy rows are left unprocessed (T = 1).
         logprobs = torch.stack(
-            [torch.log_softmax(step.float(), -1).gather(-1, new_tokens[:, t : t + 1])[:, 0] for t, step in enumerate(out.logits)],
+            [torch.log_softmax(step.float(), -1).gather(-1, new_tokens[:, t : t + 1])[:, 0] for t, step in enumerate(out.scores)],
             dim=1,
         )
         return [
@@ -129,8 +140,8 @@ class HFEngine(RolloutEngine):
 
     # ---- weights ---------------------------------------------------------------------------
     @torch.no_grad()
-    def _load(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
-        self._check_awake()
+    def _load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.wake()  # asleep, the weights wait in host memory: bring them back, then overwrite them
         state = self._model.state_dict()  # tied weights appear under both names, sharing storage
         for name, tensor in named_tensors:
             if name not in state:

@@ -76,11 +76,28 @@ def mean_abs_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float
     return float((flat_a - flat_b).abs().mean()) if flat_a.numel() else 0.0
 
 
+# Elements per float32 slice in checksums: a bounded temporary (64 MiB) even for a 7B embedding.
+CHECKSUM_CHUNK = 1 << 24
+
+
 @torch.no_grad()
+def device_checksum(tensor: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares] as a float32 tensor on the tensor's own device, accumulated over
+    float32 slices: no full-size float64 copy, and no host sync (callers gather many at once).
+    Equal tensors on the same device give equal checksums; a change almost never does."""
+    flat = tensor.detach().reshape(-1)
+    total = torch.zeros(2, dtype=torch.float32, device=flat.device)
+    for chunk in flat.split(CHECKSUM_CHUNK):
+        c = chunk.float()
+        total[0] += c.sum()
+        total[1] += (c * c).sum()
+    return total
+
+
 def tensor_checksum(tensor: torch.Tensor) -> tuple[float, float]:
-    """(sum, sum of squares) in float64: equal tensors give equal checksums; a change almost never does."""
-    t = tensor.detach().double()
-    return float(t.sum()), float((t * t).sum())
+    """device_checksum as a pair of Python floats (one host sync)."""
+    s, sq = device_checksum(tensor).tolist()
+    return s, sq
 
 
 def _names(names: Sequence[str], limit: int = 8) -> str:

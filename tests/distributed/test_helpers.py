@@ -133,3 +133,24 @@ def test_gathered_tensors_merge_lora_without_touching_the_model(tiny_path):
     _assert_same_tensors(gathered, list(merged_named_tensors(model)), atol=1e-6)
     plain = dict(merged_named_tensors(load_model(tiny_path)))
     assert not torch.equal(dict(gathered)["model.layers.0.self_attn.q_proj.weight"], plain["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_gathered_tensors_stream_on_the_model_device(tiny_path):
+    """No host round trip and no materialised list (issue 18): a model on the meta device (any
+    non-CPU device would do) yields meta tensors, one at a time from a generator."""
+    import types
+
+    model = load_model(tiny_path, device="meta")
+    stream = gathered_named_tensors(model)
+    assert isinstance(stream, types.GeneratorType)
+    name, first = next(stream)
+    assert first.device.type == "meta"
+    assert all(t.device.type == "meta" for _, t in stream)
+
+
+def test_lora_adapters_keep_the_model_dtype_under_deepspeed(tiny_path):
+    """peft upcasts bf16 adapters to float32 unless told not to; DeepSpeed's bf16 engine needs them bf16."""
+    default = apply_lora(load_model(tiny_path, dtype="bfloat16"), r=4, alpha=8)
+    under_ds = apply_lora(load_model(tiny_path, dtype="bfloat16"), r=4, alpha=8, autocast_adapter_dtype=False)
+    lora_dtypes = lambda m: {p.dtype for n, p in m.named_parameters() if "lora_" in n}  # noqa: E731
+    assert lora_dtypes(default) == {torch.float32} and lora_dtypes(under_ds) == {torch.bfloat16}

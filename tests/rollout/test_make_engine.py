@@ -18,9 +18,17 @@ def test_auto_picks_by_parameter_count(tiny_path, monkeypatch):
     assert rollout.choose_engine(tiny_path) == "hf"
 
 
-def test_auto_builds_the_small_model_on_hf_and_drops_vllm_options(tiny_path):
-    engine = make_engine("auto", tiny_path, kv_cache_bytes=64 << 20, seed=1)
+def test_auto_builds_the_small_model_on_hf_and_drops_vllm_options(tiny_path, monkeypatch):
+    # The CPU rule, also on a GPU machine with vLLM installed (where "auto" always picks vLLM).
+    monkeypatch.setattr(rollout.torch.cuda, "is_available", lambda: False)
+    engine = make_engine("auto", tiny_path, kv_cache_bytes=64 << 20, seed=1, max_num_seqs=8)
     assert type(engine).__name__ == "HFEngine"
+
+
+def test_auto_picks_vllm_on_a_gpu(tiny_path, monkeypatch):
+    monkeypatch.setattr(rollout, "vllm_installed", lambda: True)
+    monkeypatch.setattr(rollout.torch.cuda, "is_available", lambda: True)
+    assert rollout.choose_engine(tiny_path) == "vllm"
 
 
 def test_bad_kind_and_options(tiny_path):

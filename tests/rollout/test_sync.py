@@ -95,3 +95,71 @@ def test_weights_sent_match_merged_named_tensors(hf_engine, base_model):
             torch.testing.assert_close(engine_state[name], tensor, rtol=0, atol=0)
     finally:
         hf_engine.load_weights(merged_named_tensors(base_model))
+
+
+# ---- a stale engine is caught even when the update is below the tolerance (issue 10, item 11) ----
+def _noop_load(engine, monkeypatch):
+    """The engine consumes the tensors but keeps its weights: a sync that does nothing."""
+    monkeypatch.setattr(engine, "_load", lambda tensors: [None for _ in tensors])
+
+
+def test_a_sync_that_loads_nothing_fails_even_below_the_tolerance(engine, base_model, monkeypatch):
+    engine.sync_from(base_model)  # a verified version to compare the next one with
+    small_step = perturbed_copy(base_model, scale=1e-5, seed=7)
+    moved = mean_abs_difference(model_logprobs(small_step, engine._probe.sequences),
+                                model_logprobs(base_model, engine._probe.sequences))
+    assert 0 < moved < engine.probe_tolerance  # the tolerance alone cannot see this update
+    _noop_load(engine, monkeypatch)
+    with pytest.raises(WeightSyncError, match="did not change at all"):
+        engine.sync_from(small_step)
+
+
+def test_an_engine_still_near_the_old_weights_fails_with_a_half_precision_tolerance(engine, base_model, monkeypatch):
+    monkeypatch.setattr(engine, "probe_tolerance", 5e-2)  # what bf16 allows
+    engine.sync_from(base_model)
+    step = perturbed_copy(base_model, scale=5e-4, seed=8)
+    # the engine gets the old weights plus a jitter unrelated to the update: changed, yet stale
+    jitter = merged_named_tensors(perturbed_copy(base_model, scale=1e-6, seed=9))
+    real_load = engine._load
+    monkeypatch.setattr(engine, "_load", lambda tensors: ([None for _ in tensors], real_load(iter(jitter)))[1])
+    with pytest.raises(WeightSyncError, match="closer to the pre-update trainer"):
+        engine.sync_from(step)
+
+
+def test_a_correct_small_step_sync_never_fails(engine, base_model, monkeypatch):
+    monkeypatch.setattr(engine, "probe_tolerance", 5e-2)
+    engine.sync_from(base_model)
+    for seed in range(3):  # tiny, small and medium steps, each verified against the previous one
+        report = engine.sync_from(perturbed_copy(base_model, scale=10.0 ** -(5 - seed), seed=seed))
+        assert report.probe_diff < 1e-4
+
+
+# ---- calibration at weight version 0 (issue 18) ----------------------------------------------
+def test_calibration_measures_version_zero_and_widens_only_a_default_tolerance(engine, base_model, monkeypatch):
+    monkeypatch.setattr(engine, "probe_tolerance", engine.probe_tolerance)  # restored after the test
+    monkeypatch.setattr(engine, "_tolerance_given", False)
+    assert engine.calibrate(base_model) < 1e-4 and engine.probe_tolerance == 1e-3  # fp32 default kept
+    # a trainer that disagrees with the engine by more than the default (as vLLM and HF do in bf16)
+    # but by less than two different models would: the tolerance follows the measured difference
+    near = perturbed_copy(base_model, scale=1e-4, seed=11)
+    diff = engine.calibrate(near)
+    assert 1e-3 < diff < 1e-2 and engine.probe_tolerance == pytest.approx(3 * diff)
+    with pytest.raises(WeightSyncError, match="do not hold the same weights"):
+        engine.calibrate(perturbed_copy(base_model, scale=0.2, seed=12))
+    monkeypatch.setattr(engine, "_tolerance_given", True)
+    monkeypatch.setattr(engine, "probe_tolerance", 1e-3)
+    with pytest.raises(WeightSyncError, match="raise rollout.probe_tolerance"):
+        engine.calibrate(near)
+
+
+def test_staleness_judges_only_updates_beyond_the_dtype_noise():
+    """A bf16 engine rounds a small full-precision update (a merged LoRA delta) mostly away: that is
+    resolution, not staleness. Beyond the noise floor the same picture is stale."""
+    from align.rollout.base import PROBE_NOISE_FLOOR, ProbeState, RolloutEngine
+
+    before = ProbeState(engine=[[-1.0, -2.0]], trainer=[[-1.0, -2.0]], diff=0.0)
+    moved_a_little = ProbeState(engine=[[-1.0001, -2.0]], trainer=[[-1.0007, -2.0007]], diff=0.0006)
+    assert RolloutEngine._staleness(before, moved_a_little, PROBE_NOISE_FLOOR["bfloat16"]) is None
+    assert "closer to the pre-update" in RolloutEngine._staleness(before, moved_a_little, PROBE_NOISE_FLOOR["float32"])
+    unchanged = ProbeState(engine=[[-1.0, -2.0]], trainer=[[-1.01, -2.01]], diff=0.01)
+    assert "did not change at all" in RolloutEngine._staleness(before, unchanged, PROBE_NOISE_FLOOR["bfloat16"])

@@ -1,0 +1,197 @@
+"""A recording stand-in for the `vllm` package, to pin how VLLMEngine drives vLLM on a GPU without one.
+
+`install(monkeypatch)` puts it in `sys.modules["vllm"]` and makes VLLMEngine believe it runs on a
+GPU. The fake `LLM` records its constructor arguments and every call (generate, sleep, wake_up,
+collective_rpc, reset_prefix_cache, plus torch.cuda.empty_cache) in one ordered log, and behaves
+like vLLM where a wrong call order would show:
+
+- it really samples, from a transformers copy of the checkpoint, with vLLM's semantics (n samples per
+  request, processed logprobs after temperature / top-k / top-p, greedy = raw logprobs, prompt
+  logprobs for scoring), drawing from torch's global generator as vLLM does for unseeded requests;
+- `sleep(level=2)` discards the weights (NaN) and the KV cache; `wake_up(tags=["weights"])` maps
+  weights again without their values; generating before `wake_up(tags=["kv_cache"])` raises;
+- `collective_rpc("reload_weights", kwargs={"weights_iterator": it})` copies the tensors in and
+  records, per tensor, its device and dtype, and the iterator's type (a list would mean the
+  trainer materialised the whole model).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+
+import torch
+
+__version__ = "0.32.0"
+
+
+@dataclass
+class Call:
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+LOG: list[Call] = []
+INSTANCES: list[LLM] = []
+
+
+class SamplingParams:
+    def __init__(self, n: int = 1, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 stop=None, seed: int | None = None, logprobs: int | None = None, prompt_logprobs: int | None = None,
+                 detokenize: bool = True) -> None:
+        if temperature == 0 and n > 1:
+            raise ValueError(f"n must be 1 when using greedy sampling, got {n}")
+        self.n, self.max_tokens, self.temperature, self.top_p, self.top_k = n, max_tokens, temperature, top_p, top_k
+        self.stop, self.seed, self.logprobs, self.prompt_logprobs = list(stop or []), seed, logprobs, prompt_logprobs
+
+
+@dataclass
+class Logprob:
+    logprob: float
+
+
+@dataclass
+class CompletionOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, Logprob]]
+    text: str
+    finish_reason: str
+
+
+@dataclass
+class RequestOutput:
+    outputs: list[CompletionOutput]
+    prompt_logprobs: list | None = None
+
+
+def _processed(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """vLLM's processed logits: temperature, then top-k, then top-p (greedy: untouched)."""
+    if p.temperature == 0:
+        return logits
+    logits = logits / p.temperature
+    if p.top_k:
+        kth = logits.topk(p.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1)
+        drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - p.top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class LLM:
+    def __init__(self, **kwargs) -> None:
+        from align.models import load_model, load_tokenizer
+
+        LOG.append(Call("LLM", dict(kwargs)))
+        INSTANCES.append(self)
+        self.kwargs = kwargs
+        self.model = load_model(kwargs["model"]).eval()
+        self.tokenizer = load_tokenizer(kwargs["model"])
+        self.eos = {self.tokenizer.eos_token_id}
+        self.weights_state = "loaded"  # loaded | discarded | mapped (awake, values garbage)
+        self.kv_awake = True
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        config = types.SimpleNamespace(cache_config=types.SimpleNamespace(block_size=16),
+                                       model_config=types.SimpleNamespace(get_vocab_size=lambda: vocab))
+        self.llm_engine = types.SimpleNamespace(vllm_config=config)
+        self.loads: list[dict] = []
+
+    # ---- generation ----------------------------------------------------------------------
+    def _check_ready(self) -> None:
+        if self.weights_state != "loaded" or not self.kv_awake:
+            raise RuntimeError(f"fake vLLM: generate while asleep (weights {self.weights_state}, kv awake {self.kv_awake})")
+
+    @torch.no_grad()
+    def generate(self, requests, params, use_tqdm: bool = False):
+        self._check_ready()
+        params_list = params if isinstance(params, list) else [params] * len(requests)
+        LOG.append(Call("generate", {"requests": len(requests), "params": params_list}))
+        return [self._one(list(r["prompt_token_ids"]), p) for r, p in zip(requests, params_list)]
+
+    def _one(self, prompt: list[int], p: SamplingParams) -> RequestOutput:
+        if p.prompt_logprobs is not None:  # scoring: log p(token i | tokens < i), raw
+            logp = self.model(torch.tensor([prompt])).logits[0].float().log_softmax(-1)
+            steps = [None] + [{tok: Logprob(float(logp[i - 1, tok]))} for i, tok in enumerate(prompt) if i > 0]
+            return RequestOutput([], steps)
+        rows = torch.tensor([prompt] * p.n)
+        tokens: list[list[int]] = [[] for _ in range(p.n)]
+        logprobs: list[list[float]] = [[] for _ in range(p.n)]
+        done = [False] * p.n
+        for _ in range(p.max_tokens):
+            logits = _processed(self.model(rows).logits[:, -1].float(), p)
+            logp = logits.log_softmax(-1)
+            nxt = logits.argmax(-1) if p.temperature == 0 else torch.multinomial(logp.exp(), 1)[:, 0]
+            for i in range(p.n):
+                if not done[i]:
+                    tokens[i].append(int(nxt[i]))
+                    logprobs[i].append(float(logp[i, nxt[i]]))
+                    done[i] = int(nxt[i]) in self.eos
+            rows = torch.cat([rows, nxt[:, None]], dim=1)
+            if all(done):
+                break
+        outs = []
+        for toks, lps in zip(tokens, logprobs):
+            stopped = toks[-1] in self.eos
+            text = self.tokenizer.decode([t for t in toks if t not in self.eos], skip_special_tokens=True)
+            outs.append(CompletionOutput(toks, [{t: Logprob(lp)} for t, lp in zip(toks, lps)], text,
+                                         "stop" if stopped else "length"))
+        return RequestOutput(outs)
+
+    # ---- weights and memory --------------------------------------------------------------
+    @torch.no_grad()
+    def collective_rpc(self, method: str, timeout=None, args: tuple = (), kwargs: dict | None = None):
+        kwargs = kwargs or {}
+        record = {"method": method}
+        if method == "reload_weights":
+            if self.weights_state == "discarded":
+                raise RuntimeError("fake vLLM: reload_weights while the weights are unmapped (wake_up(tags=['weights']) first)")
+            iterator = kwargs["weights_iterator"]
+            record |= {"iterator_type": type(iterator).__name__, "tensors": []}
+            state = self.model.state_dict()
+            for name, tensor in iterator:
+                record["tensors"].append((name, tensor.device, tensor.dtype))
+                state[name].copy_(tensor)
+            self.weights_state = "loaded"
+        LOG.append(Call("collective_rpc", record))
+        return [None]
+
+    def reset_prefix_cache(self, *args, **kwargs) -> bool:
+        LOG.append(Call("reset_prefix_cache"))
+        return True
+
+    @torch.no_grad()
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        LOG.append(Call("sleep", {"level": level}))
+        if level == 2:
+            for param in self.model.parameters():
+                param.fill_(float("nan"))  # level 2 keeps no copy of the weights
+            self.weights_state = "discarded"
+        self.kv_awake = False
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        LOG.append(Call("wake_up", {"tags": tags}))
+        tags = tags or ["weights", "kv_cache"]
+        if "weights" in tags and self.weights_state == "discarded":
+            self.weights_state = "mapped"
+        if "kv_cache" in tags:
+            self.kv_awake = True
+        return self.kv_awake
+
+    def apply_model(self, func):
+        return [func(self.model)]
+
+
+def install(monkeypatch, version: str = __version__) -> types.ModuleType:
+    """Make `import vllm` return this module (at `version`) and VLLMEngine see a GPU; returns the module."""
+    import align.rollout.vllm_engine as vllm_engine
+
+    module = sys.modules[__name__]
+    LOG.clear()
+    INSTANCES.clear()
+    monkeypatch.setattr(module, "__version__", version)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: LOG.append(Call("empty_cache")))
+    return module

@@ -1,0 +1,191 @@
+"""The vLLM-on-GPU path, pinned without a GPU (issue 18): a real 2-step Trainer drives VLLMEngine
+against the recording fake `vllm` of tests/rollout/fake_vllm.py, with VLLMEngine's CPU check
+patched to "GPU". What the engine asks of vLLM (arguments, call order, tensors handed over) is what
+a GPU run would do."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.rollout import fake_vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
+
+
+def make_trainer(cache_dir: str, run_dir: Path, *overrides: str, sleep_mode: bool = True):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from align.config import load_config
+    from align.train import build_algorithm
+    from align.trainers.base import Trainer
+
+    cfg = load_config(["recipe=grpo_math", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=[1.0]",
+                       "train.batch_size=8", "rollout.num_generations=4", "rollout.max_tokens=8", "data.options.size=32",
+                       "train.lr=1e-3", "rollout.engine=vllm", "log.tensorboard=false", "log.console=false",
+                       f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", *overrides])
+    cfg.rollout.sleep_mode = sleep_mode  # validate() refuses it on this CPU machine; the fake is the "GPU"
+    AcceleratorState._reset_state(True)  # a fresh accelerator per test (a process-wide singleton)
+    GradientState._reset_state()
+    return Trainer(cfg, Accelerator(cpu=True), build_algorithm(cfg), run_dir)
+
+
+@pytest.fixture
+def double_calls(monkeypatch):
+    """Every Tensor.double() call while the trainer runs (float64 checksums copied whole tensors)."""
+    calls = []
+    real = torch.Tensor.double
+    monkeypatch.setattr(torch.Tensor, "double", lambda self, *a, **k: (calls.append(tuple(self.shape)), real(self, *a, **k))[1])
+    return calls
+
+
+@pytest.fixture
+def two_steps(cache_dir, tmp_path, monkeypatch, double_calls):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # inherited from a user's shell
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    fake_vllm.install(monkeypatch)
+    import align.rollout.vllm_engine as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "_barrier_if_distributed", lambda: fake_vllm.LOG.append(fake_vllm.Call("barrier")))
+    trainer = make_trainer(cache_dir, tmp_path / "run")
+    start = len(fake_vllm.LOG)
+    metrics = [trainer.step(0)[0], trainer.step(1)[0]]
+    return trainer, fake_vllm.LOG[:start], fake_vllm.LOG[start:], metrics
+
+
+def test_engine_arguments(two_steps):
+    import os
+
+    trainer, construction, _, _ = two_steps
+    llm = construction[0]
+    assert llm.name == "LLM" and construction[1].name == "barrier"  # every rank built its engine first
+    args = llm.args
+    assert args["seed"] == trainer.cfg.train.seed + trainer.rank  # one sampling stream per rank
+    assert args["logprobs_mode"] == "processed_logprobs" and args["generation_config"] == "vllm"
+    assert args["max_num_seqs"] == 8 and args["max_num_batched_tokens"] == 8192  # rows per rank; 4k-8k tokens
+    assert args["enable_sleep_mode"] is True and args["tensor_parallel_size"] == 1
+    assert args["gpu_memory_utilization"] == trainer.cfg.rollout.gpu_memory_utilization
+    assert "kv_cache_memory_bytes" not in args and "enforce_eager" not in args  # CPU-only settings stay off the GPU
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # forced over the inherited 1
+
+
+def test_sleep_wake_and_load_order(two_steps):
+    _, _, steps, metrics = two_steps
+    memory = [(c.name, c.args.get("level") or c.args.get("tags") or c.args.get("method")) for c in steps
+              if c.name in ("sleep", "empty_cache", "wake_up", "collective_rpc", "reset_prefix_cache")]
+    one_step = [("sleep", 2), ("empty_cache", None), ("wake_up", ["weights"]), ("collective_rpc", "reload_weights"),
+                ("wake_up", ["kv_cache"]), ("reset_prefix_cache", None)]
+    assert memory == one_step * 2
+    # rollouts come before the sleep; the probe's generates after the KV cache is back
+    names = [c.name for c in steps]
+    first_sleep, first_kv = names.index("sleep"), names.index("wake_up") + 2
+    assert "generate" in names[:first_sleep] and "generate" in names[first_kv:names.index("sleep", first_kv)]
+    # the verified syncs passed: the engine followed the trainer through sleep and wake
+    assert [m["sync/weight_version"] for m in metrics] == [1, 2]
+    assert all(m["sync/probe_diff"] < 1e-4 for m in metrics)
+
+
+def test_no_per_request_seeds_on_the_training_path(two_steps):
+    _, _, steps, _ = two_steps
+    params = [p for c in steps if c.name == "generate" for p in c.args["params"]]
+    assert params and all(p.seed is None for p in params)
+
+
+def test_weights_stream_on_the_model_device_without_float64_copies(two_steps, double_calls):
+    trainer, _, steps, _ = two_steps
+    loads = [c.args for c in steps if c.name == "collective_rpc"]
+    model = trainer.acc.unwrap_model(trainer.model)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    for load in loads:
+        assert load["iterator_type"] == "generator"  # streamed, never a materialised list
+        assert {n for n, _, _ in load["tensors"]} == set(model.state_dict())
+        assert all(d == device and t == dtype for _, d, t in load["tensors"])
+    assert double_calls == []
+
+
+def test_calibration_at_version_zero(two_steps):
+    trainer, construction, _, _ = two_steps
+    engine = trainer.engine
+    assert engine.calibrated_diff is not None and engine.calibrated_diff < 1e-4
+    # the calibration ran the probe before any load
+    assert [c.name for c in construction].count("generate") >= 2 and "collective_rpc" not in [c.name for c in construction]
+
+
+def test_without_sleep_mode_nothing_sleeps(cache_dir, tmp_path, monkeypatch):
+    fake_vllm.install(monkeypatch)
+    trainer = make_trainer(cache_dir, tmp_path / "run", sleep_mode=False)
+    trainer.step(0)
+    assert not {"sleep", "wake_up", "empty_cache"} & {c.name for c in fake_vllm.LOG}
+    assert fake_vllm.LOG[0].args["enable_sleep_mode"] is False
+
+
+def test_wake_without_a_load_is_refused(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch)
+    from align.rollout import SamplingSettings, VLLMEngine
+
+    engine = VLLMEngine(tiny_path, enable_sleep_mode=True)
+    engine.sleep()
+    with pytest.raises(RuntimeError, match="kept no weights: wake it by loading weights"):
+        engine.wake()
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.generate([[5, 6]], 1, SamplingSettings(max_tokens=2))
+
+
+# ---- one-line errors instead of a failure deep in vLLM ----------------------------------------
+def test_old_vllm_is_refused_up_front(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch, version="0.15.1")
+    from align.rollout import VLLMEngine
+
+    with pytest.raises(ImportError, match=r"vLLM 0.15.1 is too old: .*reload_weights\(weights_iterator=...\).*vllm>=0.16"):
+        VLLMEngine(tiny_path)
+
+
+def test_sleep_mode_with_expandable_segments_on_a_vllm_that_asserts(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch)  # the fake has no vllm.device_allocator.alloc_conf: an older allocator
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    from align.rollout import VLLMEngine
+
+    with pytest.raises(ValueError, match="expandable_segments:True.*unset it, or upgrade vLLM"):
+        VLLMEngine(tiny_path, enable_sleep_mode=True)
+    assert not fake_vllm.INSTANCES  # refused before vLLM starts
+
+
+def test_sleep_mode_and_tensor_parallel_are_config_errors_here():
+    from align.config import ConfigError, load_config
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="rollout.sleep_mode=true .* needs a CUDA GPU"):
+            load_config(["rollout.sleep_mode=true"])
+    with pytest.raises(ConfigError, match="rollout.tensor_parallel_size=2 is not supported"):
+        load_config(["rollout.tensor_parallel_size=2"])
+
+
+def test_vllm_engine_rejects_sleep_mode_on_cpu(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch)
+    import align.rollout.vllm_engine as vllm_engine
+    from align.rollout import VLLMEngine
+
+    monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: True)
+    with pytest.raises(ValueError, match="rollout.sleep_mode=true needs a CUDA GPU"):
+        VLLMEngine(tiny_path, enable_sleep_mode=True)
+
+
+# ---- the real vLLM wheel has the API the floor promises ------------------------------------------
+def test_installed_vllm_has_the_reload_and_sampling_api():
+    vllm = pytest.importorskip("vllm")
+    from vllm.config.model import LogprobsMode
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert "weights_iterator" in inspect.signature(GPUModelRunner.reload_weights).parameters
+    assert "processed_logprobs" in typing.get_args(LogprobsMode)
+    assert set(inspect.signature(vllm.LLM.wake_up).parameters) >= {"tags"}
+    assert "level" in inspect.signature(vllm.LLM.sleep).parameters
+    import importlib.util
+
+    assert importlib.util.find_spec("vllm.device_allocator.alloc_conf") is not None  # expandable segments handled
