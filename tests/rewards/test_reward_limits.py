@@ -1,0 +1,71 @@
+"""Rewards cannot hang or crash the run on hostile text: scoring runs in killable worker processes, and the
+geometry parser bounds what it parses."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from align.rewards import compute_rewards, load_reward_functions, reward_metrics
+from rewards import workers
+from rewards.geometry import aux_construction, check_aux_statements, evaluate_expression
+from rewards.math import math_accuracy
+
+POWER_TOWER = "<answer>9^{9^{9^{9}}}</answer>"
+
+
+def test_power_tower_scores_none_and_is_counted_while_the_others_score():
+    functions = load_reward_functions(["math_accuracy"], options={"math_accuracy": {"timeout_s": 2.0}})
+    before = workers.timeouts()
+    start = time.monotonic()
+    result = compute_rewards(
+        functions, ["p"] * 3, [POWER_TOWER, "<answer>4</answer>", "<answer>5</answer>"], {"answer": ["1", "4", "4"]}, [[1]] * 3
+    )
+    elapsed = time.monotonic() - start
+    assert result.per_function["math_accuracy"] == [None, 1.0, 0.0]
+    assert result.unscorable == [True, False, False]
+    assert result.timeouts == 1 and workers.timeouts() == before + 1
+    assert reward_metrics(result)["reward/timeouts"] == 1.0
+    assert elapsed < 30  # 2 s limit + starting the workers; without the kill it does not return at all
+    # The killed worker is replaced: the next call scores normally.
+    assert math_accuracy(["p"], ["<answer>\\frac{1}{2}</answer>"], answer=["0.5"], timeout_s=5.0) == [1.0]
+
+
+def test_workers_are_reused_across_calls():
+    first = set(workers.score_each(os.getpid, [()] * 8, timeout_s=10))
+    second = set(workers.score_each(os.getpid, [()] * 8, timeout_s=10))
+    assert os.getpid() not in first
+    assert len(first | second) <= workers.worker_count()  # the same processes, not one per item
+
+
+def test_a_bug_in_the_scorer_is_raised_not_hidden():
+    with pytest.raises(ValueError, match="invalid literal"):
+        workers.score_each(int, [("x",)], timeout_s=10)
+
+
+def test_bad_worker_count_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("ALIGN_REWARD_WORKERS", "0")
+    with pytest.raises(ValueError, match="ALIGN_REWARD_WORKERS='0' must be a whole number >= 1"):
+        workers.worker_count()
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "S=" + "9" * 320 + "+1",  # OverflowError in float() before the bound
+        "S=" + "+".join(["1"] * 1200),  # RecursionError in the parser / evaluator before the bound
+        "S=" + "(" * 500 + "1" + ")" * 500,
+        "S=1+1=" + "1" * 400,
+    ],
+)
+def test_aux_parser_rejects_huge_input_without_raising(block):
+    assert check_aux_statements(block, {}) is False
+    completion = f"<think>so <aux>{block}</aux></think><answer>1</answer>"
+    assert aux_construction(["A=30"], [completion]) == [0.0]
+
+
+def test_aux_parser_still_accepts_ordinary_constructions():
+    assert evaluate_expression("30+130", {}) == 160.0
+    assert check_aux_statements("S=A+130=160", {"A": 30.0})
