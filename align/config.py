@@ -136,6 +136,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     max_grad_norm: float = 1.0
+    max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (trainers/numerics.py)
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     seed: int = 0
 
@@ -311,6 +312,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
+    if cfg.train.max_bad_updates < 1:
+        raise ConfigError(f"train.max_bad_updates must be >= 1 (consecutive NaN/inf updates before stopping), got {cfg.train.max_bad_updates}")
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
 

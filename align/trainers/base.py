@@ -39,6 +39,7 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
+from align.trainers.numerics import UpdateGuard
 from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.shaping import informative_groups, overlong_penalty
 
@@ -86,6 +87,7 @@ class Trainer:
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
+        self.update_guard = UpdateGuard(t.max_bad_updates)
         if cfg.resume:
             self._resume(cfg.resume)
 
@@ -324,8 +326,10 @@ class Trainer:
         timers["logprob"] += time.perf_counter() - t0
 
         sums: dict[str, float] = defaultdict(float)
+        skipped = 0
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
+            losses_finite = True
             for gi, idx in enumerate(groups):
                 seqs = self._sequences(rollout, idx)
                 mask = seqs.completion_mask * mask_all[seqs.index.cpu()].to(seqs.completion_mask)[:, None]
@@ -343,6 +347,7 @@ class Trainer:
                 with self.acc.no_sync(self.model) if not last and self.world > 1 else nullcontext():
                     self.acc.backward(loss * self.world)
                 n = mask.sum().item()
+                losses_finite &= math.isfinite(loss.item())
                 if update == 0:
                     sums["loss"] += loss.item()
                     sums["tokens"] += n
@@ -351,7 +356,15 @@ class Trainer:
                     sums["entropy"] += (entropy * mask).sum().item()
                     sums["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
-            self.optimizer.step()
+            # A NaN/inf loss or gradient skips this update (align/trainers/numerics.py); too many in a row stop the run.
+            ok = self.update_guard.is_finite(self.acc, losses_finite, grad_norm)
+            if ok:
+                self.optimizer.step()
+            else:
+                skipped += 1
+                norm = float(grad_norm) if grad_norm is not None else math.nan
+                self.logger.print(f"warning: non-finite loss or gradient (grad_norm={norm:g}); update skipped")
+            self.update_guard.record(ok, str(self.run_dir / "checkpoints"))
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         # Metrics over every rank's tokens, not rank 0's alone (one reduce for all).
@@ -361,6 +374,7 @@ class Trainer:
         tokens = max(sums.pop("tokens"), 1.0)
         out = {k: v if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+        out["train/skipped_updates"] = float(skipped)
         return out
 
     # ------------------------------------------------------------------------------ evaluation
