@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch align/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.config import Config, config_to_yaml, load_config, validate  # noqa: E402
+from align.config import Config, ConfigError, config_to_yaml, load_config, validate  # noqa: E402
 from align.errors import exit_on_user_error  # noqa: E402
 
 
@@ -38,8 +38,9 @@ def make_accelerator(cfg: Config | None = None):
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if deepspeed and cfg is not None:
         from align.trainers.base import resolve_dtype
-        from align.trainers.distributed import fill_deepspeed_config
+        from align.trainers.distributed import check_deepspeed_json, fill_deepspeed_config
 
+        check_deepspeed_json(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
         launched = DeepSpeedPlugin()  # reads the launcher's DeepSpeed JSON / --zero_stage from the environment
         filled = fill_deepspeed_config(
             launched.deepspeed_config, max_grad_norm=cfg.train.max_grad_norm, dtype=resolve_dtype(cfg.model.dtype),
@@ -83,8 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     validate(cfg, accelerator.num_processes)
     run_dir = resolve_run_dir(cfg, accelerator)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        except OSError as error:
+            raise ConfigError(
+                f"log.run_dir={str(run_dir)!r} cannot be written ({error.strerror or error}); choose a writable log.run_dir"
+            ) from error
     trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
     trainer.train()
     trainer.export(run_dir / "final")

@@ -40,7 +40,7 @@ from align.trainers.distributed import (
 )
 from align.trainers.logger import RunLogger
 from align.trainers.numerics import UpdateGuard
-from align.trainers.prompts import PromptStream, encode_prompt
+from align.trainers.prompts import PromptStream, check_prompt_lengths, encode_prompt
 from align.trainers.shaping import informative_groups, overlong_penalty
 
 
@@ -206,6 +206,7 @@ class Trainer:
     def _generate(self, step: int, rows: list[dict], g: int, round_: int):
         r = self.cfg.rollout
         prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
+        check_prompt_lengths(prompt_ids, rows, r.max_tokens, self._max_model_len())
         seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31 + round_) % (2**31)
         sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, stop=list(r.stop), seed=seed)
