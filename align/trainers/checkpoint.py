@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     try:
         accelerator.save_state(str(tmp))
         _save_adapters(accelerator, tmp)
+        _pause_for_crash_test(step)
         accelerator.wait_for_everyone()  # every rank's files are in tmp before it is marked complete
 
         if accelerator.is_main_process:
@@ -189,6 +191,13 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
         ) from error
     accelerator.wait_for_everyone()
     return final
+
+
+def _pause_for_crash_test(step: int) -> None:
+    # tests/trainers/test_crash_safety.py SIGKILLs the run here, with the weights written but the
+    # checkpoint not yet marked complete: the widest window a real crash can hit.
+    if os.environ.get("ALIGN_TEST_PAUSE_IN_SAVE_AT_STEP") == str(step):
+        time.sleep(600)
 
 
 def find_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
