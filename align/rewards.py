@@ -78,6 +78,9 @@ def load_reward_functions(
         raise RewardFunctionError(f"reward specs must be a list of strings, got the single string {specs!r}; wrap it in a list")
     if not specs:
         raise RewardFunctionError("no reward functions given; set rewards.functions=[math_accuracy, ...] in the recipe")
+    for spec in specs:  # a misspelt name is the real problem: report it before any count mismatch
+        if isinstance(spec, str) and ":" not in spec:
+            get_reward_function(spec)
     if weights is None:
         weights = [1.0] * len(specs)
     if len(weights) != len(specs):

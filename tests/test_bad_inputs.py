@@ -204,6 +204,8 @@ CASES = [
      ["rollout.num_generations=1 with algo=gcpo", "rollout.num_generations>=2"]),
     ("unknown reward name (and a wrong weights count)", lambda t: lambda: config("reward.functions=[math_acuracy]", "reward.weights=[1.0,2.0]"),
      ["unknown reward 'math_acuracy'", "did you mean math_accuracy"]),
+    ("unknown reward name, loaded directly with a wrong weights count", lambda t: lambda: load_rewards(["math_acuracy"], [1.0, 2.0]),
+     ["unknown reward 'math_acuracy'", "did you mean math_accuracy"]),
     ("unknown config key", lambda t: lambda: config("train.stpes=3"), ["'train.stpes'", "did you mean 'train.steps'"]),
     ("wrong value type", lambda t: lambda: config("train.steps=many"), ["'train.steps'", "'many'"]),
     ("unknown choice", lambda t: lambda: config("loss.agg=mean_of_means"), ["'loss.agg'", "choose one of"]),
