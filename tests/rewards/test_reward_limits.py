@@ -30,7 +30,8 @@ def test_power_tower_scores_none_and_is_counted_while_the_others_score():
     assert reward_metrics(result)["reward/timeouts"] == 1.0
     assert elapsed < 30  # 2 s limit + starting the workers; without the kill it does not return at all
     # The killed worker is replaced: the next call scores normally.
-    assert math_accuracy(["p"], ["<answer>\\frac{1}{2}</answer>"], answer=["0.5"], timeout_s=5.0) == [1.0]
+    again = math_accuracy(["p"], ["<answer>\\frac{1}{2}</answer>"], answer=["0.5"], timeout_s=5.0)
+    assert again == [1.0], (workers.timeouts(), workers.crashes())
 
 
 def test_workers_are_reused_across_calls():
@@ -69,3 +70,17 @@ def test_aux_parser_rejects_huge_input_without_raising(block):
 def test_aux_parser_still_accepts_ordinary_constructions():
     assert evaluate_expression("30+130", {}) == 160.0
     assert check_aux_statements("S=A+130=160", {"A": 30.0})
+
+
+def test_trainer_metrics_report_the_timeouts_of_the_step_once():
+    from align.config import load_config
+    from align.trainers.grpo import GRPO
+
+    cfg = load_config(["recipe=grpo_math", "reward.functions=[math_accuracy]", "reward.weights=null",
+                       "reward.options.math_accuracy.timeout_s=1.0"])  # fmt: skip
+    algo = GRPO(cfg)
+    completions = [POWER_TOWER, "<answer>4</answer>"]
+    scores = algo.score(["p", "p"], completions, {"answer": ["4", "4"]}, [[1], [1]], group_size=2)
+    assert algo.batch_metrics(scores)["reward/timeouts"] == 1.0
+    scores = algo.score(["p", "p"], ["<answer>4</answer>"] * 2, {"answer": ["4", "4"]}, [[1], [1]], group_size=2)
+    assert algo.batch_metrics(scores)["reward/timeouts"] == 0.0  # counted for its own step only
