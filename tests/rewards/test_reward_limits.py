@@ -84,3 +84,30 @@ def test_trainer_metrics_report_the_timeouts_of_the_step_once():
     assert algo.batch_metrics(scores)["reward/timeouts"] == 1.0
     scores = algo.score(["p", "p"], ["<answer>4</answer>"] * 2, {"answer": ["4", "4"]}, [[1], [1]], group_size=2)
     assert algo.batch_metrics(scores)["reward/timeouts"] == 0.0  # counted for its own step only
+
+
+def test_a_script_without_main_guard_works_and_a_stuck_worker_dies_with_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "score.py"
+    script.write_text(
+        "import os, threading, time\n"
+        "from rewards import workers\nfrom rewards.math import math_accuracy\n"
+        "print(math_accuracy(['p'], ['<answer>4</answer>'], answer=['4']), workers._idle[0].process.pid, flush=True)\n"
+        f"threading.Thread(target=math_accuracy, args=(['p'], [{POWER_TOWER!r}]), kwargs={{'answer': ['1'], 'timeout_s': 600}}, daemon=True).start()\n"
+        "time.sleep(3)\nos._exit(0)\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=120)
+    scores, pid = proc.stdout.split("]")[0] + "]", int(proc.stdout.split()[-1])
+    assert scores == "[1.0]", proc.stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # PR_SET_PDEATHSIG kills the worker stuck on the power tower
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"reward worker {pid} outlived its trainer")
