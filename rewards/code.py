@@ -59,7 +59,7 @@ def code_passes_tests(
 
     max_parallel: sandboxed programs run at once (each is its own process, so threads suffice here).
     isolation: None ($ALIGN_SANDBOX, default "bwrap"), or "weak" to opt into the weaker sandbox where
-    bubblewrap cannot run (reward.options={code_passes_tests: {isolation: weak}}); see rewards/sandbox.py.
+    bubblewrap cannot run (reward.options.code_passes_tests.isolation=weak); see rewards/sandbox.py.
     """
     if tests is None:
         columns = ", ".join(sorted(k for k in kwargs if k not in ("completion_ids", "trainer_state"))) or "(none)"
