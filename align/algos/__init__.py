@@ -5,7 +5,7 @@ See ALGORITHMS.md for the maths; every function takes and returns tensors and ne
 
 from align.algos.advantages import group_advantages
 from align.algos.aggregate import AGG_MODES, aggregate, masked_mean, masked_sum, seq_logprob
-from align.algos.batch import GroupBatch
+from align.algos.batch import GroupBatch, MicroBatch, Totals
 from align.algos.copg import copg_loss
 from align.algos.gcpo import gcpo_contrastive_mask, gcpo_rewards
 from align.algos.grao import grao_advantages, grao_loss
@@ -17,6 +17,8 @@ from align.algos.salt import salt_step_advantages, steps_to_tokens
 __all__ = [
     "AGG_MODES",
     "GroupBatch",
+    "MicroBatch",
+    "Totals",
     "aggregate",
     "clipped_pg_token_loss",
     "copg_loss",

@@ -211,6 +211,8 @@ def generate_geometry_rows(split: str, n: int, seed: int = 0, families: list[str
             "aux_helps": family.aux_helps,
             "solution_aux": problem.solution_aux,
             "solution_direct": problem.solution_direct,
+            # The worked solution by the route that pays for this family (GRAO's reference answer).
+            "solution": problem.solution_aux if family.aux_helps else problem.solution_direct,
         })
     return rows
 
@@ -220,7 +222,8 @@ def make_geometry_dataset(split: str, n: int, seed: int = 0, families: list[str]
     """A `datasets.Dataset` of `n` geometry problems from `split` ("train" or "test").
 
     Columns: prompt (chat messages), answer (str), family (str), aux_helps (bool),
-    solution_aux and solution_direct (reference completions for supervised warm starts).
+    solution_aux and solution_direct (reference completions for supervised warm starts), and
+    solution: the one of the two whose route pays for the family (aux where it helps).
     `system_prompt`: optional system message (e.g. FORMAT_SYSTEM_PROMPT for instruct models;
     the tiny warm-started model is trained without one).
     """

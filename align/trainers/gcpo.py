@@ -13,7 +13,8 @@ import torch
 from align import algos
 from align.config import Config
 from align.rewards import compute_rewards, load_reward_functions
-from align.trainers.grpo import GRPO, Scores, _as_groups
+from align.trainers.algorithm import Scores
+from align.trainers.grpo import GRPO, _as_groups
 
 
 class GCPO(GRPO):
@@ -23,6 +24,7 @@ class GCPO(GRPO):
         self.cfg = cfg
         g = cfg.gcpo
         self.reward_functions = load_reward_functions([g.accuracy_reward, g.format_reward, g.aux_reward], None, cfg.reward.options)
+        self.needs = self.grpo_needs(cfg)
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         g = self.cfg.gcpo

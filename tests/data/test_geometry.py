@@ -18,7 +18,8 @@ def _final_relation_value(solution: str) -> float:
 
 def test_columns_and_types():
     ds = make_geometry_dataset("train", 24, seed=0)
-    assert set(ds.column_names) == {"prompt", "answer", "family", "aux_helps", "solution_aux", "solution_direct"}
+    assert set(ds.column_names) == {"prompt", "answer", "family", "aux_helps", "solution_aux", "solution_direct",
+                                  "solution"}
     row = ds[0]
     assert row["prompt"][-1]["role"] == "user" and isinstance(row["prompt"][-1]["content"], str)
     assert isinstance(row["answer"], str) and isinstance(row["aux_helps"], bool)
@@ -63,6 +64,7 @@ def test_reference_solutions_are_correct_and_in_both_styles():
         assert _final_relation_value(row["solution_direct"]) == float(row["answer"]), row
         assert _final_relation_value(row["solution_aux"]) == float(row["answer"]), row
         assert "<aux>" not in row["solution_direct"]
+        assert row["solution"] == (row["solution_aux"] if row["aux_helps"] else row["solution_direct"])
         assert has_valid_aux(row["solution_aux"], prompt_bindings(row["prompt"])), row
         assert not has_valid_aux(row["solution_direct"], prompt_bindings(row["prompt"]))
     for style in ("solution_aux", "solution_direct"):
