@@ -190,6 +190,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup from 0 over this many optimizer updates
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     max_grad_norm: float = 1.0  # clip the gradient norm
+    max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (trainers/numerics.py)
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     seed: int = 0  # model init, data order and sampling seeds
 
@@ -363,6 +364,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     g, batch = cfg.rollout.num_generations, cfg.train.batch_size
     if g < 1:
         raise ConfigError(f"rollout.num_generations must be >= 1, got {g}")
+    if g == 1 and (cfg.algo == "gcpo" or cfg.loss.baseline != "none"):
+        raise ConfigError(
+            f"rollout.num_generations=1 with algo={cfg.algo} loss.baseline={cfg.loss.baseline}: a group of one is its own "
+            "baseline, so every advantage is 0 and nothing is learned; use rollout.num_generations>=2 (e.g. 8)"
+        )
     if batch < g or batch % g:
         raise ConfigError(
             f"train.batch_size={batch} is not a multiple of rollout.num_generations={g}; "
@@ -374,6 +380,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             f"train.batch_size={batch} gives {prompts} prompts per step, not divisible by {world_size} processes; "
             f"use train.batch_size={math.lcm(prompts, world_size) * g}"
         )
+    _check_reward_names(cfg.reward.functions)  # a misspelt name is the real problem, not the weights count
     if cfg.reward.weights is not None and len(cfg.reward.weights) != len(cfg.reward.functions):
         raise ConfigError(
             f"reward.weights has {len(cfg.reward.weights)} entries but reward.functions has "
@@ -391,6 +398,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
+    if cfg.train.max_bad_updates < 1:
+        raise ConfigError(f"train.max_bad_updates must be >= 1 (consecutive NaN/inf updates before stopping), got {cfg.train.max_bad_updates}")
     _validate_algorithm(cfg, entry)
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
@@ -407,6 +416,15 @@ def _validate_rollout_device(r: RolloutConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("rollout.sleep_mode=true frees GPU memory and needs a CUDA GPU (vLLM has no sleep mode "
                               "on CPU); set rollout.sleep_mode=false")
+
+
+def _check_reward_names(specs) -> None:
+    """Registry names must exist (RewardSpecError names the closest); file/module specs are checked when loaded."""
+    from rewards.registry import get_reward_function
+
+    for spec in specs:
+        if isinstance(spec, str) and ":" not in spec:
+            get_reward_function(spec)
 
 
 def _validate_algorithm(cfg: Config, entry) -> None:

@@ -15,10 +15,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from align.rewards import RewardFunctionError
     from align.rollout import WeightSyncError
     from align.trainers.checkpoint import CheckpointError
+    from align.trainers.numerics import TrainingDivergedError
     from rewards.registry import RewardSpecError
+    from rewards.sandbox import SandboxUnavailable
 
     return (ConfigError, DatasetSourceError, ModelLoadError, RewardFunctionError, RewardSpecError,
-            WeightSyncError, CheckpointError)
+            WeightSyncError, CheckpointError, TrainingDivergedError, SandboxUnavailable)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewards import workers
 from rewards.registry import get_reward_function
 
 # Columns TRL never forwards as keywords: they are passed explicitly (or are the completion itself).
@@ -52,6 +53,8 @@ class RewardResult:
     total: [N] weighted nansum over functions. per_function: name -> [N] raw rewards (None = not applicable).
     unscorable: [N] True where every function returned None. extra_columns / logged_metrics: what the
     functions sent through TRL's `log_extra(column, values)` and `log_metric(name, value)` hooks.
+    timeouts: completions whose scoring ran past its limit in a worker process (rewards/workers.py) and
+    scored None instead; a worker that died counts too.
     """
 
     total: list[float]
@@ -59,6 +62,7 @@ class RewardResult:
     unscorable: list[bool]
     extra_columns: dict[str, list] = field(default_factory=dict)
     logged_metrics: dict[str, list[float]] = field(default_factory=dict)
+    timeouts: int = 0
 
 
 def load_reward_functions(
@@ -74,6 +78,9 @@ def load_reward_functions(
         raise RewardFunctionError(f"reward specs must be a list of strings, got the single string {specs!r}; wrap it in a list")
     if not specs:
         raise RewardFunctionError("no reward functions given; set rewards.functions=[math_accuracy, ...] in the recipe")
+    for spec in specs:  # a misspelt name is the real problem: report it before any count mismatch
+        if isinstance(spec, str) and ":" not in spec:
+            get_reward_function(spec)
     if weights is None:
         weights = [1.0] * len(specs)
     if len(weights) != len(specs):
@@ -135,6 +142,7 @@ def compute_rewards(
         log_metric=lambda name, value: logged_metrics.setdefault(name, []).append(float(value)),
     )
 
+    stopped_before = workers.timeouts() + workers.crashes()
     raw: dict[str, Any] = {}
     async_functions = [f for f in functions if _is_async(f.fn)]
     for function in functions:
@@ -150,15 +158,16 @@ def compute_rewards(
         scored = [(f.weight, per_function[f.name][i]) for f in functions if per_function[f.name][i] is not None]
         unscorable.append(not scored)
         total.append(float(sum(weight * value for weight, value in scored)))
-    return RewardResult(total, per_function, unscorable, extra_columns, logged_metrics)
+    timeouts = workers.timeouts() + workers.crashes() - stopped_before
+    return RewardResult(total, per_function, unscorable, extra_columns, logged_metrics, timeouts)
 
 
 def reward_metrics(result: RewardResult) -> dict[str, float]:
     """Mean and std (Bessel, as TRL's nanstd) per function over its non-None rewards, plus the total's.
 
     Keys: "reward/<name>/mean", "reward/<name>/std", "reward/scorable_mean", "reward/scorable_std"
-    (the total over scorable completions) and "reward/unscorable_frac". A statistic with too few
-    values is NaN, as in TRL.
+    (the total over scorable completions), "reward/unscorable_frac" and "reward/timeouts" (completions
+    whose scoring was stopped). A statistic with too few values is NaN, as in TRL.
     """
     metrics: dict[str, float] = {}
     for name, values in result.per_function.items():
@@ -167,6 +176,7 @@ def reward_metrics(result: RewardResult) -> dict[str, float]:
     scorable = [t for t, skip in zip(result.total, result.unscorable) if not skip]
     metrics["reward/scorable_mean"], metrics["reward/scorable_std"] = _mean_std(scorable)
     metrics["reward/unscorable_frac"] = sum(result.unscorable) / len(result.unscorable) if result.unscorable else 0.0
+    metrics["reward/timeouts"] = float(result.timeouts)
     return metrics
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch align/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.config import Config, config_to_yaml, load_config, validate  # noqa: E402
+from align.config import Config, ConfigError, config_to_yaml, load_config, validate  # noqa: E402
 from align.errors import exit_on_user_error  # noqa: E402
 from align.resume import check_resume, config_path  # noqa: E402
 
@@ -39,8 +39,9 @@ def make_accelerator(cfg: Config | None = None):
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if deepspeed and cfg is not None:
         from align.trainers.base import resolve_dtype
-        from align.trainers.distributed import fill_deepspeed_config
+        from align.trainers.distributed import check_deepspeed_json, fill_deepspeed_config
 
+        check_deepspeed_json(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
         launched = DeepSpeedPlugin()  # reads the launcher's DeepSpeed JSON / --zero_stage from the environment
         filled = fill_deepspeed_config(
             launched.deepspeed_config, max_grad_norm=cfg.train.max_grad_norm, dtype=resolve_dtype(cfg.model.dtype),
@@ -100,8 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     check_resume(cfg, run_dir, say)  # refuses a resume whose config changed, and a fresh run into an old folder
     accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes into it
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path(run_dir).write_text(config_to_yaml(cfg))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path(run_dir).write_text(config_to_yaml(cfg))
+        except OSError as error:
+            raise ConfigError(
+                f"log.run_dir={str(run_dir)!r} cannot be written ({error.strerror or error}); choose a writable log.run_dir"
+            ) from error
     say(f"run folder: {run_dir}", flush=True)
     trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
     trainer.train()

@@ -1,9 +1,11 @@
-"""Code-execution reward: run the completion's Python with the dataset's tests, in a sandboxed subprocess.
+"""Code-execution reward: run the dataset's tests against the completion's Python, in the sandbox.
 
-The program that runs is the completion's last ```python block, a blank line, then the sample's `tests`
-column (typically asserts). Exit status 0 within the limits -> 1.0, anything else -> 0.0. Samples whose
-`tests` entry is None or blank get None (not applicable). Nothing from the completion ever runs in the
-training process: see rewards/sandbox.py for the limits.
+The completion's last ```python block is imported as the module `solution`; the sample's `tests` column
+(typically asserts) then runs in the sandbox harness's own frame, over the solution's names. 1.0 when
+every test ran and passed (the harness printed this run's random token after the last one), else 0.0:
+exiting early with status 0 (`os._exit(0)`, `SystemExit`) or patching builtins earns nothing. Samples
+whose `tests` entry is None or blank get None (not applicable). Nothing from the completion ever runs in
+the training process: see rewards/sandbox.py for the isolation and the limits.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from typing import Any
 
 from rewards.format import completion_text
 from rewards.registry import register
-from rewards.sandbox import SandboxResult, namespace_prefix, run_python_sandboxed
+from rewards.sandbox import SandboxResult, SandboxUnavailable, run_python_sandboxed, run_tests_sandboxed
 
-__all__ = ["SandboxResult", "code_passes_tests", "extract_python_code", "namespace_prefix", "run_python_sandboxed"]
+__all__ = [
+    "SandboxResult",
+    "SandboxUnavailable",
+    "code_passes_tests",
+    "extract_python_code",
+    "run_python_sandboxed",
+    "run_tests_sandboxed",
+]
 
 _PYTHON_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -28,11 +37,11 @@ def extract_python_code(text: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-def _passes(code: str | None, tests: str, timeout_s: float, memory_mb: int) -> float:
+def _passes(code: str | None, tests: str, timeout_s: float, memory_mb: int, isolation: str | None) -> float:
     if code is None:
         return 0.0
-    result = run_python_sandboxed(f"{code}\n\n{tests}\n", timeout_s=timeout_s, memory_mb=memory_mb)
-    return 1.0 if result.ok else 0.0
+    result = run_tests_sandboxed(code, tests, timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation)
+    return 1.0 if result.tests_passed else 0.0
 
 
 @register("code_passes_tests")
@@ -43,11 +52,14 @@ def code_passes_tests(
     timeout_s: float = 5.0,
     memory_mb: int = 256,
     max_parallel: int = 2,
+    isolation: str | None = None,
     **kwargs,
 ) -> list[float | None]:
-    """1.0 when the completion's ```python block plus the sample's `tests` exits 0 in the sandbox, else 0.0.
+    """1.0 when the sample's `tests` pass against the completion's ```python block in the sandbox, else 0.0.
 
     max_parallel: sandboxed programs run at once (each is its own process, so threads suffice here).
+    isolation: None ($ALIGN_SANDBOX, default "bwrap"), or "weak" to opt into the weaker sandbox where
+    bubblewrap cannot run (reward.options.code_passes_tests.isolation=weak); see rewards/sandbox.py.
     """
     if tests is None:
         columns = ", ".join(sorted(k for k in kwargs if k not in ("completion_ids", "trainer_state"))) or "(none)"
@@ -59,7 +71,8 @@ def code_passes_tests(
             continue
         jobs.append((index, extract_python_code(completion_text(completion)), str(sample_tests)))
     with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-        scores = pool.map(lambda job: _passes(job[1], job[2], timeout_s, memory_mb), jobs)
+        scores = pool.map(lambda job: _passes(job[1], job[2], timeout_s, memory_mb, isolation), jobs)
         for (index, _, _), score in zip(jobs, scores):
             rewards[index] = score
     return rewards
+

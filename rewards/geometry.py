@@ -32,6 +32,7 @@ from typing import Any
 
 from rewards.format import completion_text, extract_answer_tag
 from rewards.registry import register
+from rewards.workers import score_each
 
 RELATIVE_TOLERANCE = 0.02
 
@@ -77,18 +78,27 @@ def _column(kwargs: dict, name: str, n: int, reward: str) -> list:
     return values
 
 
+def _answer_score(predicted: str, gold: str) -> float:
+    return 1.0 if answers_match(predicted, gold) else 0.0
+
+
 @register("geometry_accuracy")
-def geometry_accuracy(prompts: list, completions: list, **kwargs) -> list[float | None]:
+def geometry_accuracy(prompts: list, completions: list, timeout_s: float = 10.0, **kwargs) -> list[float | None]:
     """1.0 / 0.0 per completion: does its <answer> block match the `answer` column? None where the
-    row has no gold answer."""
+    row has no gold answer, or where scoring ran past `timeout_s` (in a worker process, rewards/workers.py)."""
     golds = _column(kwargs, "answer", len(completions), "geometry_accuracy")
-    rewards: list[float | None] = []
-    for completion, gold in zip(completions, golds):
+    rewards: list[float | None] = [None] * len(completions)
+    jobs: list[tuple[int, tuple[str, str]]] = []
+    for index, (completion, gold) in enumerate(zip(completions, golds)):
         if gold is None or str(gold).strip() == "":
-            rewards.append(None)
             continue
         predicted = extract_answer_tag(completion_text(completion))
-        rewards.append(1.0 if predicted and answers_match(predicted, str(gold).strip()) else 0.0)
+        if predicted:
+            jobs.append((index, (predicted, str(gold).strip())))
+        else:
+            rewards[index] = 0.0
+    for (index, _), score in zip(jobs, score_each(_answer_score, [args for _, args in jobs], timeout_s)):
+        rewards[index] = score
     return rewards
 
 
@@ -144,16 +154,23 @@ def _evaluate(node: ast.AST, names: dict[str, float]) -> float:
     raise ValueError(f"unsupported expression {ast.dump(node)[:40]}")
 
 
+# Model-written text: bounded before parsing, so a 320-digit literal (OverflowError in float()) or 1,200
+# chained '+' (RecursionError in the parser or in _evaluate) is simply not a valid construction.
+_MAX_EXPRESSION_CHARS = 200
+_LONG_LITERAL = re.compile(r"\d{31}")
+
+
 def evaluate_expression(expression: str, names: dict[str, float]) -> float:
     """Value of an arithmetic expression over numbers and `names`; ValueError if it is not one."""
     text = expression.strip()
     if not text or not re.fullmatch(r"[\w\s.+\-*/()]+", text) or "**" in text or "//" in text:
         raise ValueError(f"not an arithmetic expression: {expression!r}")
+    if len(text) > _MAX_EXPRESSION_CHARS or _LONG_LITERAL.search(text):
+        raise ValueError(f"expression longer than {_MAX_EXPRESSION_CHARS} characters or with a literal over 30 digits")
     try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise ValueError(f"not an arithmetic expression: {expression!r}") from None
-    return _evaluate(tree, names)
+        return _evaluate(ast.parse(text, mode="eval"), names)
+    except (SyntaxError, OverflowError, RecursionError, MemoryError):
+        raise ValueError(f"not an arithmetic expression: {expression[:60]!r}") from None
 
 
 def _value_consistent(written: str, exact: float) -> bool:

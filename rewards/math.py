@@ -24,6 +24,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 
 from rewards.format import completion_text, extract_answer_tag
 from rewards.registry import register
+from rewards.workers import score_each
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTER = re.compile(r"\(?\s*([A-Za-z])\s*\)?\.?")
@@ -120,12 +121,15 @@ def math_accuracy(
     answer: Sequence[Any] | None = None,
     answer_letter: Sequence[Any] | None = None,
     relative_tolerance: float | None = None,
+    timeout_s: float = 10.0,
     **kwargs,
 ) -> list[float | None]:
     """1.0/0.0 per completion against the `answer` column; None where the gold answer is missing or empty.
 
     `answer_letter` (optional column): the correct option letter, accepted as an alternative answer.
     `relative_tolerance`: also accept a value within this relative distance of the gold (e.g. 0.02).
+    `timeout_s`: limit per completion; each is scored in a worker process (rewards/workers.py) that is
+    killed past it, and the completion then scores None (counted in `reward/timeouts`).
     """
     if answer is None:
         columns = ", ".join(sorted(k for k in kwargs if k not in ("completion_ids", "trainer_state"))) or "(none)"
@@ -133,12 +137,14 @@ def math_accuracy(
             f"math_accuracy needs an 'answer' column; the batch has: {columns}; set data.answer_column=<your column>"
         )
     letters = answer_letter if answer_letter is not None else [None] * len(completions)
-    rewards: list[float | None] = []
-    for completion, gold, gold_letter in zip(completions, answer, letters, strict=True):
-        if gold is None or not str(gold).strip():
-            rewards.append(None)
-            continue
-        rewards.append(score_answer(completion_text(completion), str(gold), gold_letter or None, relative_tolerance))
+    rewards: list[float | None] = [None] * len(completions)
+    jobs: list[tuple[int, tuple]] = []
+    for index, (completion, gold, gold_letter) in enumerate(zip(completions, answer, letters, strict=True)):
+        if gold is not None and str(gold).strip():
+            jobs.append((index, (completion_text(completion), str(gold), gold_letter or None, relative_tolerance)))
+    scores = score_each(score_answer, [args for _, args in jobs], timeout_s)
+    for (index, _), score in zip(jobs, scores):
+        rewards[index] = score
     return rewards
 
 

@@ -1,25 +1,28 @@
-"""Run untrusted, model-written Python in a separate, limited process. Never in the training process.
+"""Run untrusted, model-written Python in a confined process. Never in the training process.
 
-Layers, each one independent of the others:
+Default isolation ("bwrap"): bubblewrap starts the interpreter in new user, mount, PID, network, IPC,
+UTS and cgroup namespaces, with all capabilities dropped, as uid/gid 65534, in a new session, dying with
+its parent. The filesystem it sees is built from nothing: read-only binds of the interpreter, its
+standard library and the system's shared libraries; a read-only /sandbox holding the program; a private,
+size-limited tmpfs at /tmp (its working directory); a minimal /dev. No /proc at all (no view of other
+processes or their environment), no /etc, /home, /root or project directory, an empty environment, and no
+network interface but a down loopback. A seccomp filter (rewards/seccomp.py) refuses process creation,
+which also makes a fork bomb impossible.
 
-1. A fresh interpreter, `python -I` (isolated mode: no user site, no PYTHON* env, no cwd on sys.path),
-   in a temporary working directory that is deleted afterwards, with a minimal environment.
-2. Resource limits set by a short prologue in the child before the user code runs: address space
-   (`memory_mb`), CPU seconds (timeout + 1), size of any file written (caps stdout/stderr too, which go to
-   files), no core dumps. We do not use `preexec_fn` because Python documents it as unsafe when the
-   parent has threads, and a trainer always has (torch, vLLM, the reward runner's own timeout threads).
-   RLIMIT_NPROC is not set: it counts every process of the user, not of the sandbox, so any useful value
-   depends on what else runs; process creation is blocked by layer 4 and bounded by the PID namespace.
-3. Network: when `unshare` works here, the child runs in new network and PID namespaces
-   (`unshare --net --map-root-user --pid --fork --kill-child`): no interface but a down loopback, and every
-   process it starts dies with it. Where namespaces are unavailable (containers without user namespaces),
-   layer 4 is the documented fallback.
-4. An audit hook (PEP 578) installed before the user code refuses socket connect/bind/send/getaddrinfo and
-   process creation (fork, exec, spawn, system, subprocess). Audit hooks cannot be removed from Python, but
-   code reaching libc through ctypes can bypass them: on their own they are a guard rail, not a wall.
-5. A wall-clock timeout that kills the child's whole process group.
+Inside, a short harness (rewards/_sandbox_harness.py) sets rlimits before any user code runs: address
+space (memory_mb), CPU seconds, size of one file, open files, processes, no core dumps; and installs an
+audit hook (PEP 578) that refuses frame and garbage-collector introspection, ctypes, /proc, signals,
+sockets and process creation, so the program cannot reach into the harness (see run_tests_sandboxed).
 
-Do not run training as root if you execute untrusted code: a root child could raise its own limits.
+Outside, this module reads stdout and stderr through pipes with one cap on their total size, and kills
+the sandbox at the wall-clock limit or when the cap is exceeded (bwrap's --die-with-parent and the PID
+namespace take every process inside down with it).
+
+Where bubblewrap is missing or cannot create namespaces, running model code is refused with a one-line
+`SandboxUnavailable` naming the fix. `ALIGN_SANDBOX=weak` (or `isolation="weak"`) opts into the weaker
+mode documented in the README: the same harness, rlimits and audit hook in a plain child process, plus
+`unshare` network/PID namespaces when they work; the audit hook is a guard rail, not a wall (ctypes-free
+code cannot get past it, but it is not a kernel boundary).
 """
 
 from __future__ import annotations
@@ -27,15 +30,29 @@ from __future__ import annotations
 import functools
 import math
 import os
+import secrets
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Tried in order; the first that runs `true` successfully is used for every sandboxed run.
+from rewards.seccomp import no_new_processes_filter
+
+_HARNESS = Path(__file__).with_name("_sandbox_harness.py")
+_ISOLATION_MODES = ("bwrap", "weak")
+_INSTALL_HINT = (
+    "install bubblewrap (`apt-get install bubblewrap libseccomp2`; scripts/setup.sh does) or set ALIGN_SANDBOX=weak "
+    "to accept a weaker sandbox (rlimits and an audit hook, not a kernel boundary)"
+)
+
+# Weak mode: `unshare` prefixes tried in order; the first that runs `true` is used.
 _NAMESPACE_PREFIXES: tuple[tuple[str, ...], ...] = (
     ("unshare", "--net", "--map-root-user", "--pid", "--fork", "--kill-child"),
     ("unshare", "--net", "--pid", "--fork", "--kill-child"),
@@ -43,54 +60,154 @@ _NAMESPACE_PREFIXES: tuple[tuple[str, ...], ...] = (
     ("unshare", "--net"),
 )
 
-_BLOCKED_AUDIT_EVENTS = (
-    "socket.connect",
-    "socket.bind",
-    "socket.sendto",
-    "socket.sendmsg",
-    "socket.getaddrinfo",
-    "os.fork",
-    "os.forkpty",
-    "os.exec",
-    "os.posix_spawn",
-    "os.spawn",
-    "os.system",
-    "subprocess.Popen",
-)
 
-# Runs in the child before the user's file: limits first, then the audit hook, then the program itself.
-_PROLOGUE = """\
-import resource, sys
-_limits = {limits!r}
-for _name, _value in _limits.items():
-    resource.setrlimit(getattr(resource, _name), (_value, _value))
-_blocked = frozenset({blocked!r})
-def _sandbox_guard(event, args):
-    if event in _blocked:
-        raise PermissionError("sandbox: " + event + " is not allowed")
-sys.addaudithook(_sandbox_guard)
-del resource, _limits, _name, _value
-import runpy
-sys.argv = ["solution.py"]
-runpy.run_path("solution.py", run_name="__main__")
-"""
+class SandboxUnavailable(RuntimeError):
+    """No sandbox strong enough is available here; the message (one line) names the fix."""
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """Outcome of one sandboxed run. ok: exited with status 0 within the limits."""
+    """Outcome of one sandboxed run.
+
+    ok: exited with status 0 within every limit (program mode), or the tests passed (tests mode).
+    tests_passed: tests mode only: the harness printed this run's token after the last test.
+    output_exceeded: stdout + stderr went over max_output_bytes (the run was killed).
+    isolation: "bwrap" or "weak" (+ "+unshare" when weak mode got namespaces).
+    """
 
     ok: bool
     stdout: str
     stderr: str
     timed_out: bool
     returncode: int
-    network_isolation: str  # "namespace+audit-hook" or "audit-hook"
+    isolation: str
+    output_exceeded: bool = False
+    tests_passed: bool | None = None
+
+
+def isolation_mode(requested: str | None = None) -> str:
+    """"bwrap" (default) or "weak": the argument, else $ALIGN_SANDBOX, else "bwrap"."""
+    mode = requested or os.environ.get("ALIGN_SANDBOX") or "bwrap"
+    if mode not in _ISOLATION_MODES:
+        raise ValueError(f"sandbox isolation {mode!r} is not one of {list(_ISOLATION_MODES)} (ALIGN_SANDBOX or isolation=)")
+    return mode
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter() -> str:
+    # The base interpreter, not a venv's: the sandbox gets the standard library only, no site-packages of ours.
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_filesystem() -> tuple[str, ...]:
+    """bwrap arguments for a read-only view of what the interpreter needs, and nothing else."""
+    args: list[str] = []
+    bound: list[str] = []
+
+    def bind(path: str) -> None:
+        real = os.path.realpath(path)
+        if not os.path.exists(real) or any(real == b or real.startswith(b + "/") for b in bound):
+            return
+        bound.append(real)
+        args.extend(["--ro-bind", real, real])
+        if real != path and os.path.isabs(path) and not any(path == b or path.startswith(b + "/") for b in bound):
+            args.extend(["--symlink", real, path])
+
+    # System shared libraries (libc, libm, the dynamic loader); on merged-/usr systems /lib* are symlinks.
+    for path in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
+        bind(path)
+    for path in ("/lib", "/lib64", "/lib32"):
+        if os.path.islink(path):
+            args.extend(["--symlink", os.readlink(path), path])
+        elif os.path.isdir(path):
+            bind(path)
+    bind(_interpreter())
+    # The base installation's standard library; a venv's own lib/ (its site-packages) stays out.
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix,
+            "installed_base": sys.base_prefix, "installed_platbase": sys.base_exec_prefix}  # fmt: skip
+    paths = sysconfig.get_paths(vars=base)
+    for key in ("stdlib", "platstdlib"):
+        bind(paths[key])
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname:
+        bind(os.path.join(libdir, soname))
+    return tuple(args)
+
+
+def _seccomp_filter() -> bytes:
+    bpf = no_new_processes_filter()
+    if bpf is None:
+        raise SandboxUnavailable(f"code sandbox: libseccomp is not installed; {_INSTALL_HINT}")
+    return bpf
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot confine code here (one line), or None when it can."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    if no_new_processes_filter() is None:
+        return "libseccomp is not installed"
+    with tempfile.TemporaryDirectory(prefix="align-sandbox-probe-") as box:
+        Path(box, "probe.py").write_text("print('ok')\n")
+        try:
+            probe = _start_bwrap(box, [_interpreter(), "-I", "-S", "/sandbox/probe.py"], tmp_mb=1)
+            out, err = probe.communicate(timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"bwrap failed to start: {error}"
+    if probe.returncode != 0 or out.strip() != b"ok":
+        text = " ".join(err.decode(errors="replace").split())[:200]
+        return f"bwrap cannot create its namespaces here ({text or f'exit status {probe.returncode}'})"
+    return None
+
+
+def _start_bwrap(box: str, argv: list[str], tmp_mb: int, **popen) -> subprocess.Popen:
+    bpf_read, bpf_write = os.pipe()
+    bpf = _seccomp_filter()
+    # The filter (a few hundred bytes) fits in the pipe buffer, so writing it before bwrap reads cannot block.
+    os.write(bpf_write, bpf)
+    os.close(bpf_write)
+    command = [
+        "bwrap",
+        "--unshare-all",  # user, mount, PID, network, IPC, UTS, cgroup
+        "--unshare-user",  # bwrap only "tries" a user namespace under --unshare-all; require it
+        "--uid", "65534", "--gid", "65534",
+        "--cap-drop", "ALL",
+        "--die-with-parent",
+        "--new-session",
+        *_bwrap_filesystem(),
+        "--dev", "/dev",
+        "--ro-bind", box, "/sandbox",
+        "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
+        "--chdir", "/tmp",
+        "--clearenv",
+        "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "HOME", "/tmp",
+        "--setenv", "TMPDIR", "/tmp",
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "PYTHONHASHSEED", "0",
+        "--seccomp", str(bpf_read),
+        *argv,
+    ]  # fmt: skip
+    try:
+        return subprocess.Popen(
+            command,
+            stdin=popen.pop("stdin", subprocess.DEVNULL),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(bpf_read,),
+            start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            **popen,
+        )
+    finally:
+        os.close(bpf_read)
 
 
 @functools.lru_cache(maxsize=1)
 def namespace_prefix() -> tuple[str, ...] | None:
-    """The `unshare` command prefix that works on this machine, or None when namespaces are unavailable."""
+    """Weak mode: the `unshare` prefix that works here, or None when namespaces are unavailable."""
     if shutil.which("unshare") is None:
         return None
     for prefix in _NAMESPACE_PREFIXES:
@@ -110,84 +227,175 @@ def run_python_sandboxed(
     stdin: str = "",
     *,
     max_output_bytes: int = 1 << 20,
-    network_namespace: bool | None = None,
+    tmp_mb: int = 16,
+    isolation: str | None = None,
 ) -> SandboxResult:
-    """Run `code` as a Python program in a limited child process and return its exit status and output.
+    """Run `code` as a Python program (`__main__`) in the sandbox; ok = exit status 0 within the limits.
 
-    network_namespace: None uses namespaces when available (else the audit-hook fallback), True requires
-    them (error when unavailable), False skips them (audit hook only).
-    max_output_bytes: cap on stdout, on stderr and on any file the program writes; going over kills it.
+    timeout_s: wall-clock limit (CPU time is limited to the same, rounded up). memory_mb: address space.
+    max_output_bytes: cap on stdout + stderr together (and on any one file written); going over kills it.
+    tmp_mb: size of the private /tmp (bwrap mode). isolation: "bwrap" / "weak" / None ($ALIGN_SANDBOX).
     """
-    if timeout_s <= 0:
-        raise ValueError(f"run_python_sandboxed: timeout_s must be > 0, got {timeout_s}")
-    if memory_mb < 32:
-        raise ValueError(f"run_python_sandboxed: memory_mb={memory_mb} is too small to start Python; use >= 32")
-    prefix: tuple[str, ...] = ()
-    if network_namespace is not False:
-        prefix = namespace_prefix() or ()
-        if network_namespace and not prefix:
-            raise RuntimeError("run_python_sandboxed: network_namespace=True but `unshare --net` does not work here")
-    isolation = "namespace+audit-hook" if prefix else "audit-hook"
+    return _run(code, None, stdin.encode(), timeout_s, memory_mb, max_output_bytes, tmp_mb, isolation)
 
+
+def run_tests_sandboxed(
+    solution: str,
+    tests: str,
+    timeout_s: float = 5,
+    memory_mb: int = 256,
+    *,
+    max_output_bytes: int = 1 << 20,
+    tmp_mb: int = 16,
+    isolation: str | None = None,
+) -> SandboxResult:
+    """Import `solution` as the module `solution`, then run `tests` in the harness's own frame.
+
+    The tests see the solution's globals and the builtins as they were before the solution ran (so it cannot
+    patch `len`, `exec` or `AssertionError` under them). Passing means the harness printed a random token,
+    given to it alone on stdin, after the last test: `os._exit(0)` or `SystemExit(0)` before or during the
+    tests, or a crash, is a failure whatever the exit status. The audit hook keeps the solution away from
+    the harness's frame, where the token lives (module docstring).
+    """
+    return _run(solution, tests, b"", timeout_s, memory_mb, max_output_bytes, tmp_mb, isolation)
+
+
+def _validate(timeout_s: float, memory_mb: int, max_output_bytes: int, tmp_mb: int) -> None:
+    if not timeout_s > 0:
+        raise ValueError(f"sandbox: timeout_s must be > 0, got {timeout_s}")
+    if memory_mb < 32:
+        raise ValueError(f"sandbox: memory_mb={memory_mb} is too small to start Python; use >= 32")
+    if max_output_bytes < 1:
+        raise ValueError(f"sandbox: max_output_bytes must be >= 1, got {max_output_bytes}")
+    if tmp_mb < 1:
+        raise ValueError(f"sandbox: tmp_mb must be >= 1, got {tmp_mb}")
+
+
+def _run(
+    code: str,
+    tests: str | None,
+    stdin: bytes,
+    timeout_s: float,
+    memory_mb: int,
+    max_output_bytes: int,
+    tmp_mb: int,
+    isolation: str | None,
+) -> SandboxResult:
+    _validate(timeout_s, memory_mb, max_output_bytes, tmp_mb)
+    mode = isolation_mode(isolation)
+    if mode == "bwrap":
+        problem = bwrap_problem()
+        if problem is not None:
+            raise SandboxUnavailable(f"code sandbox: {problem}; {_INSTALL_HINT}")
+
+    token = secrets.token_hex(16)
     limits = {
         "RLIMIT_AS": memory_mb << 20,
         "RLIMIT_CPU": math.ceil(timeout_s) + 1,
-        "RLIMIT_FSIZE": max_output_bytes,
+        "RLIMIT_FSIZE": min(max_output_bytes, tmp_mb << 20),
+        "RLIMIT_NOFILE": 64,
+        "RLIMIT_NPROC": 16,  # binds where the sandbox is not root-mapped; seccomp covers the rest
         "RLIMIT_CORE": 0,
     }
-    prologue = _PROLOGUE.format(limits=limits, blocked=sorted(_BLOCKED_AUDIT_EVENTS))
-    with tempfile.TemporaryDirectory(prefix="align-sandbox-") as workdir:
-        work = Path(workdir)
-        (work / "solution.py").write_text(code)
-        (work / "stdin.txt").write_text(stdin)
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": workdir,
-            "TMPDIR": workdir,
-            "LANG": "C.UTF-8",
-            # Thread pools of numeric libraries reserve address space per thread; one thread keeps them under RLIMIT_AS.
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
-        command = [*prefix, sys.executable, "-I", "-c", prologue]
-        with (
-            open(work / "stdin.txt", "rb") as stdin_file,
-            open(work / "stdout.txt", "wb") as stdout_file,
-            open(work / "stderr.txt", "wb") as stderr_file,
-        ):
+    settings = repr({"mode": "tests" if tests is not None else "program", "limits": limits})
+    with tempfile.TemporaryDirectory(prefix="align-sandbox-") as box:
+        Path(box, "harness.py").write_text(_HARNESS.read_text())
+        Path(box, "solution.py").write_text(code)
+        if tests is not None:
+            Path(box, "tests.py").write_text(tests)
+            stdin = token.encode() + b"\n"  # the token reaches the harness alone, before any user code runs
+        if mode == "bwrap":
+            argv = [_interpreter(), "-I", "/sandbox/harness.py", settings]
+            process = _start_bwrap(box, argv, tmp_mb, stdin=subprocess.PIPE)
+            isolation_used = "bwrap"
+        else:
+            prefix = namespace_prefix() or ()
+            work = Path(box, "tmp")
+            work.mkdir()
+            env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
             process = subprocess.Popen(
-                command,
-                cwd=workdir,
+                [*prefix, _interpreter(), "-I", str(Path(box, "harness.py")), settings],
+                cwd=work,
                 env=env,
-                stdin=stdin_file,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                start_new_session=True,  # its own process group, so the kill below reaches every descendant
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
-            timed_out = False
-            try:
-                returncode = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process)
-                returncode = process.wait()
-        stdout = _read_capped(work / "stdout.txt", max_output_bytes)
-        stderr = _read_capped(work / "stderr.txt", max_output_bytes)
+            isolation_used = "weak+unshare" if prefix else "weak"
+        stdout, stderr, timed_out, exceeded = _communicate(process, stdin, timeout_s, max_output_bytes)
+        returncode = process.returncode
 
+    out_text = stdout.decode("utf-8", errors="replace")
+    err_text = stderr.decode("utf-8", errors="replace")
     # Hitting RLIMIT_CPU ends the child with SIGXCPU (or SIGKILL at the hard limit): also a timeout.
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL) or returncode in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         timed_out = True
+    if exceeded:
+        err_text += f"\nsandbox: output limit of {max_output_bytes} bytes exceeded"
     if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
-        stderr += f"\nsandbox: output or file size limit of {max_output_bytes} bytes exceeded"
-    return SandboxResult(
-        ok=returncode == 0 and not timed_out,
-        stdout=stdout,
-        stderr=stderr,
-        timed_out=timed_out,
-        returncode=returncode,
-        network_isolation=isolation,
-    )
+        err_text += "\nsandbox: file size limit exceeded"
+    tests_passed = None
+    if tests is not None:
+        tests_passed = not timed_out and not exceeded and token in out_text.splitlines()
+        out_text = "\n".join(line for line in out_text.splitlines() if line != token)
+        ok = tests_passed
+    else:
+        ok = returncode == 0 and not timed_out and not exceeded
+    return SandboxResult(ok, out_text, err_text, timed_out, returncode, isolation_used, exceeded, tests_passed)
+
+
+def _communicate(process: subprocess.Popen, stdin: bytes, timeout_s: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
+    """Feed stdin, read stdout/stderr up to `cap` bytes in total; kill at the deadline or past the cap."""
+
+    def feed() -> None:
+        try:
+            process.stdin.write(stdin)
+            process.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the program exited or closed its stdin: nothing more to give it
+
+    writer = threading.Thread(target=feed, name="sandbox-stdin", daemon=True)
+    writer.start()
+    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    total = 0
+    timed_out = exceeded = False
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(remaining):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    continue
+                keep = data[: max(0, cap - total)]
+                chunks[key.fd].append(keep)
+                total += len(data)
+                if total > cap:
+                    exceeded = True
+                    break
+            if exceeded:
+                break
+    if timed_out or exceeded:
+        _kill_group(process)
+    try:
+        process.wait(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+    except subprocess.TimeoutExpired:
+        # Pipes closed but the process lives on (it closed its own stdout): the wall clock still applies.
+        _kill_group(process)
+        process.wait()
+        timed_out = True
+    writer.join(timeout=1.0)
+    process.stdout.close()
+    process.stderr.close()
+    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, exceeded
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -195,8 +403,3 @@ def _kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _read_capped(path: Path, limit: int) -> str:
-    with open(path, "rb") as f:
-        return f.read(limit).decode("utf-8", errors="replace")

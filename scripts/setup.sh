@@ -24,6 +24,15 @@ else
   flavour=cpu
   want="cpu:$(cat requirements/cpu-lock.txt pyproject.toml | sha256sum | cut -c1-16)"
 fi
+# The sandbox of code rewards (rewards/sandbox.py) needs bubblewrap and libseccomp, on CPU and GPU machines.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 >/dev/null
+  else
+    echo "setup: bubblewrap (bwrap) is missing; code rewards need it: apt-get install bubblewrap libseccomp2" >&2
+  fi
+fi
+
 stamp="$VENV/.align-installed"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date ($flavour)"

@@ -27,6 +27,8 @@ def apply_lora(
         target_modules = list(target_modules)
         if target_modules == ["all-linear"]:  # peft's shorthand is only recognised as a plain string
             target_modules = "all-linear"
+    if not isinstance(target_modules, str):  # a plain string other than all-linear is a peft regex
+        _check_target_modules(model, target_modules)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -35,6 +37,21 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
+
+
+def _check_target_modules(model, targets: list[str]) -> None:
+    # peft reports a missing module with a multi-line traceback deep in its tuner; name it and the choices here.
+    from align.models.loading import ModelLoadError
+
+    names = {name for name, _ in model.named_modules()}
+    suffixes = {name.rsplit(".", 1)[-1] for name in names}
+    missing = [t for t in targets if t not in suffixes and t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelLoadError(
+            f"lora.target_modules: {missing} not found in the model; its linear layers are {linear}; "
+            f"set lora.target_modules=[...] to some of them, or [all-linear]"
+        )
 
 
 def is_peft_model(model) -> bool:

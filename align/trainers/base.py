@@ -43,6 +43,7 @@ from align.trainers.distributed import (
     uses_deepspeed,
 )
 from align.trainers.logger import RunLogger
+from align.trainers.numerics import UpdateGuard
 from align.trainers.precision import training_precision
 from align.trainers.samples import group_samples
 from align.trainers.sources import ROLLOUT_SOURCES
@@ -116,6 +117,7 @@ class Trainer:
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0
+        self.update_guard = UpdateGuard(t.max_bad_updates)
         if cfg.resume:
             self._resume(cfg.resume)
 
@@ -423,8 +425,10 @@ class Trainer:
         per_update: dict[str, float] = defaultdict(float)
         rollout_policy: dict[str, float] = defaultdict(float)
         grad_norms = []
+        skipped = 0
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
+            losses_finite = True
             for i, mb in enumerate(micro_batches):
                 micro, entropy = self._micro_batch(batch, mb, plan, i, with_entropy=update == 0)
                 loss, m = self.algo.loss(micro)
@@ -436,6 +440,7 @@ class Trainer:
                     self.acc.backward(loss * self.world)
                 mask = micro.mask
                 n = mask.sum().item()
+                losses_finite &= math.isfinite(loss.item())
                 per_update["loss"] += loss.item()
                 per_update["tokens"] += n
                 for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
@@ -448,7 +453,14 @@ class Trainer:
                         rollout_policy["logp_mismatch"] += ((trainer_logp - micro.engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
-            self.optimizer.step()
+            # A NaN/inf loss or gradient skips this update (align/trainers/numerics.py); too many in a row stop the run.
+            ok = self.update_guard.is_finite(self.acc, losses_finite, grad_norm)
+            if ok:
+                self.optimizer.step()
+            else:
+                skipped += 1
+                self.logger.print(f"warning: non-finite loss or gradient (grad_norm={grad_norms[-1]:g}); update skipped")
+            self.update_guard.record(ok, str(self.run_dir / "checkpoints"))
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         out = {}
@@ -460,6 +472,7 @@ class Trainer:
             tokens = max(sums.pop("tokens"), 1.0)
             out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["train/skipped_updates"] = float(skipped)
         out["micro_batches"] = float(len(micro_batches))
         return out
 

@@ -18,10 +18,12 @@ shards), so the run folder must be on a file system every rank sees.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,16 +170,34 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
 
-    accelerator.save_state(str(tmp))
-    _save_adapters(accelerator, tmp)
-    accelerator.wait_for_everyone()  # every rank's files are in tmp before it is marked complete
+    try:
+        accelerator.save_state(str(tmp))
+        _save_adapters(accelerator, tmp)
+        _pause_for_crash_test(step)
+        accelerator.wait_for_everyone()  # every rank's files are in tmp before it is marked complete
 
-    if accelerator.is_main_process:
-        _write_json_durably(tmp / TRAINER_STATE_NAME, state_text)
-        _replace_dir(tmp, final)
-        _prune(root, keep_last, current=final)
+        if accelerator.is_main_process:
+            _write_json_durably(tmp / TRAINER_STATE_NAME, state_text)
+            _replace_dir(tmp, final)
+            _prune(root, keep_last, current=final)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # The half-written folder only takes space; the complete checkpoints before it are untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"saving {final.name} in {root}: no space left on device; the previous checkpoints are kept; "
+            "free disk space, lower log.keep_last, or point log.run_dir at a larger disk"
+        ) from error
     accelerator.wait_for_everyone()
     return final
+
+
+def _pause_for_crash_test(step: int) -> None:
+    # tests/trainers/test_crash_safety.py SIGKILLs the run here, with the weights written but the
+    # checkpoint not yet marked complete: the widest window a real crash can hit.
+    if os.environ.get("ALIGN_TEST_PAUSE_IN_SAVE_AT_STEP") == str(step):
+        time.sleep(600)
 
 
 def find_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
@@ -211,8 +231,15 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
             f"checkpoint '{path}' is incomplete or missing (no {TRAINER_STATE_NAME}); pick one with "
             "find_checkpoint(run_dir, 'latest')"
         )
-    accelerator.load_state(str(path))
-    return json.loads((path / TRAINER_STATE_NAME).read_text())
+    try:
+        state = json.loads((path / TRAINER_STATE_NAME).read_text())
+        accelerator.load_state(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors, torch and json each raise their own types
+        cause = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise CheckpointError(
+            f"checkpoint '{path}' is damaged and cannot be loaded ({cause}); pass an earlier checkpoint (resume=PATH)"
+        ) from error
+    return state
 
 
 def _merged_peft_copy(peft_model, state_dict: dict[str, torch.Tensor]):

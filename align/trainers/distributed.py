@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -51,6 +52,23 @@ def _fill(section: dict, key: str, value, source: str, what: str) -> None:
             f"DeepSpeed config sets {what}={current!r} but {source} gives {value!r}; set it to \"auto\" in the "
             f"DeepSpeed JSON (align fills it from the recipe) or change {source}"
         )
+
+
+def check_deepspeed_json(path: str | None) -> None:
+    """The launch config's DeepSpeed JSON must parse; DeepSpeed's own error is a traceback without the file name."""
+    if not path or path == "none":
+        return
+    import json
+
+    try:
+        json.loads(Path(path).read_text())
+    except OSError as error:
+        raise DistributedConfigError(f"DeepSpeed config {path!r} cannot be read ({error.strerror}); fix deepspeed_config_file in the launch config") from error
+    except json.JSONDecodeError as error:
+        raise DistributedConfigError(
+            f"DeepSpeed config {path!r} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+            "fix the file (launch/*.json are working examples)"
+        ) from error
 
 
 def fill_deepspeed_config(ds_config: dict, *, max_grad_norm: float, dtype: str, batch_size: int,

@@ -53,6 +53,7 @@ class GCPO(GRPO):
             self.reward_functions, prompts, completions, columns, completion_ids,
             trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s,
         )
+        self._count_timeouts(result)
         acc, fmt, aux = (_as_groups(result.per_function[f.name], group_size).nan_to_num(0.0) for f in self.reward_functions)
         length = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float32).view(-1, group_size)
         used_aux = aux > 0
@@ -78,6 +79,7 @@ class GCPO(GRPO):
             "gcpo/length_reward": (g.w_len * length.clamp(max=g.l_max) / g.l_max).mean().item(),
             "reward/accuracy/mean": acc.mean().item(),
             "reward/format/mean": c["format"].mean().item(),
+            "reward/timeouts": float(self._take_timeouts()),
         }
         if used_aux.any():
             metrics["gcpo/acc_with_aux"] = acc[used_aux].mean().item()

@@ -48,6 +48,7 @@ class GRPO:
             self.reward_functions, prompts, completions, columns, completion_ids,
             trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s,
         )
+        self._count_timeouts(result)
         components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
         valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
         return Scores(_as_groups(result.total, group_size), valid, components)
@@ -58,8 +59,16 @@ class GRPO:
             return [None if math.isnan(v) else v for v in t.flatten().tolist()]
 
         result = RewardResult(scores.rewards.flatten().tolist(), {k: values(v) for k, v in scores.components.items()},
-                              (~scores.valid).flatten().tolist())
+                              (~scores.valid).flatten().tolist(), timeouts=self._take_timeouts())
         return reward_metrics(result)
+
+    def _count_timeouts(self, result: RewardResult) -> None:
+        # Summed over every scoring round of the step (dynamic sampling), reported once by batch_metrics.
+        self._reward_timeouts = getattr(self, "_reward_timeouts", 0) + result.timeouts
+
+    def _take_timeouts(self) -> int:
+        count, self._reward_timeouts = getattr(self, "_reward_timeouts", 0), 0
+        return count
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor, answer_rewards: torch.Tensor | None = None) -> Advantages:
         c = self.cfg.loss

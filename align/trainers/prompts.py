@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from align.data.loading import DatasetSourceError
+
 
 class PromptStream:
     def __init__(self, dataset, seed: int, rank: int = 0, world_size: int = 1):
         if len(dataset) == 0:
-            raise ValueError("the training dataset is empty; check data.source and data.split")
+            raise DatasetSourceError("the training dataset is empty; check data.source and data.split")
         self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
@@ -58,6 +60,22 @@ class PromptStream:
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of a prompt: chat messages go through the chat template, plain text is used as is."""
     if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DatasetSourceError(
+                f"the prompts are chat messages but the tokenizer of {getattr(tokenizer, 'name_or_path', 'the model')!r} has no "
+                "chat template; use a chat (instruct) model, or plain-text prompts (data.system_prompt=null and a text prompt column)"
+            )
         text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def check_prompt_lengths(prompt_ids: list[list[int]], rows: list[dict], max_tokens: int, context: int) -> None:
+    """Every prompt plus rollout.max_tokens must fit the model's context: an engine would fail or truncate."""
+    for ids, row in zip(prompt_ids, rows):
+        if len(ids) + max_tokens > context:
+            start = " ".join(str(row.get("prompt", ""))[:50].split())
+            raise DatasetSourceError(
+                f"a prompt of {len(ids)} tokens (starting {start!r}) + rollout.max_tokens={max_tokens} exceeds the model's "
+                f"context of {context} tokens; filter long prompts from the dataset or lower rollout.max_tokens"
+            )

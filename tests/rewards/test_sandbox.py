@@ -1,85 +1,71 @@
-"""The sandbox stops loops, memory bombs, network and process creation; code_passes_tests uses it."""
+"""The sandbox runs programs and tests with limits; code_passes_tests scores through it; missing isolation is refused.
+
+Attacks on the sandbox are in test_sandbox_escapes.py.
+"""
 
 from __future__ import annotations
 
-import socket
+import subprocess
 import time
 
 import pytest
 
+import rewards.sandbox as sandbox
 from rewards.code import code_passes_tests, extract_python_code
-from rewards.sandbox import namespace_prefix, run_python_sandboxed
+from rewards.sandbox import SandboxUnavailable, bwrap_problem, run_python_sandboxed, run_tests_sandboxed
+
+needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None, reason=f"no bubblewrap sandbox here: {bwrap_problem()}")
+MODES = [pytest.param("bwrap", marks=needs_bwrap), "weak"]
 
 
-def test_runs_code_with_stdin_in_a_temporary_directory():
-    result = run_python_sandboxed("import os, sys\nprint(sys.stdin.read().upper())\nprint(os.getcwd())", stdin="hello")
-    assert result.ok and result.returncode == 0 and not result.timed_out
+@pytest.mark.parametrize("isolation", MODES)
+def test_runs_code_with_stdin_in_a_private_temporary_directory(isolation):
+    code = "import os, sys\nprint(sys.stdin.read().upper())\nprint(os.getcwd())\nprint(sorted(os.environ))"
+    result = run_python_sandboxed(code, stdin="hello", isolation=isolation)
+    assert result.ok and result.returncode == 0 and not result.timed_out, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "HELLO" and "align-sandbox-" in lines[1]
+    assert lines[0] == "HELLO"
+    assert lines[1] == "/tmp" if isolation == "bwrap" else "align-sandbox-" in lines[1]
+    assert "PYTHONPATH" not in lines[2] and "HF_HUB_OFFLINE" not in lines[2]
+    assert result.isolation.startswith(isolation)
 
 
-def test_failure_reports_exit_status_and_stderr():
-    result = run_python_sandboxed("import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)")
+@pytest.mark.parametrize("isolation", MODES)
+def test_failure_reports_exit_status_and_stderr(isolation):
+    result = run_python_sandboxed("import sys\nprint('bad', file=sys.stderr)\nsys.exit(3)", isolation=isolation)
     assert not result.ok and result.returncode == 3 and "bad" in result.stderr
 
 
-def test_infinite_loop_is_stopped_near_the_timeout():
+@pytest.mark.parametrize("isolation", MODES)
+def test_infinite_loop_is_stopped_near_the_timeout(isolation):
     start = time.monotonic()
-    result = run_python_sandboxed("while True:\n    pass", timeout_s=1)
+    result = run_python_sandboxed("while True:\n    pass", timeout_s=1, isolation=isolation)
     assert result.timed_out and not result.ok
     assert time.monotonic() - start < 5
 
 
-def test_sleeping_program_is_stopped_by_the_wall_clock():
-    result = run_python_sandboxed("import time\ntime.sleep(60)", timeout_s=0.5)
-    assert result.timed_out and not result.ok
-
-
+@pytest.mark.parametrize("isolation", MODES)
 @pytest.mark.parametrize("code", ["x = bytearray(2 * 1024**3)", "a = []\nwhile True:\n    a.append(' ' * 10**7)"])
-def test_memory_bomb_is_stopped_by_the_address_space_limit(code):
-    result = run_python_sandboxed(code, timeout_s=10, memory_mb=256)
+def test_memory_bomb_is_stopped_by_the_address_space_limit(code, isolation):
+    result = run_python_sandboxed(code, timeout_s=10, memory_mb=256, isolation=isolation)
     assert not result.ok and not result.timed_out
     assert "MemoryError" in result.stderr
 
 
-def test_output_flood_is_capped():
-    result = run_python_sandboxed("while True:\n    print('x' * 1000)", timeout_s=5, max_output_bytes=50_000)
-    assert not result.ok and len(result.stdout) <= 50_000
-    assert "File too large" in result.stderr
+@pytest.mark.parametrize("isolation", MODES)
+def test_tests_pass_only_when_the_harness_prints_its_token(isolation):
+    passing = run_tests_sandboxed("def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\n", isolation=isolation)
+    failing = run_tests_sandboxed("def add(a, b):\n    return a - b\n", "assert add(2, 3) == 5\n", isolation=isolation)
+    assert passing.ok and passing.tests_passed and passing.returncode == 0
+    assert not failing.ok and failing.tests_passed is False and "AssertionError" in failing.stderr
 
 
-@pytest.fixture
-def listening_port():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    yield server.getsockname()[1]
-    server.close()
-
-
-@pytest.mark.parametrize("network_namespace", [None, False])
-def test_socket_connect_fails_with_and_without_namespaces(listening_port, network_namespace):
-    code = f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {listening_port}))\nprint('connected')"
-    result = run_python_sandboxed(code, network_namespace=network_namespace)
-    assert not result.ok and "connected" not in result.stdout
-    if network_namespace is False:
-        assert result.network_isolation == "audit-hook"
-        assert "socket.connect is not allowed" in result.stderr
-
-
-def test_process_creation_is_refused():
-    result = run_python_sandboxed("import subprocess\nsubprocess.run(['true'])")
-    assert not result.ok and "subprocess.Popen is not allowed" in result.stderr
-    result = run_python_sandboxed("import os\nos.fork()")
-    assert not result.ok and "os.fork is not allowed" in result.stderr
-
-
-@pytest.mark.skipif(namespace_prefix() is None, reason="`unshare --net` does not work on this machine")
-def test_namespace_leaves_no_network_interface_but_loopback():
-    result = run_python_sandboxed("print(open('/proc/net/dev').read())", network_namespace=True)
-    assert result.ok and result.network_isolation == "namespace+audit-hook"
-    interfaces = {line.split(":")[0].strip() for line in result.stdout.splitlines()[2:] if ":" in line}
-    assert interfaces == {"lo"}
+def test_tests_see_the_solution_names_and_its_output():
+    solution = "import collections\nPoint = collections.namedtuple('Point', 'x y')\nprint('from solution')\ndef norm1(p):\n    return abs(p.x) + abs(p.y)\n"
+    result = run_tests_sandboxed(solution, "assert norm1(Point(-1, 2)) == 3\nprint('from tests')\n", isolation="weak")
+    assert result.tests_passed, result.stderr
+    # The token line is the verdict, not part of the program's output.
+    assert [line for line in result.stdout.splitlines() if line] == ["from solution", "from tests"]
 
 
 def test_bad_limits_are_rejected():
@@ -87,6 +73,36 @@ def test_bad_limits_are_rejected():
         run_python_sandboxed("pass", timeout_s=0)
     with pytest.raises(ValueError, match="memory_mb=8 is too small"):
         run_python_sandboxed("pass", memory_mb=8)
+    with pytest.raises(ValueError, match="ALIGN_SANDBOX"):
+        run_python_sandboxed("pass", isolation="none")
+
+
+def test_without_bubblewrap_code_rewards_refuse_with_the_fix(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox.bwrap_problem.cache_clear()
+    monkeypatch.delenv("ALIGN_SANDBOX", raising=False)
+    try:
+        with pytest.raises(SandboxUnavailable, match=r"bubblewrap \(bwrap\) is not installed; install bubblewrap .*ALIGN_SANDBOX=weak"):
+            code_passes_tests(["p"], ["```python\nx = 1\n```"], tests=["assert x == 1"])
+        # The documented opt-in runs the weaker mode instead.
+        monkeypatch.setenv("ALIGN_SANDBOX", "weak")
+        assert code_passes_tests(["p"], ["```python\nx = 1\n```"], tests=["assert x == 1"]) == [1.0]
+    finally:
+        sandbox.bwrap_problem.cache_clear()
+
+
+def test_bwrap_that_cannot_make_namespaces_is_refused(monkeypatch):
+    def broken(*args, **kwargs):
+        return subprocess.Popen(["sh", "-c", "echo 'bwrap: No permissions to creating new namespace' >&2; exit 1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+    monkeypatch.setattr(sandbox, "_start_bwrap", broken)
+    sandbox.bwrap_problem.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="bwrap cannot create its namespaces here .*No permissions"):
+            run_python_sandboxed("pass", isolation="bwrap")
+    finally:
+        sandbox.bwrap_problem.cache_clear()
 
 
 def test_extract_python_code_takes_the_last_python_block():
@@ -95,6 +111,7 @@ def test_extract_python_code_takes_the_last_python_block():
     assert extract_python_code("no code") is None
 
 
+@needs_bwrap
 def test_code_passes_tests_scores_each_completion():
     good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```"
     wrong = "```python\ndef add(a, b):\n    return a - b\n```"
@@ -111,18 +128,3 @@ def test_code_passes_tests_scores_each_completion():
 def test_code_passes_tests_needs_a_tests_column():
     with pytest.raises(ValueError, match="needs a 'tests' column; the batch has: answer"):
         code_passes_tests(["p"], ["c"], answer=["1"])
-
-
-@pytest.mark.skipif(namespace_prefix() is None, reason="`unshare --net` does not work on this machine")
-def test_namespace_blocks_a_connect_that_bypasses_the_audit_hook(listening_port):
-    # ctypes reaches libc's connect() without raising the audit event; only the namespace stops it.
-    code = (
-        "import ctypes, socket, struct\n"
-        "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "s = socket.socket()\n"
-        f"addr = struct.pack('<HH4s8x', socket.AF_INET, socket.htons({listening_port}), socket.inet_aton('127.0.0.1'))\n"
-        "print(libc.connect(s.fileno(), addr, len(addr)), ctypes.get_errno())\n"
-    )
-    result = run_python_sandboxed(code, network_namespace=True)
-    rc, errno = result.stdout.split()
-    assert rc == "-1" and int(errno) != 0
