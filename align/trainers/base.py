@@ -114,6 +114,8 @@ class Trainer:
             if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
                 self.engine.calibrate(self.acc.unwrap_model(self.model))
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
+        if hasattr(self.source, "context"):
+            self.source.context = self._max_model_len()
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0

@@ -28,7 +28,7 @@ from align.algos import GroupBatch
 from align.data.offline import group_offline_rows
 from align.rollout import Completion, SamplingSettings
 from align.trainers.algorithm import Scores
-from align.trainers.prompts import PromptStream, encode_prompt
+from align.trainers.prompts import PromptStream, check_prompt_lengths, encode_prompt
 from align.trainers.seeds import derived_seed
 from align.trainers.shaping import informative_groups, overlong_penalty
 
@@ -91,6 +91,7 @@ class GenerationSource:
                 f"{cfg.data.source!r} has {', '.join(dataset.column_names)}; set {cfg.algo}.reference_column=<one of them>"
             )
         self.prompts = PromptStream(dataset, cfg.train.seed, self.rank, self.world)
+        self.context: int | None = None  # the engine's context length, set by the trainer: prompt + max_tokens must fit
 
     def state_dict(self) -> dict:
         return self.prompts.state_dict()
@@ -106,6 +107,8 @@ class GenerationSource:
         """
         r, seed = self.cfg.rollout, self.cfg.train.seed
         prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
+        if self.context is not None:  # an engine would fail mid-run or silently truncate
+            check_prompt_lengths(prompt_ids, rows, r.max_tokens, self.context)
         sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, stop=list(r.stop), seed=derived_seed(seed, step, round_, self.rank))
         if not r.seed_per_prompt:
