@@ -36,6 +36,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "rewards.length",
     "rewards.code",
     "rewards.geometry",
+    "rewards.word_problems",
 )
 
 _REGISTRY: dict[str, Callable] = {}
