@@ -142,11 +142,11 @@ def learning_curve(args) -> dict:
     from align.train import main as train_main
 
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_w1-learn-")) / "run"
-    model = resolve_model_path(args.learn)
+    model = resolve_model_path(args.learn, args.cache_dir)
     started = time.time()
-    train_main(["recipe=grpo_smollm2", f"model.name={model}", "rollout.engine=hf", f"train.max_minutes={args.minutes}",
+    train_main(["recipe=grpo_smollm2", "log.console=false", f"model.name={model}", "rollout.engine=hf", f"train.max_minutes={args.minutes}",
                 "train.steps=100000", f"log.eval_every={args.eval_every}", "log.save_every=0", "log.tensorboard=false",
-                f"data.options.size={args.train_size}", f"log.run_dir={run_dir}", *args.align_override])
+                f"log.run_dir={run_dir}", *args.align_override])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["eval/mean@1"]) for r in rows if "eval/mean@1" in r]
     print("held-out accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in curve))
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--learn", default=None, help="run a learning curve with this model instead of the step benchmark")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--train-size", type=int, default=4096)
     p.add_argument("--align-override", nargs="*", default=[])
+    p.add_argument("--cache-dir", default="~/.cache/align", help="where built-in models are converted and cached")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

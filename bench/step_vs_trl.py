@@ -71,7 +71,12 @@ class AlignRunner:
         from align.train import build_algorithm, make_accelerator
         from align.trainers.base import Trainer
 
+        from accelerate.state import AcceleratorState
+
         cfg = load_config(overrides)
+        # accelerate's state is a per-process singleton: a TRL trainer built earlier in this process
+        # (bf16=True) would leave mixed precision on, and prepare() would autocast align's model.
+        AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = make_accelerator(cfg)
         validate(cfg, 1)
         self.trainer = Trainer(cfg, self.accelerator, build_algorithm(cfg), Path(cfg.log.run_dir))
@@ -122,19 +127,33 @@ class TRLRunner:
             real_log(ctx, duration)
 
         profiling.ProfilingContext._log_metrics = record
-        self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
+        # ready: TRL reached a step boundary and waits; go: run one step; done: that step ended.
+        # The main thread only runs align while TRL waits, so nothing of TRL's (its set-up before
+        # the first step, its logging after each) overlaps align's timed steps.
+        self.ready, self.go, self.done = threading.Semaphore(0), threading.Semaphore(0), threading.Semaphore(0)
         self.times: dict[str, float] = {}
 
         class Pace(TrainerCallback):
             def on_step_begin(self, targs, state, control, **kw):
+                runner.ready.release()
                 runner.go.acquire()
                 runner.phases.clear()
                 runner.times["begin"] = time.perf_counter()
                 runner.times["tokens_before"] = state.num_input_tokens_seen
 
             def on_step_end(self, targs, state, control, **kw):
-                runner.times["end"] = time.perf_counter()
-                runner.times["tokens_after"] = state.num_input_tokens_seen
+                wall = time.perf_counter() - runner.times["begin"]
+                # read now: logging right after this clears TRL's metrics, and the next step resets ours
+                lengths = runner.trainer._metrics["train"].get("completions/mean_length") or [float("nan")]
+                batch = runner.trainer.args.per_device_train_batch_size * runner.trainer.args.gradient_accumulation_steps
+                runner.last = {
+                    "step": wall, "generate": runner.phases.get("transformers.generate", 0.0),
+                    "reward": runner.phases.get("_calculate_rewards", 0.0),
+                    # generation, scoring and TRL's logprob passes all run inside _prepare_inputs
+                    "train": wall - runner.phases.get("_prepare_inputs", 0.0), "sync": 0.0,
+                    "tokens": state.num_input_tokens_seen - runner.times["tokens_before"],
+                    "completion_len": lengths[-1], "completion_tokens": lengths[-1] * batch,
+                }
                 runner.done.release()
 
         config = GRPOConfig(**config_kwargs)
@@ -145,32 +164,37 @@ class TRLRunner:
         self.trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
                                    processing_class=tokenizer, callbacks=[Pace()])
         self.error: BaseException | None = None
+        self.remaining = config.max_steps
         self.thread = threading.Thread(target=self._train, daemon=True)
         self.thread.start()
+        self._wait(self.ready)
 
     def _train(self) -> None:
         try:
             self.trainer.train()
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
             self.error = err
+            self.ready.release()
             self.done.release()
+
+    def _wait(self, semaphore: threading.Semaphore) -> None:
+        semaphore.acquire()
+        if self.error is not None:
+            raise self.error
 
     def step(self) -> dict:
         self.go.release()
-        self.done.acquire()
-        if self.error is not None:
-            raise self.error
-        wall = self.times["end"] - self.times["begin"]
-        prepare = self.phases.get("_prepare_inputs", 0.0)
-        metrics = self.trainer._metrics["train"]
-        mean_len = metrics["completions/mean_length"][-1] if metrics.get("completions/mean_length") else float("nan")
-        return {"step": wall, "generate": self.phases.get("transformers.generate", 0.0),
-                "reward": self.phases.get("_calculate_rewards", 0.0), "train": wall - prepare, "sync": 0.0,
-                "tokens": self.times["tokens_after"] - self.times["tokens_before"],
-                "completion_len": mean_len, "completion_tokens": mean_len * self.trainer.args.per_device_train_batch_size}
+        self._wait(self.done)
+        row = self.last  # taken in on_step_end, before TRL moves on
+        self.remaining -= 1
+        if self.remaining:
+            self._wait(self.ready)  # TRL's logging of this step done, parked before the next
+        else:
+            self.thread.join()
+        return row
 
     def close(self) -> None:
-        self.thread.join(timeout=600)
+        self.thread.join(timeout=60)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -237,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dataset-size", type=int, default=256)
+    p.add_argument("--micro-batch", type=int, default=4,
+                   help="sequences per forward/backward on both sides (memory: a whole 16-sequence batch of "
+                        "this 30-layer model holds ~6 GB of float32 activations)")
     p.add_argument("--align-override", nargs="*", default=[], help="extra align key=value overrides")
     p.add_argument("--cache-dir", default="~/.cache/align", help="where built-in models are converted and cached")
     p.add_argument("--out", default=str(RESULTS / "step_vs_trl.json"))
@@ -257,11 +284,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"train.batch_size={batch}", f"train.lr={args.lr}", f"loss.beta={args.beta}",
         f"train.steps={args.warmup + args.steps + 1}", "log.eval_every=0", "log.sample_every=0", "log.save_every=0",
         "log.tensorboard=false", "log.console=false", f"log.run_dir={tmp / 'align'}",
-        f"data.options.size={args.dataset_size}", *args.align_override,
+        f"data.options.size={args.dataset_size}",
+        # align splits by a token budget: this many full-length sequences of the workload
+        f"train.micro_batch_tokens={args.micro_batch * (args.max_tokens + 96)}", *args.align_override,
     ])
     trl_runner = TRLRunner(dict(
         output_dir=str(tmp / "trl"), use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
-        max_steps=args.warmup + args.steps, per_device_train_batch_size=batch, num_generations=args.G,
+        max_steps=args.warmup + args.steps, per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=batch // args.micro_batch, num_generations=args.G,
         max_completion_length=args.max_tokens, learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0,
         max_grad_norm=1.0, optim="adamw_torch", beta=args.beta, loss_type="grpo", scale_rewards="group",
         temperature=1.0, top_p=1.0, top_k=0, bf16=args.dtype == "bfloat16", gradient_checkpointing=False,

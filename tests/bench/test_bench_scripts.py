@@ -56,3 +56,15 @@ def test_step_vs_trl_runs_on_the_tiny_model(tmp_path, cache_dir):
     step_vs_trl.main(["--model", "tiny", "--prompts", "2", "--G", "2", "--max-tokens", "4", "--steps", "1",
                       "--warmup", "1", "--align-engine", "hf", "--dataset-size", "16", "--cache-dir", cache_dir, "--out", str(out)])
     _check(json.loads(out.read_text()), batch=4, max_tokens=4)
+
+
+def test_gpu_w1_learning_curve_path_runs(tmp_path, cache_dir):
+    import gpu_w1
+
+    out = tmp_path / "learn.json"
+    result = gpu_w1.main(["--learn", "tiny", "--minutes", "0.01", "--eval-every", "1", "--workdir", str(tmp_path),
+                          "--out", str(out), "--cache-dir", cache_dir, "--align-override", "rollout.max_tokens=4",
+                          "train.batch_size=4", "rollout.num_generations=2", "data.options.size=8"])
+    steps = [step for step, _ in result["curve"]]
+    assert steps[0] == 0 and len(steps) >= 2  # the starting point and at least one evaluation after training
+    assert json.loads(out.read_text())["gain_points"] == pytest.approx(result["gain_points"])
