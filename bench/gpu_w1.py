@@ -106,7 +106,7 @@ def step_benchmark(args) -> dict:
         f"data.source={data}", "data.eval_split=train", f"reward.functions=[{Path(__file__).resolve()}:parity_reward]",
         f"rollout.num_generations={args.G}", f"rollout.max_tokens={args.max_tokens}", f"train.batch_size={batch}",
         "train.lr=1e-6", "loss.beta=0.0", f"train.steps={args.warmup + args.steps + 1}",
-        f"train.micro_batch_tokens={args.micro_batch_tokens}", "log.eval_every=0", "log.sample_every=0",
+        f"train.micro_batch_tokens={args.micro_batch * (args.prompt_len + args.max_tokens)}", "log.eval_every=0", "log.sample_every=0",
         "log.save_every=0", "log.tensorboard=false", "log.console=false", f"log.run_dir={tmp / 'align'}",
         *args.align_override,
     ])
@@ -115,7 +115,8 @@ def step_benchmark(args) -> dict:
     dataset = Dataset.from_json(str(data))
     trl_runner = TRLRunner(dict(
         output_dir=str(tmp / "trl"), use_cpu=device == "cpu", report_to="none", save_strategy="no",
-        max_steps=args.warmup + args.steps, per_device_train_batch_size=batch, num_generations=args.G,
+        max_steps=args.warmup + args.steps, per_device_train_batch_size=min(args.micro_batch, batch),
+        gradient_accumulation_steps=max(1, batch // args.micro_batch), num_generations=args.G,
         max_completion_length=args.max_tokens, learning_rate=1e-6, lr_scheduler_type="constant", weight_decay=0.0,
         max_grad_norm=1.0, optim="adamw_torch", beta=0.0, loss_type="grpo", scale_rewards="group", temperature=1.0,
         top_p=1.0, top_k=0, bf16=True, gradient_checkpointing=False, logging_steps=1, seed=0, disable_dropout=True,
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--micro-batch-tokens", type=int, default=16384)
+    p.add_argument("--micro-batch", type=int, default=32,
+                   help="sequences per forward/backward on both sides (128 at once would hold ~20 GB of logits alone)")
     p.add_argument("--learn", default=None, help="run a learning curve with this model instead of the step benchmark")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--eval-every", type=int, default=10)
