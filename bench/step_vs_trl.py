@@ -201,11 +201,20 @@ class TRLRunner:
 PHASES = ("step", "generate", "reward", "train", "sync", "tokens", "completion_tokens", "completion_len")
 
 
-def compare(align_runner: AlignRunner, trl_runner: TRLRunner, steps: int, warmup: int, peak: float) -> dict:
-    """Alternate A B A B for warmup + steps steps; medians after warm-up, train phase against `peak`."""
+def compare(align_runner: AlignRunner, trl_runner: TRLRunner, steps: int, warmup: int, peak: float,
+            resample_peak=None) -> dict:
+    """Alternate A B A B for warmup + steps steps; medians after warm-up, train phase against `peak`.
+
+    `resample_peak()`, when given, measures the peak again before every pair of steps and the best
+    sample counts: on a shared machine one sample can land in a busy moment and flatter the ratio.
+    """
     rows: dict[str, list[dict]] = {"align": [], "trl": []}
     loads = [load_average()]
+    peaks = [peak]
     for i in range(warmup + steps):
+        if resample_peak is not None:
+            peaks.append(resample_peak())
+        peak = max(peaks)
         for name, runner in (("align", align_runner), ("trl", trl_runner)):
             row = runner.step()
             row["warmup"] = i < warmup
@@ -223,7 +232,7 @@ def compare(align_runner: AlignRunner, trl_runner: TRLRunner, steps: int, warmup
         med["params"] = runner.params
         summary[name] = med
     summary["align_over_trl_step"] = summary["align"]["step"] / summary["trl"]["step"]
-    return {"rows": rows, "summary": summary, "load_average": loads, "peak_flops": peak}
+    return {"rows": rows, "summary": summary, "load_average": loads, "peak_flops": peak, "peak_samples": peaks}
 
 
 def print_table(result: dict, title: str) -> None:
@@ -297,7 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
         temperature=1.0, top_p=1.0, top_k=0, bf16=args.dtype == "bfloat16", gradient_checkpointing=False,
         logging_steps=1, seed=0, disable_dropout=True, dataloader_num_workers=0, disable_tqdm=True,
     ), model_path, dataset, [final_number])
-    result = compare(align_runner, trl_runner, args.steps, args.warmup, peak)
+    peak_dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    result = compare(align_runner, trl_runner, args.steps, args.warmup, peak,
+                     resample_peak=lambda: matmul_peak(peak_dtype, seconds=1.0))
     trl_runner.close()
     align_runner.close()
     result |= {"args": vars(args), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
