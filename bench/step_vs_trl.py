@@ -83,14 +83,15 @@ class AlignRunner:
         self.params = sum(p.numel() for p in self.trainer.model.parameters())
         self._step = 0
         self.tokens = 0
-        collect = self.trainer._collect
+        source = self.trainer.source
+        collect = source.collect
 
         def counting_collect(*a, **kw):  # the batch's real (unpadded) prompt + completion tokens
-            rollout = collect(*a, **kw)
-            self.tokens = sum(len(c.prompt_ids) + len(c.token_ids) for c in rollout.flat)
-            return rollout
+            collected = collect(*a, **kw)
+            self.tokens = sum(len(c.prompt_ids) + len(c.token_ids) for c in collected.completions)
+            return collected
 
-        self.trainer._collect = counting_collect
+        source.collect = counting_collect
 
     def step(self) -> dict:
         t0 = time.perf_counter()
