@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer.export(run_dir / "final")
     accelerator.wait_for_everyone()
     say(f"run folder: {run_dir} (metrics.jsonl, samples.jsonl, checkpoints/, final/)", flush=True)
+    # The engine goes first: vLLM tears down the process groups it created; left to its exit hook,
+    # it would do so after end_training() destroyed them and print a traceback on a clean run.
+    trainer.engine.close()
     accelerator.end_training()
 
 

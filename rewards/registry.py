@@ -38,6 +38,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "rewards.length",
     "rewards.code",
     "rewards.geometry",
+    "rewards.word_problems",
 )
 
 _REGISTRY: dict[str, Callable] = {}

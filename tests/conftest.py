@@ -23,3 +23,13 @@ def tiny_path(cache_dir) -> str:
     from align.models import resolve_model_path
 
     return resolve_model_path("tiny", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(cache_dir) -> str:
+    """SmolLM2-135M-Instruct converted once per test session; skips where the `smollm2` extra is absent."""
+    from align.models import smollm2
+
+    if not smollm2.available():
+        pytest.skip(f"smollm2-135m-instruct needs the smollm2 extra: {smollm2.INSTALL}")
+    return str(smollm2.smollm2_path(cache_dir))

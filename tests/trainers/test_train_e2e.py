@@ -117,3 +117,14 @@ def test_dapo_options_reference_model_and_several_updates(cache_dir, tmp_path):
     # With mu=2, the second pass sees a changed policy; the KL to the reference becomes non-zero.
     assert rows[-1]["kl"] > 0
     assert 0 <= rows[-1]["zero_std_frac"] <= 1
+
+
+def test_vllm_run_exits_cleanly(cache_dir, tmp_path):
+    """No traceback from vLLM's shutdown after a successful run (it used to print one at exit:
+    accelerate destroyed the process group vLLM had created, then vLLM's exit hook destroyed it again)."""
+    pytest.importorskip("vllm")
+    proc = launch(cache_dir, "rollout.engine=vllm", "rollout.kv_cache_mb=64", "train.steps=1", "train.batch_size=4",
+                  "rollout.num_generations=2", "rollout.max_tokens=4", "log.tensorboard=false",
+                  f"log.run_dir={tmp_path / 'run'}")
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+    assert "Traceback" not in proc.stderr and "Invalid process group" not in proc.stderr, proc.stderr[-3000:]

@@ -1,0 +1,70 @@
+"""The step benchmarks run end to end at toy sizes, so they cannot rot between the runs that matter
+(bench/gpu_w1.py on a lent GPU, bench/step_vs_trl.py on smollm2-135m-instruct)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_on_path():
+    sys.path.insert(0, str(BENCH))
+    yield
+    sys.path.remove(str(BENCH))
+
+
+def _check(result: dict, batch: int, max_tokens: int) -> None:
+    s = result["summary"]
+    for side in ("align", "trl"):
+        assert len(result["rows"][side]) == 2  # warm-up + timed, alternating
+        m = s[side]
+        assert m["step"] > 0 and m["generate"] > 0 and m["train"] > 0
+        assert 0 < m["completion_tokens"] <= batch * max_tokens
+        assert m["train_fraction_of_peak"] > 0 and m["params"] > 0
+    assert s["align"]["sync"] > 0 and s["trl"]["sync"] == 0  # align verifies a sync every step; TRL has none
+    # same workload: same model and prompt lengths -> same parameter count, similar token counts
+    assert s["align"]["params"] == s["trl"]["params"]
+    assert s["align"]["step"] / s["trl"]["step"] == pytest.approx(s["align_over_trl_step"])
+
+
+def test_gpu_w1_runs_at_a_tiny_shape_on_cpu(tmp_path):
+    pytest.importorskip("trl")
+    import gpu_w1
+
+    out = tmp_path / "w1.json"
+    gpu_w1.main(["--shape", "tiny", "--prompts", "2", "--G", "2", "--max-tokens", "4", "--prompt-len", "8",
+                 "--steps", "1", "--warmup", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    _check(result, batch=4, max_tokens=4)
+    # prompts are exactly --prompt-len tokens: 4 completions x (8 prompt + <= 4 completion) tokens per side
+    for side in ("align", "trl"):
+        m = result["summary"][side]
+        assert m["tokens"] == 4 * 8 + m["completion_tokens"]
+
+
+def test_step_vs_trl_runs_on_the_tiny_model(tmp_path, cache_dir):
+    pytest.importorskip("trl")
+    import step_vs_trl
+
+    out = tmp_path / "cmp.json"
+    step_vs_trl.main(["--model", "tiny", "--prompts", "2", "--G", "2", "--max-tokens", "4", "--steps", "1",
+                      "--warmup", "1", "--align-engine", "hf", "--dataset-size", "16", "--cache-dir", cache_dir, "--out", str(out)])
+    _check(json.loads(out.read_text()), batch=4, max_tokens=4)
+
+
+def test_gpu_w1_learning_curve_path_runs(tmp_path, cache_dir):
+    import gpu_w1
+
+    out = tmp_path / "learn.json"
+    result = gpu_w1.main(["--learn", "tiny", "--minutes", "0.01", "--eval-every", "1", "--workdir", str(tmp_path),
+                          "--out", str(out), "--cache-dir", cache_dir, "--align-override", "rollout.max_tokens=4",
+                          "train.batch_size=4", "rollout.num_generations=2", "data.options.size=8"])
+    steps = [step for step, _ in result["curve"]]
+    assert steps[0] == 0 and len(steps) >= 2  # the starting point and at least one evaluation after training
+    assert json.loads(out.read_text())["gain_points"] == pytest.approx(result["gain_points"])
