@@ -192,6 +192,8 @@ def install(monkeypatch, version: str = __version__) -> types.ModuleType:
     INSTANCES.clear()
     monkeypatch.setattr(module, "__version__", version)
     monkeypatch.setitem(sys.modules, "vllm", module)
+    for name in [n for n in sys.modules if n.startswith("vllm.")]:  # the real package's submodules, if imported
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: LOG.append(Call("empty_cache")))
     return module
