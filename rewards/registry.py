@@ -12,6 +12,10 @@ Three spec forms are accepted by `get_reward_function`:
 - a registered name, e.g. "math_accuracy" (see `registered_names()`),
 - a file and a function, e.g. "path/to/my_rewards.py:my_reward",
 - a module and a function, e.g. "my_package.rewards:my_reward".
+
+Model-based rewards have a prefix instead (`MODEL_REWARDS`): "rm:PATH_OR_HUB_ID" (a reward model,
+rewards/models.py) and "judge:PATH_OR_HUB_ID" or "judge:self" (an LLM judge, rewards/judge.py). They
+return an unloaded `rewards.context.ModelReward`, which the trainer binds to its device and engine.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "rewards.code",
     "rewards.geometry",
 )
+
+# Spec prefix -> "module:class" of a model-based reward (imported on use: they pull in transformers).
+MODEL_REWARDS = {"rm": "rewards.models:RewardModel", "judge": "rewards.judge:Judge"}
 
 _REGISTRY: dict[str, Callable] = {}
 _builtins_loaded = False
@@ -80,6 +87,10 @@ def get_reward_function(spec: str) -> Callable:
     if not isinstance(spec, str) or not spec.strip():
         raise RewardSpecError(f"reward spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    prefix, _, target = spec.partition(":")
+    if prefix in MODEL_REWARDS:  # before file/module specs: "rm:org/model" is not a module
+        module, _, cls = MODEL_REWARDS[prefix].partition(":")
+        return getattr(importlib.import_module(module), cls)(target)
     if ":" in spec:
         location, _, attr = spec.rpartition(":")
         if not location or not attr:

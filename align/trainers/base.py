@@ -41,6 +41,7 @@ from align.trainers.distributed import (
 from align.trainers.logger import RunLogger
 from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.shaping import informative_groups, overlong_penalty
+from rewards.context import RewardContext, bind_model_rewards
 
 
 def resolve_dtype(name: str) -> str:
@@ -83,6 +84,10 @@ class Trainer:
         self._eval_dataset = None  # loaded on the first evaluation
         with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
             self.engine = self._make_engine()
+        # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
+        self.model_rewards = bind_model_rewards(self.algo.reward_functions, RewardContext(
+            device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
+            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine))
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -90,19 +95,29 @@ class Trainer:
             self._resume(cfg.resume)
 
     # ----------------------------------------------------------------------------------- set-up
-    def _make_engine(self):
+    def _make_engine(self, model_path: str | None = None, kind: str | None = None, max_model_len: int | None = None,
+                     **overrides):
         r = self.cfg.rollout
         common = dict(dtype=self.dtype, seed=self.cfg.train.seed, probe_tolerance=r.probe_tolerance)
         hf = dict(device=str(self.acc.device))
         vllm = dict(
-            max_model_len=self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
+            max_model_len=max_model_len or self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
             gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.sleep_mode,
             tensor_parallel_size=r.tensor_parallel_size,
             # one colocated engine per rank (ENVIRONMENT.md: an engine on rank 0 alone hangs)
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
-        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[r.engine]
-        return make_engine(r.engine, self.model_path, **common, **specific)
+        kind = kind or r.engine
+        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[kind]
+        return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})
+
+    def _make_reward_engine(self, model_path: str, max_model_len: int | None = None, **overrides):
+        """A judge's engine: vLLM where the policy's engine is vLLM, transformers otherwise."""
+        kind = "hf" if type(self.engine).__name__ == "HFEngine" else "vllm"
+        if kind == "hf":
+            max_model_len = None  # transformers' generate has no preallocated context
+        with outside_zero3_init(self.acc):
+            return self._make_engine(model_path, kind, max_model_len, **overrides)
 
     def _max_model_len(self) -> int:
         return min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))
@@ -238,6 +253,7 @@ class Trainer:
         kept: list[tuple] = []  # (row, completions, rewards [G], valid [G], components {name: [G]}) per prompt
         dropped: list[tuple] = []
         zero_std = total = 0
+        logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
         for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
             t0 = time.perf_counter()
             rows = self.prompts.next_rows((local - len(kept)) * self.world)
@@ -248,6 +264,8 @@ class Trainer:
             lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
             rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer, lc.overlong_penalty)
             timers["reward"] += time.perf_counter() - t0
+            for key, value in scores.logged.items():
+                logged[key].append(value)
             informative = informative_groups(rewards, scores.valid)
             zero_std += int((~informative).sum())
             total += len(rows)
@@ -265,6 +283,7 @@ class Trainer:
         kept_scores = Scores(torch.stack(rewards), torch.stack(valid),
                              {name: torch.stack([c[name] for c in components]) for name in components[0]})
         metrics = self.algo.batch_metrics(kept_scores)
+        metrics |= {key: sum(values) / len(values) for key, values in logged.items()}
         metrics |= {
             "zero_std_frac": zero_std / max(total, 1),
             "completion_len/mean": lengths.mean().item(),

@@ -22,6 +22,12 @@ class Scores:
     rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
     valid: torch.Tensor  # [P, G] bool: False where no reward function applied (TRL: advantage 0)
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
+    # what reward functions sent through log_metric(name, value), averaged per name: "reward/<name>"
+    logged: dict[str, float] = field(default_factory=dict)
+
+
+def logged_means(result: RewardResult) -> dict[str, float]:
+    return {f"reward/{name}": sum(values) / len(values) for name, values in result.logged_metrics.items() if values}
 
 
 def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
@@ -43,7 +49,7 @@ class GRPO:
         )
         components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
         valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
-        return Scores(_as_groups(result.total, group_size), valid, components)
+        return Scores(_as_groups(result.total, group_size), valid, components, logged_means(result))
 
     def batch_metrics(self, scores: Scores) -> dict[str, float]:
         """Reward statistics of the batch that is trained on (after dynamic sampling)."""
