@@ -43,6 +43,7 @@ class RewardContext:
     policy_engine / policy_tokenizer: the policy's rollout engine and tokenizer (`judge:self`).
     make_engine: builds another rollout engine of the policy engine's kind (vLLM where the policy's
         is vLLM, transformers otherwise) for a model path; keyword arguments override engine options.
+    ranks_in_lockstep: whether every rank calls the rewards equally often (see the field).
     """
 
     device: torch.device | str = "cpu"
@@ -51,6 +52,9 @@ class RewardContext:
     policy_engine: Any = None
     policy_tokenizer: Any = None
     make_engine: Callable[..., Any] | None = None
+    # Every rank calls the rewards the same number of times (False with several processes under dynamic
+    # sampling, where each rank refills on its own): collectives inside a reward need it.
+    ranks_in_lockstep: bool = True
 
     @property
     def world_size(self) -> int:

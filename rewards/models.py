@@ -30,7 +30,7 @@ Options (reward.options under the spec):
                  quarter of free memory) | "replicate" | "shard" (ZeRO-3 only)
   dtype          default: the trainer's dtype
 Metrics (reward/<name>/... besides mean and std): raw_mean (before normalisation), truncated_frac,
-batches (forwards per call).
+batches (forwards per call), sharded (1 when ZeRO-3-sharded).
 """
 
 from __future__ import annotations
@@ -137,7 +137,17 @@ class RewardModel(ModelReward):
         self.label = self.options["label"] or 0
         if not 0 <= self.label < labels:
             raise ModelRewardError(f"{self.__name__}: label={self.label} is out of range for {labels} labels")
+        if context.world_size > 1 and not context.ranks_in_lockstep and (self.sharded or self.options["normalize"]):
+            raise ModelRewardError(
+                f"{self.__name__}: {'placement=shard' if self.sharded else 'normalize=true'} needs every rank to score "
+                "equally often, which dynamic sampling on several processes does not give; use placement=replicate and "
+                "normalize=false, or loss.dynamic_sampling=false"
+            )
         self.model = prepare_reference_model(acc, model) if self.sharded else model.to(context.device)
+        partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())  # DeepSpeed ZeRO-3 parameters
+        if partitioned != self.sharded:  # loud: a silently replicated (or sharded) model breaks the memory plan
+            raise ModelRewardError(f"{self.__name__}: placement gave sharded={self.sharded} but the loaded model is "
+                                   f"{'' if partitioned else 'not '}partitioned; report this with the launch config")
         self.max_length = self.options["max_length"] or _model_max_length(self.tokenizer, model.config)
         self.use_template = self.options["chat_template"] == "auto" and getattr(self.tokenizer, "chat_template", None)
 
@@ -177,6 +187,7 @@ class RewardModel(ModelReward):
         raw, batches = self.forward(ids)
         log_metric("truncated_frac", truncated / max(len(ids), 1))
         log_metric("batches", float(batches))
+        log_metric("sharded", float(self.sharded))
         log_metric("raw_mean", sum(raw) / max(len(raw), 1))
         return self._postprocess(raw)
 

@@ -87,7 +87,8 @@ class Trainer:
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
         self.model_rewards = bind_model_rewards(self.algo.reward_functions, RewardContext(
             device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
-            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine))
+            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine,
+            ranks_in_lockstep=self.world == 1 or not cfg.loss.dynamic_sampling))
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0

@@ -171,3 +171,17 @@ def test_a_multi_label_model_needs_label(tmp_path):
     with torch.no_grad():
         assert scores[0] == pytest.approx(float(reward.model(input_ids=torch.tensor([ids])).logits[0, 1]), abs=1e-5)
     assert not math.isnan(scores[0])
+
+
+def test_collectives_are_refused_when_ranks_do_not_score_in_lockstep(rm_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    two_ranks = SimpleNamespace(num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType.MULTI_CPU)
+    reward = get_reward_function(f"rm:{rm_path}").configure(normalize=True)
+    with pytest.raises(ModelRewardError, match="normalize=true needs every rank to score equally often"):
+        reward.bind(RewardContext(accelerator=two_ranks, ranks_in_lockstep=False))
+    get_reward_function(f"rm:{rm_path}").bind(RewardContext(accelerator=two_ranks, ranks_in_lockstep=False))  # no collective
+    with pytest.raises(ModelRewardError, match="placement=shard needs DeepSpeed ZeRO-3"):
+        get_reward_function(f"rm:{rm_path}").configure(placement="shard").bind(RewardContext(accelerator=two_ranks))
