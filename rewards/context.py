@@ -9,8 +9,9 @@ uses the policy's own rollout engine. So:
   other reward, is weighted, and its rewards are logged per function);
 - it is created unloaded from its spec (`rewards.registry.get_reward_function("rm:PATH")`), takes
   its `reward.options` through `configure(**options)`, and loads its model in `bind(context)`;
-- the trainer calls `bind_model_rewards(functions, RewardContext(...))` once, after it has built
-  its accelerator and rollout engine; calling an unbound model reward is a one-line error;
+- the trainer calls `bind_model_rewards(reward_functions_of(algorithm), RewardContext(...))` once,
+  after it has built its accelerator and rollout engine; calling an unbound model reward is a
+  one-line error;
 - the runner (`align.rewards.compute_rewards`) calls it IN the training process and thread
   (`in_process = True`): never in a worker process or a time-limited helper thread, because its
   model lives on this process's device and an abandoned call could leave a collective half done.
@@ -44,6 +45,7 @@ class RewardContext:
     make_engine: builds another rollout engine of the policy engine's kind (vLLM where the policy's
         is vLLM, transformers otherwise) for a model path; keyword arguments override engine options.
     ranks_in_lockstep: whether every rank calls the rewards equally often (see the field).
+    cache_dir: the trainer's model.cache_dir, so `rm:`/`judge:` accept built-in names like the policy.
     """
 
     device: torch.device | str = "cpu"
@@ -55,6 +57,7 @@ class RewardContext:
     # Every rank calls the rewards the same number of times (False with several processes under dynamic
     # sampling, where each rank refills on its own): collectives inside a reward need it.
     ranks_in_lockstep: bool = True
+    cache_dir: str = "~/.cache/align"  # where built-in model names (tiny, tiny@1, ...) are built
 
     @property
     def world_size(self) -> int:
@@ -153,9 +156,20 @@ def model_rewards(functions: Sequence[Any]) -> list[ModelReward]:
     return out
 
 
+def reward_functions_of(owner: Any) -> list[Any]:
+    """Every reward function an algorithm holds: its `reward_functions` list and any other attribute that
+    is a reward function or a list of them (GRAO keeps its judge apart from the logged rewards)."""
+    found: list[Any] = []
+    for value in vars(owner).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found += [item for item in items if hasattr(item, "fn") and hasattr(item, "weight")]
+    return found
+
+
 def bind_model_rewards(functions: Sequence[Any], context: RewardContext) -> list[ModelReward]:
-    """Load every model reward among `functions` for `context`; returns them (empty when none)."""
-    bound = model_rewards(functions)
+    """Load every model reward among `functions` for `context`; returns them (empty when none).
+    The same object listed twice is loaded once."""
+    bound = list({id(r): r for r in model_rewards(functions)}.values())
     for reward in bound:
         reward.bind(context)
     return bound

@@ -110,7 +110,7 @@ class Judge(ModelReward):
 
     def __init__(self, target: str):
         super().__init__(target)
-        self.engine = self.tokenizer = None
+        self.engine = self.tokenizer = self.engine_path = None
         self.owns_engine = False
         self._warned_overlong = False
 
@@ -148,7 +148,7 @@ class Judge(ModelReward):
             return
         if context.make_engine is None:
             raise ModelRewardError(f"{self.__name__}: the RewardContext has no make_engine to build the judge's engine")
-        path = resolve_model_path(self.target)
+        path = self.engine_path = resolve_model_path(self.target, context.cache_dir)
         self.tokenizer = load_tokenizer(path)
         o = self.options
         self.engine = context.make_engine(path, max_model_len=o["max_prompt_tokens"] + o["max_tokens"], **o["engine_options"])

@@ -109,7 +109,7 @@ class RewardModel(ModelReward):
         from align.models.loading import DTYPES, _offline_error
         from align.trainers.distributed import outside_zero3_init, prepare_reference_model, zero_stage
 
-        path = resolve_model_path(self.target)
+        path = resolve_model_path(self.target, context.cache_dir)
         dtype = self.options["dtype"] or context.dtype
         if dtype not in DTYPES:
             raise ModelRewardError(f"{self.__name__}: dtype={dtype!r}; use one of {sorted(DTYPES)}")

@@ -41,7 +41,7 @@ from align.trainers.distributed import (
 from align.trainers.logger import RunLogger
 from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.shaping import informative_groups, overlong_penalty
-from rewards.context import RewardContext, bind_model_rewards
+from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
 
 
 def resolve_dtype(name: str) -> str:
@@ -85,10 +85,10 @@ class Trainer:
         with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
             self.engine = self._make_engine()
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
-        self.model_rewards = bind_model_rewards(self.algo.reward_functions, RewardContext(
+        self.model_rewards = bind_model_rewards(reward_functions_of(self.algo), RewardContext(
             device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
             policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine,
-            ranks_in_lockstep=self.world == 1 or not cfg.loss.dynamic_sampling))
+            ranks_in_lockstep=self.world == 1 or not cfg.loss.dynamic_sampling, cache_dir=m.cache_dir))
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -114,7 +114,9 @@ class Trainer:
 
     def _make_reward_engine(self, model_path: str, max_model_len: int | None = None, **overrides):
         """A judge's engine: vLLM where the policy's engine is vLLM, transformers otherwise."""
-        kind = "hf" if type(self.engine).__name__ == "HFEngine" else "vllm"
+        from align.rollout.hf_engine import HFEngine
+
+        kind = "hf" if isinstance(self.engine, HFEngine) else "vllm"
         if kind == "hf":
             max_model_len = None  # transformers' generate has no preallocated context
         with outside_zero3_init(self.acc):

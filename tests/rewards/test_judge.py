@@ -154,3 +154,28 @@ def test_tiny_policy_as_its_own_judge_is_greedy_and_its_noise_scores_none(tiny_p
         assert text and parse_pointwise(text) is None
     finally:
         engine.close()
+
+
+def test_a_vllm_judge_engine_works_beside_a_vllm_policy_engine(tiny_path, cache_dir):
+    """Two vLLM engines in one process (the policy's and the judge's), as the trainer builds them."""
+    pytest.importorskip("vllm")
+    from align.models import load_tokenizer, resolve_model_path
+    from align.rollout import SamplingSettings, make_engine
+
+    policy = make_engine("vllm", tiny_path, kv_cache_bytes=64 << 20)
+    judge = get_reward_function("judge:tiny@1").configure(max_tokens=8, max_prompt_tokens=1000)
+    try:
+        judge.bind(RewardContext(policy_engine=policy, policy_tokenizer=load_tokenizer(tiny_path), cache_dir=cache_dir,
+                                 make_engine=lambda path, **kw: make_engine("vllm", path, kv_cache_bytes=64 << 20, **kw)))
+        assert type(judge.engine).__name__ == "VLLMEngine" and judge.engine is not policy
+        assert judge.__name__ == "judge:tiny@1"
+        scores, logged = call(judge)
+        assert scores == [None, None, None] and logged["unparseable_frac"] == 1.0  # an untrained judge
+        # the judge is the seed-1 model, not the policy: greedy continuations of one prompt differ
+        ids = judge.encode(judge.judge_prompt(PROMPTS[0], COMPLETIONS[0]))
+        greedy = SamplingSettings(max_tokens=8, temperature=0.0)
+        assert judge.engine.generate([ids], 1, greedy)[0][0].token_ids != policy.generate([ids], 1, greedy)[0][0].token_ids
+        assert judge.engine_path == resolve_model_path("tiny@1", cache_dir)  # built in the run's cache
+    finally:
+        judge.close()
+        policy.close()

@@ -185,3 +185,17 @@ def test_collectives_are_refused_when_ranks_do_not_score_in_lockstep(rm_path):
     get_reward_function(f"rm:{rm_path}").bind(RewardContext(accelerator=two_ranks, ranks_in_lockstep=False))  # no collective
     with pytest.raises(ModelRewardError, match="placement=shard needs DeepSpeed ZeRO-3"):
         get_reward_function(f"rm:{rm_path}").configure(placement="shard").bind(RewardContext(accelerator=two_ranks))
+
+
+def test_the_trainer_finds_model_rewards_held_anywhere_in_the_algorithm(rm_path):
+    from rewards.context import model_rewards, reward_functions_of
+
+    class Algorithm:  # like GRAO: a judge apart from the logged reward functions
+        def __init__(self):
+            self.reward_functions = load_reward_functions(["length_reward", f"rm:{rm_path}"])
+            self.judge = load_reward_functions(["judge:self"])[0]
+            self.cfg = object()
+
+    algo = Algorithm()
+    found = model_rewards(reward_functions_of(algo))
+    assert [type(r).__name__ for r in found] == ["RewardModel", "Judge"]
