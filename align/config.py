@@ -309,6 +309,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("loss.agg=seq_sum_const needs rollout.max_tokens >= 1 (it is the constant length)")
     if cfg.loss.kl_in_reward and cfg.loss.beta == 0:
         raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(
+            f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0 "
+            "(greedy decoding has no exploration and no sampling distribution to correct for); use e.g. 1.0"
+        )
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():

@@ -49,7 +49,11 @@ def make_accelerator(cfg: Config | None = None):
     # Plain DDP on CPUs needs cpu=True (else accelerate sees no device backend and runs every process
     # as if alone: no DDP, no-op gathers). Never with DeepSpeed: cpu=True silently drops the plugin.
     multi_cpu = bool(handlers) and not deepspeed
-    return Accelerator(cpu=multi_cpu, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    # step_scheduler_with_optimizer=False: accelerate otherwise steps a prepared scheduler once per
+    # PROCESS per optimizer step (its convention for sharded dataloaders, which align does not use),
+    # so with N ranks the schedule ran N times too fast.
+    return Accelerator(cpu=multi_cpu, deepspeed_plugin=plugin, kwargs_handlers=handlers,
+                       step_scheduler_with_optimizer=False)
 
 
 def resolve_run_dir(cfg: Config, accelerator) -> Path:

@@ -46,25 +46,77 @@ def checkpoint_name(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
+def _lora_layer_types() -> tuple[type, ...]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return ()
+    return (LoraLayer,)
+
+
+def sync_units(model) -> Iterator[tuple[str, torch.nn.Module, bool]]:
+    """(name, module, is_lora) units in state_dict order: a LoRA layer with its adapter as one unit
+    (its merged weight needs both), otherwise each module with its own direct parameters."""
+    lora_types = _lora_layer_types()
+    inside_lora: tuple[str, ...] = ()
+    for name, module in model.named_modules():
+        if inside_lora and name.startswith(inside_lora):
+            continue
+        if lora_types and isinstance(module, lora_types):
+            inside_lora = (name + ".",)
+            yield name, module, True
+        elif any(True for _ in module.parameters(recurse=False)) or module._buffers:
+            yield name, module, False
+
+
+def _persistent_buffers(prefix: str, module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for key, buf in module._buffers.items():
+        if buf is not None and key not in module._non_persistent_buffers_set:
+            yield f"{prefix}{key}", buf
+
+
+def unit_tensors(name: str, module: torch.nn.Module, is_lora: bool, copy: bool = False
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The unit's checkpoint-named tensors. A LoRA layer yields a NEW tensor base weight + delta:
+    peft's merge/unmerge works in place, and (W + D) - D != W in half precision, so every sync
+    would move the frozen base weights a little. `copy` also copies the plain tensors."""
+    prefix = f"{name}." if name else ""
+    if is_lora:
+        base = module.get_base_layer()
+        weight = base.weight.detach().clone()
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                weight += module.get_delta_weight(adapter).to(weight.dtype)
+        yield checkpoint_name(f"{prefix}base_layer.weight"), weight
+        if getattr(base, "bias", None) is not None:
+            bias = base.bias.detach()
+            yield checkpoint_name(f"{prefix}base_layer.bias"), bias.clone() if copy else bias
+        return
+    tensors = [(prefix + key, p) for key, p in module._parameters.items() if p is not None]
+    for key, tensor in [*tensors, *_persistent_buffers(prefix, module)]:
+        tensor = tensor.detach()
+        yield checkpoint_name(key), tensor.clone() if copy else tensor
+
+
 @torch.no_grad()
 def merged_named_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of the full model as a plain checkpoint would name them.
 
-    For a peft model the adapter is merged for the read and unmerged afterwards, so the trainer's
-    parameters are unchanged. Tied weights are included under every name (state_dict, not
-    named_parameters: the latter omits a tied lm_head, which silently breaks the engine's copy).
+    For a peft model each LoRA layer yields base + delta as a new tensor; the trainer's parameters
+    are never written (not even merged and unmerged). Tied weights are included under every name
+    (state_dict order and names: a tied lm_head left out silently breaks the engine's copy).
     """
-    if is_peft_model(model):
-        model.merge_adapter()
-        try:
-            for name, tensor in model.state_dict().items():
-                if "lora_" in name or "modules_to_save" in name:
-                    continue
-                # Merged layers change back in place on unmerge: copy those (and only those), so a
-                # caller that keeps the tensors still sees the merged values.
-                yield checkpoint_name(name), tensor.detach().clone() if ".base_layer." in name else tensor.detach()
-        finally:
-            model.unmerge_adapter()
-    else:
+    if not is_peft_model(model):
         for name, tensor in model.state_dict().items():
             yield name, tensor.detach()
+        return
+    seen = set()
+    for name, module, is_lora in sync_units(model):
+        for tensor_name, tensor in unit_tensors(name, module, is_lora):
+            seen.add(tensor_name)
+            yield tensor_name, tensor
+    # Tied weights (a tied lm_head) are one parameter under two state_dict names: add the others.
+    for name, tensor in model.state_dict().items():
+        plain = checkpoint_name(name)
+        if plain not in seen and "lora_" not in name and "modules_to_save" not in name:
+            yield plain, tensor.detach()

@@ -82,6 +82,9 @@ class HFEngine(RolloutEngine):
         out = self._model.generate(
             input_ids=ids.to(self._device), attention_mask=mask.to(self._device), generation_config=config,
             tokenizer=self._tok if sampling.stop else None,
+            # transformers turns on lock-step generation across ranks whenever ZeRO-3 is configured;
+            # this engine's copy is whole and each rank generates its own share (sizes may differ).
+            synced_gpus=False,
         )
         new_tokens = out.sequences[:, width:]
         # output_logits are the raw logits, before temperature/top-k/top-p: the trainer's distribution.

@@ -16,7 +16,7 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,9 +39,22 @@ from align.trainers.distributed import (
     sync_named_tensors,
 )
 from align.trainers.logger import RunLogger
+from align.trainers.precision import training_precision
 from align.trainers.prompts import PromptStream, encode_prompt
+from align.trainers.seeds import derived_seed
 from align.trainers.shaping import informative_groups, overlong_penalty
 from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
+
+
+@dataclass
+class StepConstants:
+    """What the optimisation phase of one step shares: micro-batches, global normalisers, fixed logprobs."""
+
+    groups: list[list[int]]  # micro-batches: rows of the step batch, the same count on every rank
+    num_tokens: float  # loss tokens of the global batch (all ranks)
+    num_seqs: float  # completions of the global batch
+    ref: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> reference logprobs [B, T]
+    old: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> pi_old logprobs [B, T] (when not the current forward)
 
 
 def resolve_dtype(name: str) -> str:
@@ -52,7 +65,7 @@ def resolve_dtype(name: str) -> str:
 
 class Trainer:
     def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path):
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         self.cfg, self.acc, self.algo, self.run_dir = cfg, accelerator, algorithm, run_dir
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -61,7 +74,10 @@ class Trainer:
         m = cfg.model
         self.model_path = resolve_model_path(m.name, m.cache_dir)
         self.tokenizer = load_tokenizer(self.model_path)
-        model = load_model(self.model_path, self.dtype, accelerator.device, m.gradient_checkpointing)
+        # fp32 master weights + bf16 autocast for full fine-tuning (see trainers/precision.py)
+        self.precision = training_precision(self.dtype, lora=cfg.lora.enabled,
+                                            deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
+        model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
         self.ref_model = None
@@ -195,18 +211,28 @@ class Trainer:
         rollout = self._collect(step, n_prompts, g, timers)
         metrics = rollout_metrics_over_ranks(self.acc, rollout.metrics)
 
+        # Per-step constants: micro-batches, reference logprobs, pi_old where it is needed.
+        t0 = time.perf_counter()
+        constants = self._constants(rollout)
+        timers["logprob"] += time.perf_counter() - t0
+        rewards = rollout.rewards
+        if cfg.loss.kl_in_reward:  # verl's use_kl_in_reward: the KL penalty shapes rewards before advantages
+            penalty = self._kl_reward_penalty(rollout, constants).view_as(rewards)
+            rewards = rewards - penalty
+            metrics["kl_in_reward/penalty"] = self.acc.reduce(penalty.mean().to(self.acc.device), "mean").item()
+
         # Advantages over the global batch: group statistics are per prompt, but `scale=batch`
         # needs every rank's rewards, so gather once and slice this rank's rows back.
-        all_rewards = self.acc.gather(rollout.rewards.to(self.acc.device)).cpu()
+        all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()
         all_valid = self.acc.gather(rollout.valid.to(self.acc.device)).cpu().bool()
         adv_global = self.algo.advantages(all_rewards, all_valid)
-        share = rollout.rewards.shape[0]
+        share = rewards.shape[0]
         adv = adv_global[self.rank * share : (self.rank + 1) * share].reshape(-1)
         metrics |= {"reward/mean": all_rewards.mean().item(), "reward/std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
                     "adv/abs_mean": adv_global.abs().mean().item()}
 
         t0 = time.perf_counter()
-        metrics |= self._optimize(rollout, adv, timers)
+        metrics |= self._optimize(rollout, adv, constants)
         timers["train"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -219,20 +245,21 @@ class Trainer:
         return metrics, rollout.samples
 
     # ------------------------------------------------------------------------------- rollouts
-    def _generate(self, step: int, rows: list[dict], g: int, round_: int):
-        r = self.cfg.rollout
+    def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
+        """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
+
+        Seeds are hashes (trainers/seeds.py): no two requests of a run share a random stream, whatever
+        the rank, refill round or step.
+        """
+        r, seed = self.cfg.rollout, self.cfg.train.seed
         prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
-        seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31 + round_) % (2**31)
         sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    top_k=r.top_k, stop=list(r.stop), seed=seed)
+                                    top_k=r.top_k, stop=list(r.stop), seed=derived_seed(seed, step, round_, self.rank))
         if not r.seed_per_prompt:
             return self.engine.generate(prompt_ids, g, sampling)
-        # rows are this rank's slice of the round's global draw (PromptStream.next_rows), so
-        # rank * len(rows) + i is prompt i's global position: seeds that ignore the rank split.
-        first = self.rank * len(rows)
-        base = (self.cfg.train.seed * 1_000_003 + step * 1009 + round_ * 7919) % (2**31)
-        return [self.engine.generate([ids], g, replace(sampling, seed=(base + (first + i) * 104_729) % (2**31)))[0]
-                for i, ids in enumerate(prompt_ids)]
+        # Each prompt seeded by its global position: the same completions on any number of processes.
+        return [self.engine.generate([ids], g, replace(sampling, seed=derived_seed(seed, step, round_, -1, pos)))[0]
+                for ids, pos in zip(prompt_ids, positions)]
 
     def _score(self, step: int, rows: list[dict], groups, g: int):
         flat = [c for group in groups for c in group]
@@ -245,41 +272,52 @@ class Trainer:
         return flat, scores
 
     def _collect(self, step: int, n_prompts: int, g: int, timers) -> SimpleNamespace:
-        """Generate and score this rank's share of prompts.
+        """Generate and score this rank's share of the step's `n_prompts` prompts.
 
         With dynamic sampling (DAPO), groups whose rewards are all equal carry no policy gradient:
-        they are dropped and more prompts are generated, for up to `dynamic_sampling_max_rounds`
-        rounds; if that is not enough, dropped groups fill the rest so the batch keeps its size.
+        they are dropped and more prompts are drawn, for up to `dynamic_sampling_max_rounds` rounds;
+        if that is not enough, dropped groups fill the rest so the batch keeps its size. Refills are
+        decided over the GLOBAL batch (every rank draws its share of the same global shortfall) and
+        the kept groups are then dealt out in global draw order, so every rank walks the same prompt
+        stream and the batch does not depend on the number of processes.
         """
         lc = self.cfg.loss
-        local = n_prompts // self.world
-        kept: list[tuple] = []  # (row, completions, rewards [G], valid [G], components {name: [G]}) per prompt
-        dropped: list[tuple] = []
-        zero_std = total = 0
+        rounds = lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1
+        # (round, global position, row, completions, rewards [G], valid [G], components {name: [G]}, informative)
+        entries: list[tuple] = []
+        need, generated_tokens = n_prompts, 0
         logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
-        for round_ in range(lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1):
+        for round_ in range(rounds):
             t0 = time.perf_counter()
-            rows = self.prompts.next_rows((local - len(kept)) * self.world)
-            groups = self._generate(step, rows, g, round_)
+            rows, positions = self.prompts.next_share(need)
+            groups = self._generate(step, rows, positions, g, round_) if rows else []
             timers["generate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            flat, scores = self._score(step, rows, groups, g)
-            lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
-            rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer, lc.overlong_penalty)
+            if rows:
+                flat, scores = self._score(step, rows, groups, g)
+                generated_tokens += sum(len(c.token_ids) for c in flat)
+                lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
+                rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer,
+                                                            lc.overlong_penalty)
+                informative = informative_groups(rewards, scores.valid)
+                for key, value in scores.logged.items():
+                    logged[key].append(value)
+                for i, row in enumerate(rows):
+                    components = {name: values[i] for name, values in scores.components.items()}
+                    entries.append((round_, positions[i], row, groups[i], rewards[i], scores.valid[i], components,
+                                    bool(informative[i])))
             timers["reward"] += time.perf_counter() - t0
-            for key, value in scores.logged.items():
-                logged[key].append(value)
-            informative = informative_groups(rewards, scores.valid)
-            zero_std += int((~informative).sum())
-            total += len(rows)
-            for i, row in enumerate(rows):
-                keep = informative[i] or not lc.dynamic_sampling
-                components = {name: values[i] for name, values in scores.components.items()}
-                (kept if keep else dropped).append((row, groups[i], rewards[i], scores.valid[i], components))
-            if len(kept) == local:
+            if not lc.dynamic_sampling:
                 break
-        kept += dropped[: local - len(kept)]
-        rows, groups, rewards, valid, components = zip(*kept)
+            kept = self._sum_over_ranks(sum(e[-1] for e in entries))
+            if kept >= n_prompts:
+                break
+            need = n_prompts - kept
+        drawn = self._sum_over_ranks(len(entries))
+        zero_std = drawn - self._sum_over_ranks(sum(e[-1] for e in entries))
+        if lc.dynamic_sampling:
+            entries = self._deal_kept_groups(entries, n_prompts)
+        _, _, rows, groups, rewards, valid, components, _ = zip(*entries)
         flat = [c for group in groups for c in group]
         lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
         # Reward statistics of the batch that is trained on (not of dropped groups).
@@ -288,17 +326,34 @@ class Trainer:
         metrics = self.algo.batch_metrics(kept_scores)
         metrics |= {key: sum(values) / len(values) for key, values in logged.items()}
         metrics |= {
-            "zero_std_frac": zero_std / max(total, 1),
+            "zero_std_frac": zero_std / max(drawn, 1),
             "completion_len/mean": lengths.mean().item(),
             "completion_len/max": lengths.max().item(),
             "truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat),
-            "tokens_per_s/generate": lengths.sum().item() / max(timers["generate"], 1e-9),
+            "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
         samples = [{"prompt": str(row["prompt"])[-200:], "completion": group[0].text, "reward": float(rew[0])}
                    for row, group, rew in zip(rows, groups, rewards)]
         return SimpleNamespace(flat=flat, rewards=kept_scores.rewards, valid=kept_scores.valid,
                                metrics=metrics, samples=samples)
+
+    def _sum_over_ranks(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        return int(self.acc.reduce(torch.tensor(value, device=self.acc.device), "sum").item())
+
+    def _deal_kept_groups(self, entries: list[tuple], n_prompts: int) -> list[tuple]:
+        """The step batch: the first `n_prompts` informative groups in global draw order (then dropped
+        ones, if rounds ran out), and this rank's contiguous share of it."""
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            entries = gather_object(entries)
+        ordered = sorted(entries, key=lambda e: (e[0], e[1]))
+        batch = ([e for e in ordered if e[-1]] + [e for e in ordered if not e[-1]])[:n_prompts]
+        local = n_prompts // self.world
+        return batch[self.rank * local : (self.rank + 1) * local]
 
     # ------------------------------------------------------------------------------- training
     def _sequences(self, rollout, idx: list[int]):
@@ -314,50 +369,83 @@ class Trainer:
         return out
 
     def _logp(self, model, seqs, with_entropy: bool = False):
-        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked."""
-        logits = completion_logits(model, seqs)
-        if with_entropy:
-            return algos.token_logprobs(logits, seqs.completion_ids, return_entropy=True)
-        return algos.token_logprobs(logits, seqs.completion_ids), None
+        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked.
 
-    def _optimize(self, rollout, adv: torch.Tensor, timers) -> dict[str, float]:
-        cfg, lc = self.cfg, self.cfg.loss
+        Of softmax(logits / T), the distribution the engine sampled from at temperature T: the ratio,
+        the importance weights and the KL are then all of the sampling policy.
+        """
+        with self.precision.context(self.acc.device):
+            logits = completion_logits(model, seqs)
+        t = self.cfg.rollout.temperature
+        if with_entropy:
+            return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
+        return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
+
+    def _loss_mask(self, rollout, seqs) -> torch.Tensor:
+        mask = seqs.completion_mask
+        if self.cfg.loss.mask_truncated:  # completions cut at max_tokens carry no loss
+            keep = torch.tensor([rollout.flat[i].finish_reason != "length" for i in seqs.index.tolist()])
+            mask = mask * keep.to(mask)[:, None]
+        return mask
+
+    def _constants(self, rollout) -> StepConstants:
+        """Micro-batches (equal counts on every rank) and the logprobs that stay fixed during the step.
+
+        Reference logprobs when beta > 0. pi_old from a no-grad pass when the batch is reused
+        (mu > 1) or the KL goes into the reward; with mu = 1 otherwise, pi_old is the current policy
+        and is taken from the gradient's own forward pass (saves a pass).
+        """
+        cfg = self.cfg
         flat = rollout.flat
-        mask_all = torch.tensor([0.0 if (lc.mask_truncated and c.finish_reason == "length") else 1.0 for c in flat])
-        local_tokens = torch.tensor(float(sum(len(c.token_ids) * m for c, m in zip(flat, mask_all.tolist()))), device=self.acc.device)
-        num_tokens = self.acc.reduce(local_tokens, reduction="sum").item()
-        num_seqs = float(len(flat) * self.world)
         groups = token_budget_groups([(len(c.prompt_ids), len(c.token_ids)) for c in flat], cfg.train.micro_batch_tokens)
         # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
         groups = split_to_count(groups, max_over_ranks(self.acc, len(groups)))
-
-        # Constants of the step: reference logprobs (KL) and, when the batch is reused (mu > 1),
-        # the trainer's own pre-update logprobs as pi_old. With mu = 1, pi_old is the current
-        # policy and is taken from the same forward pass as the gradient (saves a pass).
-        t0 = time.perf_counter()
-        old, ref = {}, {}
+        local_tokens = sum(len(c.token_ids) for c in flat if not (cfg.loss.mask_truncated and c.finish_reason == "length"))
+        num_tokens = self.acc.reduce(torch.tensor(float(local_tokens), device=self.acc.device), reduction="sum").item()
+        constants = StepConstants(groups=groups, num_tokens=num_tokens, num_seqs=float(len(flat) * self.world))
+        need_old = cfg.train.updates_per_batch > 1 or cfg.loss.kl_in_reward
         with torch.no_grad():
             for gi, idx in enumerate(groups):
                 seqs = self._sequences(rollout, idx)
                 if self.ref_model is not None:
-                    ref[gi] = self._logp(self.ref_model, seqs)[0]
-                if cfg.train.updates_per_batch > 1:
-                    old[gi] = self._logp(self.model, seqs)[0]
-        timers["logprob"] += time.perf_counter() - t0
+                    constants.ref[gi] = self._logp(self.ref_model, seqs)[0]
+                if need_old:
+                    constants.old[gi] = self._logp(self.model, seqs)[0]
+        return constants
 
-        sums: dict[str, float] = defaultdict(float)
+    def _kl_reward_penalty(self, rollout, constants: StepConstants) -> torch.Tensor:
+        """beta * sum_t KL_t(pi_old || pi_ref) per completion [N] (align.algos.kl_penalty_rewards)."""
+        lc = self.cfg.loss
+        penalty = torch.zeros(len(rollout.flat), dtype=torch.float32)
+        for gi, idx in enumerate(constants.groups):
+            seqs = self._sequences(rollout, idx)
+            zero = torch.zeros(len(idx), device=self.acc.device)
+            shaped = algos.kl_penalty_rewards(zero, constants.old[gi], constants.ref[gi], self._loss_mask(rollout, seqs),
+                                              lc.beta, kind=lc.kl_kind)
+            penalty[seqs.index.cpu()] = -shaped.float().cpu()
+        return penalty
+
+    def _optimize(self, rollout, adv: torch.Tensor, constants: StepConstants) -> dict[str, float]:
+        cfg, lc = self.cfg, self.cfg.loss
+        groups = constants.groups
+        # Loss metrics are averaged over every update (mu of them: with mu > 1 the ratio moves, and
+        # the clip fractions of update 0 alone would always read 0); entropy and the engine mismatch
+        # describe the rollout policy and come from update 0.
+        per_update: dict[str, float] = defaultdict(float)
+        rollout_policy: dict[str, float] = defaultdict(float)
+        grad_norms = []
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
             for gi, idx in enumerate(groups):
                 seqs = self._sequences(rollout, idx)
-                mask = seqs.completion_mask * mask_all[seqs.index.cpu()].to(seqs.completion_mask)[:, None]
+                mask = self._loss_mask(rollout, seqs)
                 logp, entropy = self._logp(self.model, seqs, with_entropy=update == 0)
-                old_logp = old.get(gi, logp.detach())
+                old_logp = constants.old.get(gi, logp.detach())
                 engine_logp = self._engine_logp(rollout, seqs)
                 adv_tok = adv[seqs.index.cpu()].to(logp)
                 is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap) if lc.tis_cap else None
-                loss, m = self.algo.loss(logp, old_logp, adv_tok, mask, ref_logp=ref.get(gi), is_weights=is_weights,
-                                         num_tokens=num_tokens, num_seqs=num_seqs)
+                loss, m = self.algo.loss(logp, old_logp, adv_tok, mask, ref_logp=constants.ref.get(gi), is_weights=is_weights,
+                                         num_tokens=constants.num_tokens, num_seqs=constants.num_seqs)
                 # DDP and ZeRO average gradients over ranks; our per-rank losses are additive
                 # shares of the global loss, so undo the average.
                 last = gi == len(groups) - 1
@@ -365,24 +453,28 @@ class Trainer:
                 with self.acc.no_sync(self.model) if not last and self.world > 1 else nullcontext():
                     self.acc.backward(loss * self.world)
                 n = mask.sum().item()
+                per_update["loss"] += loss.item()
+                per_update["tokens"] += n
+                for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
+                    per_update[k] += float(v) if k in _ADDITIVE_METRICS else float(v) * n
                 if update == 0:
-                    sums["loss"] += loss.item()
-                    sums["tokens"] += n
-                    for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
-                        sums[k] += float(v) if k in _ADDITIVE_METRICS else float(v) * n
-                    sums["entropy"] += (entropy * mask).sum().item()
-                    sums["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
+                    rollout_policy["tokens"] += n
+                    rollout_policy["entropy"] += (entropy * mask).sum().item()
+                    rollout_policy["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+            grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        # Metrics over every rank's tokens, not rank 0's alone (one reduce for all).
-        names = sorted(sums)
-        totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
-        sums = dict(zip(names, totals.tolist()))
-        tokens = max(sums.pop("tokens"), 1.0)
-        out = {k: v if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
-        out["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+        out = {}
+        for sums, repeats in ((per_update, cfg.train.updates_per_batch), (rollout_policy, 1)):
+            # Metrics over every rank's tokens, not rank 0's alone (one reduce for each).
+            names = sorted(sums)
+            totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
+            sums = dict(zip(names, totals.tolist()))
+            tokens = max(sums.pop("tokens"), 1.0)
+            out |= {k: v / repeats if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         return out
 
     # ------------------------------------------------------------------------------ evaluation

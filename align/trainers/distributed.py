@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from align.config import ConfigError
-from align.models.lora import checkpoint_name
+from align.models.lora import sync_units, unit_tensors
 
 # DeepSpeed keys the loop depends on; "auto" (or absent) means "align fills it from the recipe".
 _AUTO = "auto"
@@ -131,55 +131,6 @@ def rollout_metrics_over_ranks(accelerator, metrics: dict[str, float]) -> dict[s
 
 
 # ----------------------------------------------------------------------------------- weight sync
-def _lora_layer_types() -> tuple[type, ...]:
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
-        return ()
-    return (LoraLayer,)
-
-
-def _sync_units(model) -> Iterator[tuple[str, torch.nn.Module, bool]]:
-    """(name, module, recurse) units in state_dict order: a LoRA layer with its adapter as one unit
-    (its merged weight needs both), otherwise each module with its own direct parameters."""
-    lora_types = _lora_layer_types()
-    inside_lora: tuple[str, ...] = ()
-    for name, module in model.named_modules():
-        if inside_lora and name.startswith(inside_lora):
-            continue
-        if lora_types and isinstance(module, lora_types):
-            inside_lora = (name + ".",)
-            yield name, module, True
-        elif any(True for _ in module.parameters(recurse=False)) or module._buffers:
-            yield name, module, False
-
-
-def _persistent_buffers(prefix: str, module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    for key, buf in module._buffers.items():
-        if buf is not None and key not in module._non_persistent_buffers_set:
-            yield f"{prefix}{key}", buf
-
-
-def _unit_tensors(name: str, module: torch.nn.Module, is_lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """The unit's checkpoint-named tensors; a LoRA layer yields base weight + delta (not in place)."""
-    prefix = f"{name}." if name else ""
-    if is_lora:
-        base = module.get_base_layer()
-        weight = base.weight.detach().clone()
-        for adapter in module.active_adapters:
-            if adapter in module.lora_A:
-                weight += module.get_delta_weight(adapter).to(weight.dtype)
-        yield checkpoint_name(f"{prefix}base_layer.weight"), weight
-        if getattr(base, "bias", None) is not None:
-            yield checkpoint_name(f"{prefix}base_layer.bias"), base.bias.detach().clone()
-        return
-    for key, param in module._parameters.items():
-        if param is not None:
-            yield checkpoint_name(prefix + key), param.detach().clone()
-    for key, buf in _persistent_buffers(prefix, module):
-        yield checkpoint_name(key), buf.detach().clone()
-
-
 @torch.no_grad()
 def gathered_named_tensors(model, offload_to: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
     """Full (name, tensor) pairs of a ZeRO-3-sharded model, gathering one module at a time.
@@ -191,10 +142,11 @@ def gathered_named_tensors(model, offload_to: str | torch.device = "cpu") -> Ite
     """
     import deepspeed
 
-    for name, module, recurse in _sync_units(model):
-        params = list(module.parameters(recurse=recurse))
+    for name, module, is_lora in sync_units(model):
+        params = list(module.parameters(recurse=is_lora))
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            for tensor_name, tensor in _unit_tensors(name, module, recurse):
+            # copies: the gathered parameters are released when the block ends
+            for tensor_name, tensor in unit_tensors(name, module, is_lora, copy=True):
                 yield tensor_name, tensor.to(offload_to)
 
 

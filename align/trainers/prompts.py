@@ -34,9 +34,18 @@ class PromptStream:
 
     def next_rows(self, global_count: int) -> list[dict]:
         """This rank's share of the next `global_count` prompts (global_count % world_size == 0)."""
-        share = global_count // self.world_size
-        indices = self._take_global(global_count)[self.rank * share : (self.rank + 1) * share]
-        return [self.dataset[i] for i in indices]
+        if global_count % self.world_size:
+            raise ValueError(f"next_rows({global_count}): not divisible by {self.world_size} ranks; use next_share")
+        return self.next_share(global_count)[0]
+
+    def next_share(self, global_count: int) -> tuple[list[dict], list[int]]:
+        """This rank's contiguous share of the next `global_count` prompts, and each row's position
+        in that global draw. Shares differ by at most one row when the count does not divide."""
+        base, extra = divmod(global_count, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        end = start + base + (self.rank < extra)
+        indices = self._take_global(global_count)[start:end]
+        return [self.dataset[i] for i in indices], list(range(start, end))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

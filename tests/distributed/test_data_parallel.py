@@ -26,11 +26,16 @@ DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 STEPS = 3
 # The e2e test's quick GRPO settings, plus: a KL term (reference model), micro-batches small enough
 # that ranks end up with several (and possibly different numbers of) them, and a checkpoint at 2.
-SETTINGS = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{DIGITS}:digit_fraction]", "reward.weights=[1.0,1.0]",
+# A linear LR schedule (the LR must follow the same curve on any number of ranks) and dynamic
+# sampling over a reward with zero spread on about half the prompts (refill rounds are decided over
+# the global batch: both layouts must consume the same prompts).
+SETTINGS = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{DIGITS}:digit_fraction_odd_answers]", "reward.weights=[1.0,1.0]",
+            "train.lr_schedule=linear", "loss.dynamic_sampling=true",
             "train.batch_size=16", "rollout.num_generations=4", "rollout.max_tokens=16", "data.options.size=64",
             "rollout.engine=hf", "rollout.seed_per_prompt=true", "loss.beta=0.1", "train.micro_batch_tokens=200",
             "log.tensorboard=false", "log.console=false", f"train.steps={STEPS}", "log.save_every=2"]
-COMPARED = ["loss", "pg_loss", "kl", "grad_norm", "entropy", "reward/mean", "adv/abs_mean", "completion_len/mean", "logp_mismatch"]
+COMPARED = ["loss", "pg_loss", "kl", "grad_norm", "entropy", "reward/mean", "adv/abs_mean", "completion_len/mean", "logp_mismatch",
+            "lr", "zero_std_frac"]
 
 
 def _free_port() -> str:
@@ -88,6 +93,10 @@ def assert_same_training(run: Path, reference: Path, initial_path: str) -> None:
             assert got[step][name] == pytest.approx(want[step][name], rel=1e-4, abs=1e-6), (step, name)
         assert got[step]["sync/weight_version"] == step and got[step]["sync/probe_diff"] < 1e-3
     assert any(want[s]["kl"] > 0 for s in want) and all(want[s]["grad_norm"] > 0 for s in want)  # not vacuous
+    assert any(want[s]["zero_std_frac"] > 0 for s in want) and want[STEPS]["lr"] < want[1]["lr"]
+    # the same prompts consumed: the stream position saved at step 2 (refills included) agrees
+    state = "checkpoints/step-000002/trainer_state.json"
+    assert json.loads((run / state).read_text())["prompts"] == json.loads((reference / state).read_text())["prompts"]
     from align.models import load_model
 
     initial = load_model(initial_path).state_dict()
