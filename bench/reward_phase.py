@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ VARIANTS = {"batched": 8192, "per_sample": 1}
 
 
 def run_once(args, rm_path: str, variant: str, run_dir: Path) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)  # metrics.jsonl is appended to: start clean
     spec = f"rm:{rm_path}"
     options = {spec: {"batch_tokens": VARIANTS[variant]}}
     cmd = [sys.executable, "align/train.py", "recipe=grpo_math", f"model.name={args.policy}",

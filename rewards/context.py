@@ -12,6 +12,8 @@ uses the policy's own rollout engine. So:
 - the trainer calls `bind_model_rewards(reward_functions_of(algorithm), RewardContext(...))` once,
   after it has built its accelerator and rollout engine; calling an unbound model reward is a
   one-line error;
+- every rank calls it equally often (a rank with nothing to score in a round calls `idle()`), so
+  it may run collectives;
 - the runner (`align.rewards.compute_rewards`) calls it IN the training process and thread
   (`in_process = True`): never in a worker process or a time-limited helper thread, because its
   model lives on this process's device and an abandoned call could leave a collective half done.
@@ -44,7 +46,6 @@ class RewardContext:
     policy_engine / policy_tokenizer: the policy's rollout engine and tokenizer (`judge:self`).
     make_engine: builds another rollout engine of the policy engine's kind (vLLM where the policy's
         is vLLM, transformers otherwise) for a model path; keyword arguments override engine options.
-    ranks_in_lockstep: whether every rank calls the rewards equally often (see the field).
     cache_dir: the trainer's model.cache_dir, so `rm:`/`judge:` accept built-in names like the policy.
     """
 
@@ -54,9 +55,6 @@ class RewardContext:
     policy_engine: Any = None
     policy_tokenizer: Any = None
     make_engine: Callable[..., Any] | None = None
-    # Every rank calls the rewards the same number of times (False with several processes under dynamic
-    # sampling, where each rank refills on its own): collectives inside a reward need it.
-    ranks_in_lockstep: bool = True
     cache_dir: str = "~/.cache/align"  # where built-in model names (tiny, tiny@1, ...) are built
 
     @property
@@ -133,6 +131,13 @@ class ModelReward:
             )
         log_metric = kwargs.pop("log_metric", None) or (lambda name, value: None)
         return self._score(list(prompts), list(completions), kwargs, lambda key, value: log_metric(f"{self.__name__}/{key}", value))
+
+    def idle(self) -> None:
+        """Take part in this call's collectives with nothing to score. The trainer calls it on a rank
+        that has no prompts in a round (a dynamic-sampling refill smaller than the number of ranks)
+        while the other ranks score, so every rank runs the same collectives."""
+        if self.context is not None:
+            self._score([], [], {}, lambda key, value: None)
 
     def _score(self, prompts: list, completions: list, columns: dict[str, Any],
                log_metric: Callable[[str, float], None]) -> list[float | None]:

@@ -137,12 +137,6 @@ class RewardModel(ModelReward):
         self.label = self.options["label"] or 0
         if not 0 <= self.label < labels:
             raise ModelRewardError(f"{self.__name__}: label={self.label} is out of range for {labels} labels")
-        if context.world_size > 1 and not context.ranks_in_lockstep and (self.sharded or self.options["normalize"]):
-            raise ModelRewardError(
-                f"{self.__name__}: {'placement=shard' if self.sharded else 'normalize=true'} needs every rank to score "
-                "equally often, which dynamic sampling on several processes does not give; use placement=replicate and "
-                "normalize=false, or loss.dynamic_sampling=false"
-            )
         self.model = prepare_reference_model(acc, model) if self.sharded else model.to(context.device)
         partitioned = any(hasattr(p, "ds_id") for p in self.model.parameters())  # DeepSpeed ZeRO-3 parameters
         if partitioned != self.sharded:  # loud: a silently replicated (or sharded) model breaks the memory plan

@@ -103,8 +103,7 @@ class Trainer:
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
         self.model_rewards = bind_model_rewards(reward_functions_of(self.algo), RewardContext(
             device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
-            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine,
-            ranks_in_lockstep=self.world == 1 or not cfg.loss.dynamic_sampling, cache_dir=m.cache_dir))
+            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine, cache_dir=m.cache_dir))
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
                                 tensorboard=cfg.log.tensorboard, console=cfg.log.console)
         self.start_step = 0
@@ -306,6 +305,9 @@ class Trainer:
                     components = {name: values[i] for name, values in scores.components.items()}
                     entries.append((round_, positions[i], row, groups[i], rewards[i], scores.valid[i], components,
                                     bool(informative[i])))
+            else:  # other ranks score this round: model rewards may run collectives (rewards/context.py)
+                for reward in self.model_rewards:
+                    reward.idle()
             timers["reward"] += time.perf_counter() - t0
             if not lc.dynamic_sampling:
                 break

@@ -173,16 +173,18 @@ def test_a_multi_label_model_needs_label(tmp_path):
     assert not math.isnan(scores[0])
 
 
-def test_collectives_are_refused_when_ranks_do_not_score_in_lockstep(rm_path):
+def test_an_idle_rank_runs_the_same_collectives_and_changes_nothing(rm_path, monkeypatch):
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
+    calls = []
     two_ranks = SimpleNamespace(num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType.MULTI_CPU)
     reward = get_reward_function(f"rm:{rm_path}").configure(normalize=True)
-    with pytest.raises(ModelRewardError, match="normalize=true needs every rank to score equally often"):
-        reward.bind(RewardContext(accelerator=two_ranks, ranks_in_lockstep=False))
-    get_reward_function(f"rm:{rm_path}").bind(RewardContext(accelerator=two_ranks, ranks_in_lockstep=False))  # no collective
+    reward.bind(RewardContext(accelerator=two_ranks))
+    monkeypatch.setattr(RewardContext, "sum_over_ranks", lambda self, values: calls.append(list(values)) or list(values))
+    reward.idle()  # no prompts on this rank this round: it still joins the moments' reduction, with zeros
+    assert calls == [[0, 0, 0]] and reward.moments.count == 0
     with pytest.raises(ModelRewardError, match="placement=shard needs DeepSpeed ZeRO-3"):
         get_reward_function(f"rm:{rm_path}").configure(placement="shard").bind(RewardContext(accelerator=two_ranks))
 
