@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m align {train,eval,explain} [recipe=NAME] [key=value ...]"
-
-
 def main(argv: list[str] | None = None) -> None:
     from align.errors import exit_on_user_error
 
+    from align.usage import USAGE, full_help, help_section, wants_help
+
     argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(full_help(help_section(argv)))
+        return
     if not argv or argv[0] not in ("train", "eval", "explain"):
-        print(USAGE, file=sys.stderr)
+        print(USAGE + "\n\n`python -m align --help` lists the recipes and every key.", file=sys.stderr)
         sys.exit(2)
     command, rest = argv[0], argv[1:]
     with exit_on_user_error():

@@ -25,27 +25,27 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "tiny"  # built-in name (tiny, tiny-geometry, ...), local folder, or hub id
     dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     cache_dir: str = "~/.cache/align"  # where built-in models are built and cached
 
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    enabled: bool = False  # train LoRA adapters (peft) instead of all weights
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scale alpha / r
+    dropout: float = 0.0  # dropout on the adapter input
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
 
 
 @dataclass
 class DataConfig:
     source: str = "geometry"  # built-in task, local file/folder, or hub dataset name
-    split: str = "train"
-    eval_split: str = "test"
-    prompt_column: str = "prompt"
-    answer_column: str = "answer"
-    system_prompt: str | None = None
+    split: str = "train"  # the training split
+    eval_split: str = "test"  # the evaluation split (missing: a held-out slice of train, with a warning)
+    prompt_column: str = "prompt"  # column (or dotted.path) holding the prompt; copied to "prompt"
+    answer_column: str = "answer"  # column (or dotted.path, e.g. reward_model.ground_truth) copied to "answer"
+    system_prompt: str | None = None  # prepended as a system message (plain prompts become chat)
     # Options of a built-in task (e.g. {size: 2000, seed: 1}); each task documents its own.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -54,15 +54,15 @@ class DataConfig:
 class RolloutConfig:
     engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine)
     num_generations: int = 8  # G: completions per prompt
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=list)
+    max_tokens: int = 64  # completion length limit (TRL max_completion_length)
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling (1.0 = off)
+    top_k: int = 0  # top-k sampling (0 = off)
+    stop: list[str] = field(default_factory=list)  # strings that end a completion
     kv_cache_mb: int = 256  # vLLM KV cache on CPU (vLLM would otherwise reserve most of RAM)
     gpu_memory_utilization: float = 0.3  # vLLM's share of GPU memory when colocated
     sleep_mode: bool = False  # GPU only: free vLLM memory during the training phase
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # GPUs one vLLM engine is split over
     # Seed each prompt's samples from its position in the global batch instead of the rank: the same
     # completions on any number of processes (for exact data-parallel checks). Generates prompt by
     # prompt, so it costs batching; off for training runs.
@@ -74,10 +74,10 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     functions: list[str] = field(default_factory=lambda: ["math_accuracy"])  # names or path.py:function
-    weights: list[float] | None = None
+    weights: list[float] | None = None  # one per function (null = all 1.0); the reward is the weighted sum
     # keyword arguments bound to a function, keyed by its spec, e.g. {length_reward: {l_max: 64}}
     options: dict[str, Any] = field(default_factory=dict)
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # limit per reward-function call
 
 
 @dataclass
@@ -85,11 +85,11 @@ class LossConfig:
     # Advantages (ALGORITHMS.md section 1)
     baseline: str = "mean"  # mean | loo | none
     scale: str = "std"  # std | batch | none (none = Dr.GRPO)
-    ddof: int = 1
-    adv_eps: float = 1e-6
+    ddof: int = 1  # std of the group with ddof (1 = unbiased, as TRL)
+    adv_eps: float = 1e-6  # added to the std before dividing
     small_group: str = "zero"  # zero | raw (verl's A = r for G = 1)
     # Surrogate
-    eps_low: float = 0.2
+    eps_low: float = 0.2  # clip the ratio below at 1 - eps_low
     eps_high: float = 0.2  # DAPO clip-higher: 0.28
     dual_clip: float | None = None  # e.g. 3.0
     delta: float | None = None  # cap on the unclipped ratio (two-sided clip)
@@ -98,66 +98,74 @@ class LossConfig:
     # KL to a frozen reference model (skipped entirely when beta = 0)
     beta: float = 0.0
     kl_kind: str = "k3"  # k1 | k2 | k3 | k3+
-    kl_clamp: float | None = 10.0
+    kl_clamp: float | None = 10.0  # clamp the per-token KL estimate to [-c, c] (null = off)
     kl_in_reward: bool = False  # -beta * k1 per token folded into the reward instead of the loss
     # Engine-vs-trainer logprob mismatch: truncated importance sampling weight cap (None = off)
     tis_cap: float | None = 2.0
     # DAPO-style options
     mask_truncated: bool = False  # completions cut at max_tokens carry no loss
     overlong_buffer: int = 0  # soft overlong penalty over the last N tokens before max_tokens
-    overlong_penalty: float = 1.0
+    overlong_penalty: float = 1.0  # the penalty at max_tokens (linear over the buffer)
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
-    dynamic_sampling_max_rounds: int = 3
+    dynamic_sampling_max_rounds: int = 3  # generation rounds before uninformative groups fill the batch
 
 
 @dataclass
 class GCPOConfig:
     eps: float = 0.05  # eta: the accuracy difference that flips the contrastive mask
-    w_aux: float = 0.5
-    w_fmt: float = 0.5
-    w_len: float = 0.5
-    l_max: int = 900
-    use_length: bool = True
-    gate_aux_on_correct: bool = False
-    gate_len_on_correct: bool = False
-    accuracy_reward: str = "geometry_accuracy"
-    format_reward: str = "think_answer_format"
-    aux_reward: str = "aux_construction"
+    w_aux: float = 0.5  # weight of the masked aux-construction term
+    w_fmt: float = 0.5  # weight of the format reward
+    w_len: float = 0.5  # weight of the length term min(L, l_max) / l_max
+    l_max: int = 900  # length at which the length term saturates
+    use_length: bool = True  # include the length term
+    gate_aux_on_correct: bool = False  # aux term only for correct completions
+    gate_len_on_correct: bool = False  # length term only for correct completions
+    accuracy_reward: str = "geometry_accuracy"  # reward function giving accuracy (also what eval reports)
+    format_reward: str = "think_answer_format"  # reward function giving the format score
+    aux_reward: str = "aux_construction"  # reward function: > 0 when the completion constructs
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
+    steps: int = 100  # optimizer steps (TRL max_steps)
     max_minutes: float | None = None  # stop (and save) after this much wall-clock training time
     batch_size: int = 64  # completions per optimizer step, all ranks together (= prompts x G)
     updates_per_batch: int = 1  # mu: optimizer passes over one rollout batch
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    lr: float = 1e-6  # AdamW learning rate (TRL learning_rate)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer updates
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clip the gradient norm
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
-    seed: int = 0
+    seed: int = 0  # model init, data order and sampling seeds
 
 
 @dataclass
 class LogConfig:
     run_dir: str | None = None  # default: runs/<recipe>/<timestamp>
-    every: int = 1
-    sample_every: int = 10
-    num_samples: int = 4
-    tensorboard: bool = True
+    every: int = 1  # log metrics every N steps
+    sample_every: int = 10  # write samples (prompts, all G completions) every N steps (0 = never)
+    num_samples: int = 4  # prompts per sample log
+    tensorboard: bool = True  # write TensorBoard events to run_dir/tb
     save_every: int = 50  # 0 = only at the end
-    keep_last: int = 2
+    keep_last: int = 2  # checkpoints kept (older ones are deleted)
     eval_every: int = 0  # 0 = no periodic evaluation
-    console: bool = True
+    console: bool = True  # progress bar, sample tables (false: plain lines only)
+
+
+@dataclass
+class EvalConfig:
+    accuracy: str | None = None  # reward function scored as accuracy (null: the algorithm's accuracy reward)
+    k: int = 1  # samples per prompt: mean@k and pass@k (`align eval`: 4 unless given)
+    holdout: int = 64  # train rows held out for evaluation when data.eval_split is missing
 
 
 @dataclass
 class Config:
-    recipe: str = ""
+    recipe: str = ""  # recipes/NAME.yaml or a path; its values sit under the command line's
     algo: str = "grpo"  # grpo | gcpo
     resume: str | None = None  # latest | path to a checkpoint folder
+    resume_force: bool = False  # resume even though the saved config differs (the differences are printed)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,6 +175,7 @@ class Config:
     gcpo: GCPOConfig = field(default_factory=GCPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES = {
@@ -196,12 +205,10 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _closest(key: str) -> str:
-    match = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    if not match:  # a misspelled leaf under the right section: compare leaf names only
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in all_keys()}
-        match = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
-    return f"; did you mean '{match[0]}'?" if match else ""
+    from align.aliases import TABLE, suggest_key  # near-identical spellings only: never a different concept
+
+    match = suggest_key(key, all_keys() + list(TABLE))
+    return f"; did you mean '{match}'?" if match else "; `python -m align --help` lists every key"
 
 
 def find_recipe(name: str) -> Path:
@@ -241,13 +248,15 @@ def load_config(argv: list[str]) -> Config:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from align.aliases import translate_overrides, translate_tree  # TRL/verl names, before any suggestion
+
     recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
-    overrides = _to_override_pairs([a for a in argv if not a.startswith("recipe=")])
+    overrides = _to_override_pairs(translate_overrides([a for a in argv if not a.startswith("recipe=")], is_known_key))
     schema = OmegaConf.structured(Config)
     layers = []
     if recipe:
         path = find_recipe(recipe)
-        recipe_cfg = OmegaConf.load(path)
+        recipe_cfg = OmegaConf.create(translate_tree(OmegaConf.to_container(OmegaConf.load(path)), is_known_key, FREE_FORM))
         flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if not is_known_key(k)]
         if flat:
             raise ConfigError(f"unknown config key '{flat[0]}' in {path}{_closest(flat[0])}")

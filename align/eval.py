@@ -1,7 +1,9 @@
 """Held-out evaluation: accuracy as mean@k and pass@k, overall and per group (e.g. problem family).
 
 `align eval model=PATH data.source=... eval.k=4` scores any exported model folder; the trainer
-calls `evaluate_engine` with its own engine for periodic evaluation.
+calls `evaluate_engine` with its own engine for periodic evaluation. Which reward is the accuracy:
+`eval_rewards` (eval.accuracy, else the algorithm's accuracy reward). A source without an eval split
+is evaluated on the slice of train that training held out (align/data/holdout.py).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections import defaultdict
 
 import torch
 
-from align.rewards import RewardFunction, compute_rewards
+from align.rewards import RewardFunction, compute_rewards, load_reward_functions
 from align.rollout import SamplingSettings
 from align.trainers.prompts import encode_prompt
 
@@ -64,6 +66,38 @@ def evaluate_engine(engine, tokenizer, dataset, accuracy: RewardFunction, rollou
     return metrics
 
 
+def eval_rewards(algorithm, cfg) -> tuple[RewardFunction, list[RewardFunction]]:
+    """(the reward scored as accuracy, the others reported as rates) for evaluation.
+
+    The accuracy is eval.accuracy when set (a reward the algorithm trains with, or any other spec);
+    else the algorithm's own accuracy reward (its section's `accuracy_reward`, e.g. gcpo); else the
+    one reward function whose name says accuracy/correct, or the only one. Never "the first listed":
+    a format reward listed first would be reported as accuracy.
+    """
+    functions = list(algorithm.reward_functions)
+
+    def named(spec: str) -> RewardFunction | None:
+        return next((f for f in functions if f.name == spec or spec.endswith(":" + f.name)), None)
+
+    wanted = cfg.eval.accuracy or getattr(getattr(cfg, cfg.algo, None), "accuracy_reward", None)
+    if wanted:
+        accuracy = named(wanted)
+        if accuracy is None:  # not trained on: load it for evaluation only
+            accuracy = load_reward_functions([wanted], None, {k: v for k, v in cfg.reward.options.items() if k == wanted})[0]
+    else:
+        said = [f for f in functions if any(w in f.name.lower() for w in ("accura", "correct"))]
+        candidates = said if said else functions
+        if len(candidates) != 1:
+            from align.config import ConfigError
+
+            raise ConfigError(
+                f"evaluation cannot tell which reward measures accuracy among {[f.name for f in functions]}; "
+                "set eval.accuracy=<one of them, or another reward spec>"
+            )
+        accuracy = candidates[0]
+    return accuracy, [f for f in functions if f.name != accuracy.name]
+
+
 def _summary(prefix: str, acc: torch.Tensor, k: int) -> dict[str, float]:
     correct = (acc > 0.5).sum(-1).tolist()
     return {
@@ -77,23 +111,20 @@ def main(argv: list[str]) -> dict[str, float]:
     import json
 
     from align.config import load_config
-    from align.data import load_prompt_dataset
+    from align.data.holdout import evaluation_rows
     from align.models import load_tokenizer, resolve_model_path
     from align.rollout import make_engine
     from align.trainers import algorithm_class
     from align.trainers.base import resolve_dtype
 
-    k = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("eval.k=")), 4)
     model = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), None)
-    argv = [a for a in argv if not a.startswith(("eval.k=", "model="))] + ([f"model.name={model}"] if model else [])
+    argv = [a for a in argv if not a.startswith("model=")] + ([f"model.name={model}"] if model else [])
     cfg = load_config(argv)
-    d = cfg.data
-    dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column, answer_column=d.answer_column,
-                                  system_prompt=d.system_prompt, **d.options)
+    k = cfg.eval.k if any(a.startswith("eval.k=") for a in argv) else 4
+    dataset = evaluation_rows(cfg)
     path = resolve_model_path(cfg.model.name, cfg.model.cache_dir)
     engine = make_engine(cfg.rollout.engine, path, dtype=resolve_dtype(cfg.model.dtype), seed=cfg.train.seed)
-    # As in training: the algorithm's first reward function is the accuracy, the others are rates.
-    accuracy, *extra = algorithm_class(cfg.algo)(cfg).reward_functions
+    accuracy, extra = eval_rewards(algorithm_class(cfg.algo)(cfg), cfg)
     metrics = evaluate_engine(engine, load_tokenizer(path), dataset, accuracy, cfg.rollout, k=k, seed=cfg.train.seed, extra=extra)
     print(json.dumps(metrics, indent=2))
     return metrics

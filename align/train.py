@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch align/tra
 
 from align.config import Config, config_to_yaml, load_config, validate  # noqa: E402
 from align.errors import exit_on_user_error  # noqa: E402
+from align.resume import check_resume, config_path  # noqa: E402
 
 
 def make_accelerator(cfg: Config | None = None):
@@ -81,18 +82,32 @@ def build_algorithm(cfg: Config):
 def main(argv: list[str] | None = None) -> None:
     from align.trainers.base import Trainer
 
+    from align.usage import USAGE, full_help, help_section, wants_help
+
     argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(full_help(help_section(argv)))
+        return
+    if not argv:  # a run needs at least a recipe: never start 100 steps on an untrained model by accident
+        print(USAGE + "\n\n`python align/train.py --help` lists the recipes and every key.", file=sys.stderr)
+        sys.exit(2)
     cfg = load_config(argv)
     accelerator = make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)
     run_dir = resolve_run_dir(cfg, accelerator)
+    cfg.log.run_dir = str(run_dir)  # the config printed and saved names the folder actually used
+    say = print if accelerator.is_main_process else (lambda *a, **k: None)
+    check_resume(cfg, run_dir, say)  # refuses a resume whose config changed, and a fresh run into an old folder
+    accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes into it
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        config_path(run_dir).write_text(config_to_yaml(cfg))
+    say(f"run folder: {run_dir}", flush=True)
     trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
     trainer.train()
     trainer.export(run_dir / "final")
     accelerator.wait_for_everyone()
+    say(f"run folder: {run_dir} (metrics.jsonl, samples.jsonl, checkpoints/, final/)", flush=True)
     accelerator.end_training()
 
 

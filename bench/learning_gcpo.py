@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,8 @@ def train(recipe: str, seed: int, minutes: float | None, steps: int | None, eval
            *budget, f"log.eval_every={eval_every}",
            f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # A rerun replaces the previous run of the same name (train.py refuses to start into an old run's folder).
+    shutil.rmtree(run_dir, ignore_errors=True)
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 

@@ -11,7 +11,9 @@ Three spec forms are accepted by `get_reward_function`:
 
 - a registered name, e.g. "math_accuracy" (see `registered_names()`),
 - a file and a function, e.g. "path/to/my_rewards.py:my_reward",
-- a module and a function, e.g. "my_package.rewards:my_reward".
+- a module and a function, e.g. "my_package.rewards:my_reward",
+- any of these after "verl:" for a verl `compute_score(data_source, solution_str, ground_truth, extra_info)`
+  (see rewards/verl.py), e.g. "verl:path/to/gsm8k.py:compute_score".
 
 Model-based rewards have a prefix instead (`MODEL_REWARDS`): "rm:PATH_OR_HUB_ID" (a reward model,
 rewards/models.py) and "judge:PATH_OR_HUB_ID" or "judge:self" (an LLM judge, rewards/judge.py). They
@@ -87,6 +89,10 @@ def get_reward_function(spec: str) -> Callable:
     if not isinstance(spec, str) or not spec.strip():
         raise RewardSpecError(f"reward spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    if spec.startswith("verl:"):  # verl's compute_score(data_source, solution_str, ground_truth, extra_info)
+        from rewards.verl import verl_reward
+
+        return verl_reward(get_reward_function(spec.removeprefix("verl:")))
     prefix, _, target = spec.partition(":")
     if prefix in MODEL_REWARDS:  # before file/module specs: "rm:org/model" is not a module
         module, _, cls = MODEL_REWARDS[prefix].partition(":")

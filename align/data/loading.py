@@ -42,6 +42,10 @@ class DatasetSourceError(ValueError):
     """A dataset source that cannot be loaded, or loads without the columns training needs. One-line message."""
 
 
+class MissingSplitError(DatasetSourceError):
+    """The source loads, but has no such split (e.g. a single file has only 'train')."""
+
+
 def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
     """Decorator that adds a task builder to `BUILTIN_TASKS` under `name`."""
     if not name or ":" in name or "/" in name:
@@ -77,7 +81,8 @@ def load_prompt_dataset(
 ) -> datasets.Dataset:
     """Load `split` of `source` (module docstring) as a Dataset with `prompt` (and `answer` when present).
 
-    prompt_column / answer_column: the source's names for them, renamed to "prompt" / "answer".
+    prompt_column / answer_column: the source's names for them (dotted paths reach into nested records, e.g.
+        "reward_model.ground_truth"), copied to "prompt" / "answer"; the source column stays.
     system_prompt: when given, plain prompts become chat messages [system, user] (see `to_chat_prompt`).
     builtin_kwargs: options for a built-in task (e.g. size=..., seed=...); an error for other sources.
     """
@@ -147,7 +152,7 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
                 f"dataset file {str(path)!r} has an unknown extension; use one of {', '.join(sorted(_FILE_BUILDERS))}"
             )
         if split.split("[")[0] != "train":
-            raise DatasetSourceError(
+            raise MissingSplitError(
                 f"dataset file {str(path)!r} is a single split ('train'), but split={split!r} was asked; "
                 "pass that split's own file as the source"
             )
@@ -161,13 +166,13 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
         return datasets.load_dataset(str(path), split=split, cache_dir=cache_dir)
     except ValueError as error:
         if "Unknown split" in str(error):
-            raise DatasetSourceError(f"dataset folder {str(path)!r}: {' '.join(str(error).split())}") from error
+            raise MissingSplitError(f"dataset folder {str(path)!r}: {' '.join(str(error).split())}") from error
         raise
 
 
 def _pick_split(saved: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
     if split not in saved:
-        raise DatasetSourceError(f"dataset {where!r} has no split {split!r}; its splits: {', '.join(saved)}")
+        raise MissingSplitError(f"dataset {where!r} has no split {split!r}; its splits: {', '.join(saved)}")
     return saved[split]
 
 
@@ -185,26 +190,66 @@ def _load_hub(source: str, split: str, cache_dir: str | None) -> datasets.Datase
 
 
 def _standard_columns(dataset: datasets.Dataset, source: str, prompt_column: str, answer_column: str) -> datasets.Dataset:
-    columns = dataset.column_names
-    if prompt_column not in columns:
-        raise DatasetSourceError(
-            f"dataset {source!r} has no prompt column {prompt_column!r}; its columns: {', '.join(columns)}; "
-            "set data.prompt_column=<one of them>"
-        )
+    """Add `prompt` / `answer` as aliases of the given columns (dotted paths reach into nested records).
+
+    The source column stays, so a reward function that reads it by its own name (TRL's
+    `accuracy_reward(..., solution)`) still gets it beside ours (`answer`).
+    """
     for wanted, given in (("prompt", prompt_column), ("answer", answer_column)):
         if given == wanted:
+            if wanted == "prompt" and wanted not in dataset.column_names:
+                raise DatasetSourceError(
+                    f"dataset {source!r} has no prompt column {given!r}; its columns: {', '.join(_paths(dataset.features))}; "
+                    "set data.prompt_column=<one of them>"
+                )
             continue
-        if given not in columns:
+        if given not in _paths(dataset.features):
             raise DatasetSourceError(
-                f"dataset {source!r} has no {wanted} column {given!r}; its columns: {', '.join(columns)}; set data.{wanted}_column=<one of them>"
+                f"dataset {source!r} has no {wanted} column {given!r}; its columns: {', '.join(_paths(dataset.features))}; "
+                f"set data.{wanted}_column=<one of them> (dotted for a nested field, e.g. reward_model.ground_truth)"
             )
-        if wanted in columns:
+        if wanted in dataset.column_names:
             raise DatasetSourceError(
                 f"dataset {source!r} has both {given!r} and {wanted!r} columns; rename or drop {wanted!r} before using {given!r} as the {wanted}"
             )
-        dataset = dataset.rename_column(given, wanted)
+        dataset = dataset.map(lambda row, path=given, name=wanted: {name: _at_path(row, path)})
     _check_prompt_type(dataset, source)
+    _check_answer_type(dataset, source, answer_column)
     return dataset
+
+
+def _paths(features: dict, prefix: str = "") -> list[str]:
+    """Every column name and dotted path into nested records, e.g. ['reward_model', 'reward_model.ground_truth', ...]."""
+    out = []
+    for name, feature in features.items():
+        out.append(prefix + name)
+        if isinstance(feature, dict):
+            out += _paths(feature, f"{prefix}{name}.")
+    return out
+
+
+def _at_path(row: dict, path: str):
+    if path in row:  # a top-level column whose name itself contains a dot
+        return row[path]
+    value = row
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def _check_answer_type(dataset: datasets.Dataset, source: str, answer_column: str) -> None:
+    # A dict or list as the gold answer scores every completion 0 without a word (verl's reward_model record).
+    if "answer" not in dataset.column_names or not len(dataset):
+        return
+    gold = dataset[0]["answer"]
+    if isinstance(gold, (dict, list)):
+        inner = ""
+        if isinstance(gold, dict) and gold:
+            likely = [k for k in gold if any(w in k for w in ("truth", "answer", "solution"))] or list(gold)
+            inner = f"; point at the answer inside, e.g. data.answer_column={answer_column}.{likely[0]}"
+        raise DatasetSourceError(
+            f"dataset {source!r}: the gold answer (column {answer_column!r}) is a {type(gold).__name__}, not a value: {str(gold)[:80]}{inner}"
+        )
 
 
 def _check_prompt_type(dataset: datasets.Dataset, source: str) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from align import algos
 from align.config import Config, config_to_yaml
-from align.data import load_prompt_dataset
+from align.data.holdout import evaluation_rows, training_rows
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
 from align.rollout import SamplingSettings, make_engine
 from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
@@ -41,6 +41,7 @@ from align.trainers.distributed import (
 from align.trainers.logger import RunLogger
 from align.trainers.precision import training_precision
 from align.trainers.prompts import PromptStream, encode_prompt
+from align.trainers.samples import group_samples
 from align.trainers.seeds import derived_seed
 from align.trainers.shaping import informative_groups, overlong_penalty
 from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
@@ -91,11 +92,7 @@ class Trainer:
         if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
-        d = cfg.data
-        dataset = load_prompt_dataset(
-            d.source, d.split, prompt_column=d.prompt_column, answer_column=d.answer_column,
-            system_prompt=d.system_prompt, **d.options,
-        )
+        dataset = training_rows(cfg, warn=print if accelerator.is_main_process else lambda _: None)
         self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
         self._eval_dataset = None  # loaded on the first evaluation
         with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
@@ -241,7 +238,9 @@ class Trainer:
         metrics |= {f"time/{k}": v for k, v in timers.items()}
         metrics["time/step"] = sum(timers.values())
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics, rollout.samples
+        samples = group_samples(self.tokenizer, rollout.rows, rollout.flat, rewards, adv.view_as(rewards),
+                                rollout.components, cfg.log.num_samples)  # the rewards the advantages came from
+        return metrics, samples
 
     # ------------------------------------------------------------------------------- rollouts
     def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
@@ -335,10 +334,8 @@ class Trainer:
             "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
-        samples = [{"prompt": str(row["prompt"])[-200:], "completion": group[0].text, "reward": float(rew[0])}
-                   for row, group, rew in zip(rows, groups, rewards)]
         return SimpleNamespace(flat=flat, rewards=kept_scores.rewards, valid=kept_scores.valid,
-                               metrics=metrics, samples=samples)
+                               metrics=metrics, rows=list(rows), components=kept_scores.components)
 
     def _sum_over_ranks(self, value: int) -> int:
         if self.world == 1:
@@ -481,18 +478,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        from align.eval import evaluate_engine
+        from align.eval import eval_rewards, evaluate_engine
 
-        d = self.cfg.data
         if self._eval_dataset is None:
-            self._eval_dataset = load_prompt_dataset(d.source, d.eval_split, prompt_column=d.prompt_column,
-                                                     answer_column=d.answer_column, system_prompt=d.system_prompt,
-                                                     **d.options)
-        dataset = self._eval_dataset
-        # The first reward function is the accuracy; the others are reported as rates (format, aux, ...).
-        accuracy, *others = self.algo.reward_functions
-        return evaluate_engine(self.engine, self.tokenizer, dataset, accuracy, self.cfg.rollout, k=1,
-                               seed=self.cfg.train.seed, extra=others)
+            self._eval_dataset = evaluation_rows(self.cfg, warn=self.logger.print)
+        accuracy, others = eval_rewards(self.algo, self.cfg)  # eval.accuracy, else the algorithm's accuracy reward
+        return evaluate_engine(self.engine, self.tokenizer, self._eval_dataset, accuracy, self.cfg.rollout,
+                               k=self.cfg.eval.k, seed=self.cfg.train.seed, extra=others)
 
 
 # Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches

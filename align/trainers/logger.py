@@ -23,6 +23,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from align.trainers.plots import plot_metrics
 
@@ -63,6 +64,30 @@ def _bar_keys(keys: list[str]) -> list[tuple[str, str]]:
                 found.append((label, match))
                 break
     return found
+
+
+def _clip(text: str, head: int) -> str:
+    return text[:head] + ("..." if len(text) > head else "")
+
+
+def _group_table(step: int, samples: list[dict]) -> Table:
+    """One block per prompt: the templated prompt's tail, then each of its G completions with reward and advantage."""
+    table = Table(title=f"samples at step {step}", show_lines=False, expand=True)
+    table.add_column("prompt (tail)", ratio=2, overflow="fold")
+    table.add_column("completion", ratio=5, overflow="fold")
+    table.add_column("reward", justify="right", no_wrap=True)
+    table.add_column("adv", justify="right", no_wrap=True)
+    for sample in samples:
+        prompt = str(sample.get("prompt", ""))
+        tail = ("..." if len(prompt) > PROMPT_TAIL_CHARS else "") + prompt[-PROMPT_TAIL_CHARS:]
+        if "answer" in sample:
+            tail += f"\n(gold: {_clip(str(sample['answer']), 40)})"
+        for j, completion in enumerate(sample["completions"]):
+            # Text cells: model output and prompts are never read as rich markup ("[/INST]" would break it).
+            table.add_row(Text(tail if j == 0 else ""), Text(_clip(str(completion.get("text", "")), COMPLETION_CHARS)),
+                          _format_number(float(completion["reward"])), _format_number(float(completion["advantage"])),
+                          end_section=j == len(sample["completions"]) - 1)
+    return table
 
 
 class RunLogger:
@@ -161,6 +186,9 @@ class RunLogger:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}, default=str) + "\n")
         if self._console is None or not samples:
+            return
+        if "completions" in samples[0]:  # a prompt with its whole group (align/trainers/samples.py)
+            self._console.print(_group_table(step, samples[:SAMPLES_SHOWN]))
             return
         table = Table(title=f"samples at step {step}", show_lines=True, expand=True)
         table.add_column("prompt (tail)", ratio=2, overflow="fold")

@@ -70,6 +70,9 @@ def test_resume_reproduces_the_uninterrupted_run(full_run, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     launch(cache_dir, "train.steps=2", "log.save_every=2", f"log.run_dir={run_dir}")
     launch(cache_dir, "train.steps=4", "log.save_every=2", f"log.run_dir={run_dir}", "resume=latest")
+    # the first half's config stays; the resumed half's is written beside it
+    assert "steps: 2" in (run_dir / "config.yaml").read_text()
+    assert ["steps: 4" in p.read_text() for p in run_dir.glob("config.resume-*.yaml")] == [True]
     full = {r["step"]: deterministic(r) for r in read_metrics(full_run)}
     resumed = {r["step"]: deterministic(r) for r in read_metrics(run_dir)}
     for step in (3, 4):
