@@ -48,10 +48,18 @@ class DataConfig:
     system_prompt: str | None = None  # prepended as a system message (plain prompts become chat)
     # Options of a built-in task (e.g. {size: 2000, seed: 1}); each task documents its own.
     options: dict[str, Any] = field(default_factory=dict)
+    # Held-out evaluation data (eval_split of it); None = data.source. Needed with rollout.source=offline,
+    # whose rows file has no held-out split (e.g. eval_source=geometry).
+    eval_source: str | None = None
 
 
 @dataclass
 class RolloutConfig:
+    # Where a step's completions come from: generate = sampled from the current policy by the engine;
+    # offline = fixed (prompt, completion, reward) rows read from data.source, no generation and no
+    # weight sync (docs/OFFLINE.md has the format; CoPG only); episodes = multi-turn agent episodes in
+    # the environment of the `env` section (SALT or GRPO), rewards from the environment.
+    source: str = "generate"
     engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine)
     num_generations: int = 8  # G: completions per prompt
     max_tokens: int = 64  # completion length limit (TRL max_completion_length)
@@ -126,6 +134,52 @@ class GCPOConfig:
 
 
 @dataclass
+class GRAOConfig:
+    """GRAO (ALGORITHMS.md section 3): J = A_o*Jexp(o) + beta*A_y*Jimit(y) + lam*A_o*(Jexp(o) - Jimit(y))."""
+
+    beta: float = 0.5  # weight of the imitation term (the reference answer's likelihood); paper 0.5
+    lam: float = 0.6  # weight of the regulariser on the gap Jexp(o) - Jimit(y); paper 0.6
+    pool_ref: bool = True  # advantage statistics over the G samples AND y (G+1 rewards); False = samples only
+    ddof: int = 0  # std of the advantage normalisation: 0 = population std (the paper's Eq. 4)
+    adv_eps: float = 1e-6  # added to the std of the advantage normalisation
+    reference_column: str = "solution"  # dataset column holding the reference answer y (text)
+    # Judge: a reward-function spec (a registered name, file.py:fn or module:fn) called like a reward
+    # function with the reference answers as `reference=`; returns +1 (o better than y), 0 (tie) or -1.
+    judge: str = "geometry_judge"
+
+
+@dataclass
+class CoPGConfig:
+    """CoPG (ALGORITHMS.md section 4): pairwise squared loss on Rb = R - beta * log(pi / pi_ref)."""
+
+    beta: float = 0.1  # KL strength in the regularised sequence reward; must be > 0 (0 = no gradient)
+
+
+@dataclass
+class EnvConfig:
+    """Multi-turn agents (rollout.source=episodes): the environment the policy acts in (align/envs)."""
+
+    name: str = "grid"  # a registered environment (grid) or path/to/file.py:Class or package.module:Class
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the class (and its tasks())
+    max_turns: int | None = None  # actions per episode; None = the class's max_turns
+    train_split: str = "train"  # the env's task list to train on (Class.tasks(split, seed))
+    eval_split: str = "test"  # held-out tasks for log.eval_every (success rate)
+    eval_tasks: int = 64  # how many held-out tasks an evaluation runs (one episode each, sampled)
+    step_timeout_s: float = 30.0  # a reset()/step() that takes longer is an error, not a hang
+    system_prompt: str | None = None  # a system message before the first observation of every episode
+
+
+@dataclass
+class SALTConfig:
+    """SALT (ALGORITHMS.md section 5): each action step gets the mean advantage of the trajectories
+    of its group that pass through the same graph edge (state, history, action)."""
+
+    base: str = "grpo"  # trajectory advantages: grpo (mean/std-normalised) | rloo (leave-one-out, unscaled)
+    history: int | None = 0  # node = state + last k (state, action) pairs; 0 = a graph, null = prefix tree
+    dedup: bool = True  # a trajectory counts once per edge however often it revisits it
+
+
+@dataclass
 class TrainConfig:
     steps: int = 100  # optimizer steps (TRL max_steps)
     max_minutes: float | None = None  # stop (and save) after this much wall-clock training time
@@ -163,7 +217,7 @@ class EvalConfig:
 @dataclass
 class Config:
     recipe: str = ""  # recipes/NAME.yaml or a path; its values sit under the command line's
-    algo: str = "grpo"  # grpo | gcpo
+    algo: str = "grpo"  # a registered algorithm: grpo | gcpo | grao | copg | salt (align/trainers/registry.py)
     resume: str | None = None  # latest | path to a checkpoint folder
     resume_force: bool = False  # resume even though the saved config differs (the differences are printed)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -173,13 +227,18 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     gcpo: GCPOConfig = field(default_factory=GCPOConfig)
+    grao: GRAOConfig = field(default_factory=GRAOConfig)
+    copg: CoPGConfig = field(default_factory=CoPGConfig)
+    salt: SALTConfig = field(default_factory=SALTConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES = {
-    "algo": ("grpo", "gcpo"),
+    "rollout.source": ("generate", "offline", "episodes"),
+    "salt.base": ("grpo", "rloo"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.engine": ("auto", "vllm", "hf"),
     "loss.baseline": ("mean", "loo", "none"),
@@ -292,6 +351,12 @@ def _get(cfg: Config, key: str) -> Any:
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Impossible combinations, each a one-line error naming the key(s) and the fix."""
+    from align.trainers.registry import UnknownAlgorithmError, algorithm_entry
+
+    try:
+        entry = algorithm_entry(cfg.algo)
+    except UnknownAlgorithmError as err:
+        raise ConfigError(str(err)) from None
     for key, options in CHOICES.items():
         if _get(cfg, key) not in options:
             raise ConfigError(f"'{key}' is '{_get(cfg, key)}'; choose one of {', '.join(options)}")
@@ -325,8 +390,33 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
+    _validate_algorithm(cfg, entry)
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def _validate_algorithm(cfg: Config, entry) -> None:
+    """Combinations that one algorithm or rollout source cannot run."""
+    if cfg.rollout.source == "offline":
+        if not entry.offline:
+            from align.trainers.registry import ALGORITHMS
+
+            able = ", ".join(name for name, e in sorted(ALGORITHMS.items()) if e.offline)
+            raise ConfigError(f"rollout.source=offline needs an algorithm that trains from fixed rows ({able}), not algo={cfg.algo}")
+        if cfg.log.eval_every and not cfg.data.eval_source:
+            raise ConfigError("rollout.source=offline with log.eval_every needs data.eval_source (held-out prompts, e.g. geometry)")
+    if cfg.rollout.source == "episodes" and cfg.algo not in ("grpo", "salt"):
+        raise ConfigError(f"rollout.source=episodes (agents) trains with algo=salt or algo=grpo, not algo={cfg.algo}")
+    if cfg.algo == "salt" and cfg.rollout.source != "episodes":
+        raise ConfigError("algo=salt needs multi-turn episodes: set rollout.source=episodes and env.name (e.g. recipe=salt_grid)")
+    if cfg.salt.history is not None and (not isinstance(cfg.salt.history, int) or cfg.salt.history < 0):
+        raise ConfigError(f"salt.history={cfg.salt.history!r}: must be an int >= 0, or null for the whole prefix")
+    if cfg.env.max_turns is not None and cfg.env.max_turns < 1:
+        raise ConfigError(f"env.max_turns={cfg.env.max_turns}: must be >= 1 (or null for the environment's own)")
+    if cfg.algo == "grao" and cfg.train.updates_per_batch != 1:
+        raise ConfigError("algo=grao has no importance ratio (one update per rollout batch); set train.updates_per_batch=1")
+    if cfg.algo == "copg" and cfg.copg.beta <= 0:
+        raise ConfigError(f"copg.beta={cfg.copg.beta}: must be > 0 (with 0 the CoPG loss has no gradient)")
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -28,11 +28,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate_engine(engine, tokenizer, dataset, accuracy: RewardFunction, rollout_cfg, k: int = 1, seed: int = 0,
-                    extra: list[RewardFunction] = (), group_column: str = "family") -> dict[str, float]:
+                    extra: list[RewardFunction] = (), group_column: str = "family",
+                    subset_columns: tuple[str, ...] = ("aux_helps",)) -> dict[str, float]:
     """Sample k completions per held-out prompt and score them.
 
     Returns eval/mean@k (mean accuracy over all samples), eval/pass@k, the same per value of
-    `group_column` when the dataset has it, and eval/<name>/rate for each `extra` function.
+    `group_column` when the dataset has it (eval/<value>/...), and eval/<name>/rate for each `extra`
+    function. Each of `subset_columns` the dataset has splits the same numbers by its value under
+    eval/<column>/<value>/... (booleans as yes/no), e.g. eval/aux_helps/no/aux_construction/rate:
+    GCPO's signal of constructions where they hurt.
     """
     rows = [dataset[i] for i in range(len(dataset))]
     prompt_ids = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
@@ -49,21 +53,29 @@ def evaluate_engine(engine, tokenizer, dataset, accuracy: RewardFunction, rollou
         [c.token_ids for c in flat],
     )
     acc = torch.tensor([v or 0.0 for v in result.per_function[accuracy.name]]).view(-1, k)
-    keys = [str(row.get(group_column, "all")) for row in rows]
     metrics = _summary("eval", acc, k)
-    by_group: dict[str, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        by_group[key].append(i)
-    if len(by_group) > 1:
-        for key, idx in sorted(by_group.items()):
-            metrics |= _summary(f"eval/{key}", acc[idx], k)
-    for fn in extra:
-        vals = torch.tensor([v or 0.0 for v in result.per_function[fn.name]]).view(-1, k)
-        metrics[f"eval/{fn.name}/rate"] = vals.mean().item()
-        if len(by_group) > 1:
-            for key, idx in sorted(by_group.items()):
-                metrics[f"eval/{key}/{fn.name}/rate"] = vals[idx].mean().item()
+    rates = {fn.name: torch.tensor([v or 0.0 for v in result.per_function[fn.name]]).view(-1, k) for fn in extra}
+    metrics |= {f"eval/{name}/rate": vals.mean().item() for name, vals in rates.items()}
+    subsets = {"eval": _indices_by_value(rows, group_column)}
+    subsets |= {f"eval/{column}": _indices_by_value(rows, column) for column in subset_columns if column != group_column}
+    for prefix, by_value in subsets.items():
+        if len(by_value) < 2:  # one value: the same numbers as overall
+            continue
+        for value, idx in sorted(by_value.items()):
+            metrics |= _summary(f"{prefix}/{value}", acc[idx], k)
+            metrics |= {f"{prefix}/{value}/{name}/rate": vals[idx].mean().item() for name, vals in rates.items()}
     return metrics
+
+
+def _indices_by_value(rows: list[dict], column: str) -> dict[str, list[int]]:
+    """Row indices per value of `column` (booleans named yes/no); empty when rows lack the column."""
+    by_value: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        if column not in row:
+            return {}
+        value = row[column]
+        by_value[("yes" if value else "no") if isinstance(value, bool) else str(value)].append(i)
+    return by_value
 
 
 def eval_rewards(algorithm, cfg) -> tuple[RewardFunction, list[RewardFunction]]:

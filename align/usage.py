@@ -15,7 +15,8 @@ from typing import Any
 
 from align.config import RECIPES_DIR, Config
 
-USAGE = """usage: python -m align {train,eval,explain} [recipe=NAME] [key=value ...]
+USAGE = """usage: python -m align {train,eval,explain,sample} [recipe=NAME] [key=value ...]
+       python -m align sample [recipe=NAME] [key=value ...] --out FILE [--prompts N]   (offline rows)
        accelerate launch align/train.py [recipe=NAME] [key=value ...]
        python -m align --help [SECTION]      (this text; SECTION e.g. loss)
 

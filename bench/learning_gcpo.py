@@ -49,6 +49,9 @@ def summarize(run_dir: Path) -> dict:
     hurts = [f for f in FAMILIES if f not in helps]
 
     def aux_rate(row: dict, families: list[str]) -> float:
+        subset = f"eval/aux_helps/{'yes' if families == helps else 'no'}/aux_construction/rate"
+        if subset in row:  # logged by the evaluation itself since issue 15
+            return row[subset]
         rates = [row[f"eval/{f}/aux_construction/rate"] for f in families if f"eval/{f}/aux_construction/rate" in row]
         return sum(rates) / max(len(rates), 1)
 
@@ -62,6 +65,8 @@ def summarize(run_dir: Path) -> dict:
         "aux_helps_after": aux_rate(last, helps),
         "aux_hurts_before": aux_rate(first, hurts),
         "aux_hurts_after": aux_rate(last, hurts),
+        "per_family_before": {f: {"acc": first.get(f"eval/{f}/mean@1"), "aux": first.get(f"eval/{f}/aux_construction/rate")}
+                              for f in FAMILIES},
         "per_family_after": {f: {"acc": last.get(f"eval/{f}/mean@1"), "aux": last.get(f"eval/{f}/aux_construction/rate")}
                              for f in FAMILIES},
         "curve": [(r["step"], r["eval/mean@1"]) for r in evals],

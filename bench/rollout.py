@@ -118,7 +118,7 @@ def lora_worker(model: str, prompts: int, n: int, tokens: int, reps: int, cache_
             request = LoRARequest(f"v{rep}", rep + 1, f"{folder}/v{rep}")
             gen, count = timed_generate(lambda: sum(
                 len(c.token_ids) for r in llm.generate([{"prompt_token_ids": p} for p in ids], params,
-                                                       use_tqdm=False, lora_request=request) for c in r.outputs))
+                                                       use_tqdm=False, lora_request=request) for c in r.outputs))  # noqa: B023 (called at once)
             adapter.append({"sync_s": save, "generate_s": gen, "tokens": count})
     return {"model": model, "merged_reload": merged, "vllm_lora_adapter": adapter, "torch_threads": torch.get_num_threads()}
 

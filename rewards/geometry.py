@@ -5,6 +5,9 @@
     within 2% of the gold value, relative (GeometryZero's relaxed numeric match); anything else
     is compared with math-verify.
 
+`geometry_judge`: GRAO's judge, +1 / 0 / -1 for a completion against its reference answer:
+    correct beats wrong, then the shorter of two correct ones wins.
+
 `aux_construction`: 1.0 when the completion contains a VALID auxiliary construction, else 0.0.
     Valid means all of:
     - there is at least one <aux>...</aux> block, and every one lies inside the <think> block
@@ -87,6 +90,34 @@ def geometry_accuracy(prompts: list, completions: list, **kwargs) -> list[float 
         predicted = extract_answer_tag(completion_text(completion))
         rewards.append(1.0 if predicted and answers_match(predicted, str(gold).strip()) else 0.0)
     return rewards
+
+
+@register("geometry_judge")
+def geometry_judge(prompts: list, completions: list, reference: list, **kwargs) -> list[float]:
+    """GRAO's rule-based judge: each completion against its reference answer, +1 better / 0 tie / -1 worse.
+
+    A correct final answer (graded like `geometry_accuracy` against the `answer` column) beats a wrong
+    one; between two correct ones the shorter (in characters) wins, equal lengths tie; two wrong ones tie.
+    """
+    golds = _column(kwargs, "answer", len(completions), "geometry_judge")
+    if len(reference) != len(completions):
+        raise ValueError(f"geometry_judge: {len(reference)} references for {len(completions)} completions")
+
+    def correct(text: str, gold: str) -> bool:
+        predicted = extract_answer_tag(text)
+        return bool(predicted) and answers_match(predicted, gold)
+
+    verdicts = []
+    for completion, ref, gold in zip(completions, reference, golds):
+        text, ref_text, gold = completion_text(completion), completion_text(ref), str(gold).strip()
+        ours, theirs = correct(text, gold), correct(ref_text, gold)
+        if ours != theirs:
+            verdicts.append(1.0 if ours else -1.0)
+        elif ours and len(text) != len(ref_text):
+            verdicts.append(1.0 if len(text) < len(ref_text) else -1.0)
+        else:
+            verdicts.append(0.0)
+    return verdicts
 
 
 # ---- auxiliary constructions ----

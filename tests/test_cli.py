@@ -20,3 +20,12 @@ def test_eval_reports_mean_and_pass_at_k(cache_dir):
 def test_pass_at_k_hand_computed():
     assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0
     assert abs(pass_at_k(4, 1, 2) - 0.5) < 1e-12  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+
+
+def test_explain_shows_the_algorithm_its_needs_and_its_own_section(cache_dir):
+    text = explain(["recipe=copg_offline", "model.name=tiny", f"model.cache_dir={cache_dir}"])
+    assert "algorithm: copg" in text and "fixed rows from rows.jsonl (no generation, no weight sync)" in text
+    assert "phases: reference model, whole groups" in text and "copg: beta=0.1" in text
+    assert "surrogate:" not in text and "reference 0.000 " not in text  # a reference model is loaded
+    grpo = explain(["recipe=grpo_math", f"model.cache_dir={cache_dir}"])
+    assert "surrogate: clip" in grpo and "phases: importance correction, weight sync" in grpo

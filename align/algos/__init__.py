@@ -5,18 +5,20 @@ See ALGORITHMS.md for the maths; every function takes and returns tensors and ne
 
 from align.algos.advantages import group_advantages
 from align.algos.aggregate import AGG_MODES, aggregate, masked_mean, masked_sum, seq_logprob
-from align.algos.batch import GroupBatch
+from align.algos.batch import GroupBatch, MicroBatch, Totals
 from align.algos.copg import copg_loss
 from align.algos.gcpo import gcpo_contrastive_mask, gcpo_rewards
 from align.algos.grao import grao_advantages, grao_loss
 from align.algos.kl import kl_estimate, kl_penalty_rewards
 from align.algos.logprobs import token_logprobs, token_logprobs_from_hidden
 from align.algos.losses import clipped_pg_token_loss, grpo_loss, logprob_mismatch_metrics, tis_weights
-from align.algos.salt import salt_step_advantages, steps_to_tokens
+from align.algos.salt import salt_graph_stats, salt_step_advantages, steps_to_tokens
 
 __all__ = [
     "AGG_MODES",
     "GroupBatch",
+    "MicroBatch",
+    "Totals",
     "aggregate",
     "clipped_pg_token_loss",
     "copg_loss",
@@ -31,6 +33,7 @@ __all__ = [
     "logprob_mismatch_metrics",
     "masked_mean",
     "masked_sum",
+    "salt_graph_stats",
     "salt_step_advantages",
     "seq_logprob",
     "steps_to_tokens",

@@ -1,75 +1,102 @@
-"""GroupBatch: the [P,G,T] tensors of one rollout batch that every trainer hands to `align.algos`."""
+"""The typed hand-offs of one training step: `GroupBatch` (rollout phase -> loop) and `MicroBatch`
+(loop -> `algorithm.loss`).
+
+A rollout source (generation, offline rows, later agent episodes) returns a `GroupBatch`: this
+rank's P prompts x G completions, unpadded, with rewards per completion. The loop adds advantages,
+cuts the batch into micro-batches by token budget, pads each, runs the forward passes and hands the
+algorithm a `MicroBatch`: padded tensors plus the GLOBAL normalisers (`Totals`) that make every
+loss an additive share of the step's loss, so the split into micro-batches and ranks never changes
+the result. Both objects validate their shapes on construction, with one-line errors.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
-
-Step = tuple[Hashable, Hashable]
-_TOKEN_FIELDS = ("mask", "logp", "old_logp", "ref_logp", "engine_logp", "completion_ids", "step_ids")
-_PROMPT_FIELDS = ("logp_y", "mask_y", "reward_y")
 
 
 @dataclass(kw_only=True)
 class GroupBatch:
-    """P prompts x G completions x T padded completion tokens (ALGORITHMS.md section 6).
+    """This rank's share of one rollout batch: P prompts x G completions, unpadded.
 
-    rewards [P,G] float; valid [P,G] bool (None = all valid): filtered or unscorable members;
-    mask [P,G,T] {0,1}: loss-carrying tokens (action tokens only for agents).
-    logp [P,G,T] (the trainer's current log-probs, with grad, when already computed); old_logp,
-    ref_logp [P,G,T]: sampling-policy and reference log-probs (constants; ref may be absent);
-    engine_logp [P,G,T]: the rollout engine's log-probs (for TIS / mismatch metrics);
-    completion_ids [P,G,T] long; components {name: [P,G]} (GCPO: acc, fmt, aux, length);
-    steps: P x G lists of (state_key, action_key) and step_ids [P,G,T] long, -1 = no step (SALT);
-    logp_y, mask_y [P,Ty] and reward_y [P]: the reference answer (GRAO).
+    Row r = p * G + i is completion i of prompt p; every per-completion list uses that order.
+
+    Always present:
+      prompt_ids      P token-id lists (the prompt as the policy sees it)
+      completion_ids  P*G token-id lists (EOS included when generation ended on it)
+      rewards [P,G]   float32: the scalar (sequence) reward each completion is trained on
+      valid [P,G]     bool: False = no reward applied, or a padding member of an offline group
+                      (advantage 0, no loss, left out of group statistics)
+      truncated [P,G] bool: the completion was cut at rollout.max_tokens
+    Optional parts (None when the source or algorithm has none):
+      engine_logprobs P*G lists: the rollout engine's log-prob of each completion token
+                      (importance correction, mismatch metrics); None for offline rows
+      token_mask      P*G 0/1 lists: which completion tokens carry loss (None = all of them;
+                      agent episodes: action tokens only)
+      step_ids        P*G lists: the agent step of each completion token, -1 outside actions (SALT)
+      steps           P*G lists of (state_key, action_key), one per agent step (SALT's graph)
+      answer_ids      P token-id lists: the reference answer y of each prompt (GRAO)
+      answer_rewards  [P]: R(y), the reference answer's own reward (0 = a tie under a pairwise judge)
+      components      {name: [P,G]}: per-function rewards, for metrics (and GCPO's composition)
+    Filled by the loop, before the loss:
+      advantages [P,G]        per-completion advantages (constants)
+      answer_advantages [P]   the reference answer's advantage (GRAO)
+      token_advantages P*G lists, one per completion token: per-token advantages (SALT), used
+                      instead of `advantages` when present
     """
 
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
     rewards: torch.Tensor
-    mask: torch.Tensor
     valid: torch.Tensor | None = None
-    logp: torch.Tensor | None = None
-    old_logp: torch.Tensor | None = None
-    ref_logp: torch.Tensor | None = None
-    engine_logp: torch.Tensor | None = None
-    completion_ids: torch.Tensor | None = None
+    truncated: torch.Tensor | None = None
+    engine_logprobs: list[list[float]] | None = None
+    token_mask: list[list[int]] | None = None
+    step_ids: list[list[int]] | None = None
+    steps: list[list[tuple]] | None = None
+    answer_ids: list[list[int]] | None = None
+    answer_rewards: torch.Tensor | None = None
     components: dict[str, torch.Tensor] = field(default_factory=dict)
-    steps: list[list[list[Step]]] | None = None
-    step_ids: torch.Tensor | None = None
-    logp_y: torch.Tensor | None = None
-    mask_y: torch.Tensor | None = None
-    reward_y: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    answer_advantages: torch.Tensor | None = None
+    token_advantages: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
-        if self.rewards.dim() != 2:
-            raise ValueError(f"GroupBatch.rewards must be [P,G], got shape {tuple(self.rewards.shape)}")
+        if not isinstance(self.rewards, torch.Tensor) or self.rewards.dim() != 2:
+            raise ValueError(f"GroupBatch.rewards must be a [P,G] tensor, got {_shape(self.rewards)}")
         P, G = self.rewards.shape
-        if self.mask.dim() != 3 or self.mask.shape[:2] != (P, G):
-            raise ValueError(f"GroupBatch.mask must be [P,G,T] = [{P},{G},T], got {tuple(self.mask.shape)}")
+        if len(self.prompt_ids) != P:
+            raise ValueError(f"GroupBatch.prompt_ids has {len(self.prompt_ids)} prompts but rewards is [{P},{G}]")
         if self.valid is None:
-            self.valid = torch.ones(P, G, dtype=torch.bool, device=self.rewards.device)
-        self._expect("valid", self.valid, (P, G))
-        self.valid = self.valid.bool()
-        for name in _TOKEN_FIELDS[1:]:
-            self._expect(name, getattr(self, name), tuple(self.mask.shape))
+            self.valid = torch.ones(P, G, dtype=torch.bool)
+        if self.truncated is None:
+            self.truncated = torch.zeros(P, G, dtype=torch.bool)
+        self.valid, self.truncated = self.valid.bool(), self.truncated.bool()
+        for name in ("valid", "truncated", "advantages"):
+            _expect(name, getattr(self, name), (P, G))
         for name, tensor in self.components.items():
-            self._expect(f"components[{name!r}]", tensor, (P, G))
-        if self.steps is not None and (len(self.steps) != P or any(len(group) != G for group in self.steps)):
-            raise ValueError(f"GroupBatch.steps must be P={P} lists of G={G} step lists")
-        if self.logp_y is not None or self.mask_y is not None:
-            if self.logp_y is None or self.mask_y is None:
-                raise ValueError("GroupBatch needs both logp_y and mask_y for a reference answer, or neither")
-            if self.logp_y.dim() != 2 or self.logp_y.shape[0] != P:
-                raise ValueError(f"GroupBatch.logp_y must be [P,Ty] with P={P}, got {tuple(self.logp_y.shape)}")
-            self._expect("mask_y", self.mask_y, tuple(self.logp_y.shape))
-        self._expect("reward_y", self.reward_y, (P,))
-
-    @staticmethod
-    def _expect(name: str, tensor: torch.Tensor | None, shape: tuple[int, ...]) -> None:
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"GroupBatch.{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+            _expect(f"components[{name!r}]", tensor, (P, G))
+        for name in ("answer_rewards", "answer_advantages"):
+            _expect(name, getattr(self, name), (P,))
+        if len(self.completion_ids) != P * G:
+            raise ValueError(f"GroupBatch.completion_ids has {len(self.completion_ids)} rows; P*G = {P}*{G} = {P * G}")
+        lengths = [len(ids) for ids in self.completion_ids]
+        for name in ("engine_logprobs", "token_mask", "step_ids", "token_advantages"):
+            rows = getattr(self, name)
+            if rows is None:
+                continue
+            bad = next((r for r, row in enumerate(rows) if r >= len(lengths) or len(row) != lengths[r]), None)
+            if len(rows) != P * G or bad is not None:
+                raise ValueError(f"GroupBatch.{name} must have one value per completion token (row {bad} differs)")
+        if self.steps is not None and len(self.steps) != P * G:
+            raise ValueError(f"GroupBatch.steps has {len(self.steps)} trajectories; P*G = {P * G}")
+        if self.answer_ids is not None:
+            if len(self.answer_ids) != P:
+                raise ValueError(f"GroupBatch.answer_ids has {len(self.answer_ids)} answers for {P} prompts")
+            empty = [p for p, ids in enumerate(self.answer_ids) if not ids]
+            if empty:
+                raise ValueError(f"GroupBatch.answer_ids: prompt {empty[0]} has an empty reference answer; drop that row")
 
     @property
     def num_prompts(self) -> int:
@@ -80,43 +107,91 @@ class GroupBatch:
         return self.rewards.shape[1]
 
     @property
-    def max_len(self) -> int:
-        return self.mask.shape[2]
+    def group_index(self) -> torch.Tensor:
+        """[P*G] long: the prompt (group) of each completion row."""
+        return torch.arange(self.num_prompts).repeat_interleave(self.group_size)
 
-    def loss_mask(self) -> torch.Tensor:
-        """[P,G,T] bool: mask-1 tokens of valid completions (the tokens that carry loss)."""
-        return self.mask.bool() & self.valid.unsqueeze(-1)
+    def loss_tokens(self, row: int) -> int:
+        """Loss-carrying tokens of completion `row` (before any truncation masking)."""
+        if self.token_mask is not None:
+            return sum(self.token_mask[row])
+        return len(self.completion_ids[row])
 
-    def num_tokens(self) -> int:
-        """Loss-carrying tokens in this batch (the token_mean normaliser)."""
-        return int(self.loss_mask().sum())
+    def with_advantages(self, advantages: torch.Tensor, answer_advantages: torch.Tensor | None = None) -> GroupBatch:
+        return replace(self, advantages=advantages, answer_advantages=answer_advantages)
 
-    def num_seqs(self) -> int:
-        """Valid completions in this batch (the seq-mean normaliser; an empty valid completion counts)."""
-        return int(self.valid.sum())
 
-    def flatten(self) -> dict[str, torch.Tensor]:
-        """Completion-major views for the loss: token fields -> [P*G,T], per-completion fields -> [P*G].
+@dataclass(frozen=True)
+class Totals:
+    """Global normalisers of one optimizer step (all micro-batches on all ranks).
 
-        Keys: every present token field (mask, logp, old_logp, ...), loss_mask, rewards, valid and each
-        component by name. Row p*G + i is completion i of prompt p. Per-prompt fields are left out.
-        """
-        P, G, T = self.mask.shape
-        flat = {name: getattr(self, name).reshape(P * G, T) for name in _TOKEN_FIELDS if getattr(self, name) is not None}
-        flat["loss_mask"] = self.loss_mask().reshape(P * G, T)
-        flat["rewards"] = self.rewards.reshape(P * G)
-        flat["valid"] = self.valid.reshape(P * G)
-        flat.update({name: tensor.reshape(P * G) for name, tensor in self.components.items()})
-        return flat
+    num_tokens: loss-carrying completion tokens; num_seqs: completion rows; num_prompts: prompts;
+    num_groups: prompts with >= 2 valid members (CoPG's mean runs over these).
+    """
 
-    def to(self, device: torch.device | str) -> GroupBatch:
-        """A copy with every tensor on `device` (steps and other plain data are shared)."""
-        moved = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                value = value.to(device)
-            elif f.name == "components":
-                value = {name: tensor.to(device) for name, tensor in value.items()}
-            moved[f.name] = value
-        return GroupBatch(**moved)
+    num_tokens: float
+    num_seqs: float
+    num_prompts: float
+    num_groups: float
+
+
+@dataclass(kw_only=True)
+class MicroBatch:
+    """What `algorithm.loss` receives for one forward/backward: B completion rows padded to T.
+
+    logp [B,T] float32 with grad; mask [B,T] loss tokens (truncation masking applied);
+    advantages [B] (one per completion), rewards [B], valid [B] bool; group_size G: with whole
+    groups (an algorithm that couples members) B = n*G and rows p*G..p*G+G-1 are one prompt's.
+    Optional: old_logp [B,T] (pi_old, constant; None when the algorithm has no importance ratio),
+    engine_logp [B,T], ref_logp [B,T] (reference model, constant), is_weights [B,T] (truncated
+    importance sampling), answer_logp / answer_mask [n,Ty] and answer_advantages [n] (GRAO's
+    reference answers, one per group, with grad). totals: the step's global normalisers.
+    """
+
+    logp: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    rewards: torch.Tensor
+    valid: torch.Tensor
+    group_size: int
+    totals: Totals
+    old_logp: torch.Tensor | None = None
+    engine_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
+    answer_logp: torch.Tensor | None = None
+    answer_mask: torch.Tensor | None = None
+    answer_advantages: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.logp.dim() != 2:
+            raise ValueError(f"MicroBatch.logp must be [B,T], got {_shape(self.logp)}")
+        B, T = self.logp.shape
+        for name in ("mask", "old_logp", "engine_logp", "ref_logp", "is_weights"):
+            _expect(name, getattr(self, name), (B, T), "MicroBatch")
+        for name in ("rewards", "valid"):
+            _expect(name, getattr(self, name), (B,), "MicroBatch")
+        if self.advantages.shape not in ((B,), (B, T)):
+            raise ValueError(f"MicroBatch.advantages must be [B] or [B,T] = [{B}] or [{B},{T}], got {_shape(self.advantages)}")
+        if self.answer_logp is not None:
+            n = self.answer_logp.shape[0]
+            if B != n * self.group_size:
+                raise ValueError(f"MicroBatch has {B} rows but {n} reference answers of groups of {self.group_size}")
+            _expect("answer_mask", self.answer_mask, tuple(self.answer_logp.shape), "MicroBatch")
+            _expect("answer_advantages", self.answer_advantages, (n,), "MicroBatch")
+
+    def grouped(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[B,...] -> [B/G, G, ...]: rows regrouped by prompt (whole-group micro-batches only)."""
+        G = self.group_size
+        if tensor.shape[0] % G:
+            raise ValueError(f"{tensor.shape[0]} rows are not whole groups of {G}; the algorithm must declare whole_groups")
+        return tensor.reshape(tensor.shape[0] // G, G, *tensor.shape[1:])
+
+
+def _shape(value) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _expect(name: str, tensor: torch.Tensor | None, shape: tuple[int, ...], owner: str = "GroupBatch") -> None:
+    if tensor is not None and tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{owner}.{name} must have shape {list(shape)}, got {list(tensor.shape)}")

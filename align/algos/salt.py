@@ -75,3 +75,37 @@ def steps_to_tokens(step_adv: Sequence[Sequence[float]], step_ids: torch.Tensor)
         table = torch.tensor(list(values) + [0.0], dtype=torch.float32, device=step_ids.device)
         out[i] = table[ids.long()]  # -1 indexes the trailing 0
     return out
+
+
+def salt_graph_stats(
+    traj_adv: Sequence[float] | torch.Tensor,
+    steps: Sequence[Sequence[Step]],
+    step_adv: Sequence[Sequence[float]],
+    history: int | None = 0,
+) -> dict[str, float]:
+    """Size of one group's trajectory graph, and how SALT changed its steps' advantages.
+
+    nodes / edges: distinct (state, history) nodes and (node, action) edges; steps: all steps;
+    merged_steps: steps whose edge another trajectory of the group also traverses; sign_flips:
+    steps whose SALT advantage has the opposite sign of their trajectory's (GRPO) advantage;
+    signed_steps: steps whose trajectory advantage is non-zero (the denominator of a flip share).
+    """
+    adv = traj_adv.detach().double().tolist() if isinstance(traj_adv, torch.Tensor) else [float(a) for a in traj_adv]
+    edges_per_traj = [_edge_keys([tuple(step) for step in traj], history) for traj in steps]
+    users: dict[tuple, set[int]] = defaultdict(set)
+    for i, edges in enumerate(edges_per_traj):
+        for edge in edges:
+            users[edge].add(i)
+    flips = signed = 0
+    for i, values in enumerate(step_adv):
+        if adv[i] != 0.0:
+            signed += len(values)
+            flips += sum(1 for v in values if v * adv[i] < 0)
+    return {
+        "nodes": float(len({edge[:2] for edge in users})),
+        "edges": float(len(users)),
+        "steps": float(sum(len(edges) for edges in edges_per_traj)),
+        "merged_steps": float(sum(1 for edges in edges_per_traj for edge in edges if len(users[edge]) > 1)),
+        "sign_flips": float(flips),
+        "signed_steps": float(signed),
+    }

@@ -16,8 +16,11 @@ operation (or a copy) and the aux route is a detour through a neighbouring angle
 operation, i.e. more room for error. A learner that samples both styles can therefore find out,
 per family, which style earns reward: what GCPO's group-contrastive mask is meant to pick up.
 
-Angles are multiples of 10 and lengths small integers, so each written step is a one-digit
-arithmetic fact (with a trailing zero) that a tiny character-level model can learn in a short
+Pools are large enough that the warm start learns each family's arithmetic rather than a few
+memorised answers (with pools of 6-16 problems per split, two families stayed at 0% held-out):
+angles in the two-angle families are multiples of 5, in the one-angle families any whole degree,
+rectangle sides 1-19; the four-angle family keeps multiples of 10 (its pool is large already).
+Each written step is one arithmetic operation a tiny character-level model can learn in a short
 warm start, while composing two of them silently stays hard.
 
 Splits: whether a problem is in "test" (held out), "sft" (the warm start's supervised data) or
@@ -73,7 +76,9 @@ def _problem(question: str, answer: int, direct: str, aux: str, after_aux: str) 
     return Problem(question, answer, _solution(direct, answer), _solution(after_aux, answer, aux))
 
 
-ANGLES = range(10, 180, 10)
+ANGLES = range(10, 180, 10)  # the four-angle family: 816 problems already
+ANGLES_5 = range(5, 180, 5)  # the two-angle families
+DEGREES = range(1, 180)  # the one-angle families: every whole degree
 
 
 # ---- families where the construction helps: two operations otherwise done silently at once ----
@@ -138,18 +143,18 @@ def _alternate_angle(p: Params) -> Problem:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family("third_angle", True, lambda: [(a, b) for a in ANGLES for b in ANGLES if a + b < 180], _third_angle),
-        Family("isosceles_apex", True, lambda: [(b,) for b in range(10, 90, 5)], _isosceles_apex),
-        Family("rectangle_perimeter", True, lambda: [(w, h) for w in range(1, 10) for h in range(1, 10)],
+        Family("third_angle", True, lambda: [(a, b) for a in ANGLES_5 for b in ANGLES_5 if a + b < 180], _third_angle),
+        Family("isosceles_apex", True, lambda: [(b,) for b in DEGREES if b < 90], _isosceles_apex),
+        Family("rectangle_perimeter", True, lambda: [(w, h) for w in range(1, 20) for h in range(1, 20)],
                _rectangle_perimeter),
         Family("quad_fourth_angle", True,
                lambda: [(a, b, c) for a in ANGLES for b in ANGLES for c in ANGLES if a + b + c < 360],
                _quad_fourth_angle),
-        Family("vertical_angle", False, lambda: [(a,) for a in range(5, 180, 5)], _vertical_angle),
-        Family("supplement", False, lambda: [(a,) for a in range(5, 90, 5)], _supplement),
-        Family("exterior_angle", False, lambda: [(a, b) for a in ANGLES for b in ANGLES if a + b < 180],
+        Family("vertical_angle", False, lambda: [(a,) for a in DEGREES], _vertical_angle),
+        Family("supplement", False, lambda: [(a,) for a in DEGREES if a < 90], _supplement),
+        Family("exterior_angle", False, lambda: [(a, b) for a in ANGLES_5 for b in ANGLES_5 if a + b < 180],
                _exterior_angle),
-        Family("alternate_angle", False, lambda: [(a,) for a in range(5, 180, 5)], _alternate_angle),
+        Family("alternate_angle", False, lambda: [(a,) for a in DEGREES], _alternate_angle),
     ]
 }
 
@@ -211,6 +216,8 @@ def generate_geometry_rows(split: str, n: int, seed: int = 0, families: list[str
             "aux_helps": family.aux_helps,
             "solution_aux": problem.solution_aux,
             "solution_direct": problem.solution_direct,
+            # The worked solution by the route that pays for this family (GRAO's reference answer).
+            "solution": problem.solution_aux if family.aux_helps else problem.solution_direct,
         })
     return rows
 
@@ -220,7 +227,8 @@ def make_geometry_dataset(split: str, n: int, seed: int = 0, families: list[str]
     """A `datasets.Dataset` of `n` geometry problems from `split` ("train" or "test").
 
     Columns: prompt (chat messages), answer (str), family (str), aux_helps (bool),
-    solution_aux and solution_direct (reference completions for supervised warm starts).
+    solution_aux and solution_direct (reference completions for supervised warm starts), and
+    solution: the one of the two whose route pays for the family (aux where it helps).
     `system_prompt`: optional system message (e.g. FORMAT_SYSTEM_PROMPT for instruct models;
     the tiny warm-started model is trained without one).
     """

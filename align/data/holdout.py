@@ -18,13 +18,16 @@ from align.data.loading import MissingSplitError, builtin_tasks, load_prompt_dat
 HOLDOUT_SEED = 0  # fixed, not train.seed: a model trained with another seed is evaluated on the same rows
 
 
-def _load(cfg: Config, split: str) -> datasets.Dataset:
+def _load(cfg: Config, split: str, source: str | None = None) -> datasets.Dataset:
     d = cfg.data
-    return load_prompt_dataset(d.source, split, prompt_column=d.prompt_column, answer_column=d.answer_column,
-                               system_prompt=d.system_prompt, **d.options)
+    options = d.options if source in (None, d.source) else {}  # data.options belong to data.source
+    return load_prompt_dataset(source or d.source, split, prompt_column=d.prompt_column, answer_column=d.answer_column,
+                               system_prompt=d.system_prompt, **options)
 
 
 def _eval_split_missing(cfg: Config) -> bool:
+    if cfg.data.eval_source:  # evaluation reads other data (e.g. offline rows trained, a task evaluated)
+        return False
     if cfg.eval.holdout <= 0 or cfg.data.source.partition(":")[0] in builtin_tasks():
         return False  # built-in tasks build their own test split (and building it to check can be slow)
     try:
@@ -56,7 +59,10 @@ def training_rows(cfg: Config, warn: Callable[[str], None] = print) -> datasets.
 
 
 def evaluation_rows(cfg: Config, warn: Callable[[str], None] = print) -> datasets.Dataset:
-    """data.eval_split of data.source, or the slice `training_rows` held out when it is missing."""
+    """data.eval_split of data.eval_source (when set) or data.source, or the slice `training_rows`
+    held out when it is missing."""
+    if cfg.data.eval_source:
+        return _load(cfg, cfg.data.eval_split, cfg.data.eval_source)
     try:
         return _load(cfg, cfg.data.eval_split)
     except MissingSplitError:

@@ -32,7 +32,7 @@ TaskBuilder = Callable[..., datasets.Dataset]
 BUILTIN_TASKS: dict[str, TaskBuilder] = {}
 
 # Modules that register tasks when imported; loaded on first use, skipped when absent.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("align.data.geometry3k", "align.data.geometry")
+BUILTIN_TASK_MODULES: tuple[str, ...] = ("align.data.geometry3k", "align.data.geometry", "align.data.hh")
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _modules_loaded = False

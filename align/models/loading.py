@@ -18,7 +18,8 @@ from align.models.tiny import PRESETS, tiny_model_path
 DEFAULT_CACHE_DIR = "~/.cache/align"
 # Built-in models derived from a preset by code in this repo (e.g. a supervised warm start), as
 # "module:function(cache_dir, seed) -> folder"; imported lazily because the builders import this module.
-DERIVED_BUILTINS = {"tiny-geometry": "align.models.warm_start:geometry_warm_start_path"}
+DERIVED_BUILTINS = {"tiny-geometry": "align.models.warm_start:geometry_warm_start_path",
+                    "tiny-grid": "align.models.warm_start_grid:grid_warm_start_path"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -4,6 +4,8 @@ action and observation is kept, so a trainer (SALT) can put loss on action token
 An environment is any object with
     reset() -> str                                   the first user message
     step(action_text) -> (observation_text, reward, done)
+(user environments take a task, `reset(task)`; `align.envs.GuardedEnv` binds one to its task and
+checks every call, which is how the trainer's episode source calls this runner)
 
 The conversation is rendered with the tokenizer's chat template, but the policy's own tokens are
 never re-tokenized: each new prompt is the previous token ids + the observation's ids.

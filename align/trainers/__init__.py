@@ -1,14 +1,6 @@
-"""Trainers: one loop (base.py) and thin algorithm classes that plug into it (grpo.py, gcpo.py)."""
+"""Trainers: one loop (base.py), the algorithm registry (registry.py) and thin algorithm classes
+that plug into the loop (grpo.py, gcpo.py, grao.py, copg.py)."""
 
+from align.trainers.registry import ALGORITHMS, algorithm_class, registered
 
-def algorithm_class(name: str):
-    """The algorithm class for `algo=name` (imported on demand: the loop's helpers stay light)."""
-    if name == "grpo":
-        from align.trainers.grpo import GRPO
-
-        return GRPO
-    if name == "gcpo":
-        from align.trainers.gcpo import GCPO
-
-        return GCPO
-    raise ValueError(f"unknown algorithm '{name}'; choose grpo or gcpo")
+__all__ = ["ALGORITHMS", "algorithm_class", "registered"]

@@ -1,13 +1,17 @@
-"""The training loop, written once. Every algorithm plugs in through `score`, `advantages`, `loss`.
+"""The training loop, written once. Every algorithm plugs in through `needs`, `score`, `advantages`, `loss`.
 
 One step, top to bottom (`Trainer.step`):
-  prompts -> engine.generate (G completions each) -> algorithm.score (rewards [P, G])
-  -> reward shaping (overlong, dynamic sampling) -> algorithm.advantages
-  -> micro-batches by token budget -> logprobs (+ reference) -> algorithm.loss -> backward
-  -> optimizer step (x updates_per_batch) -> engine.sync_from(model), verified by the probe
-  -> metrics, samples, checkpoint.
-Losses are additive over micro-batches and ranks: normalisers (token and sequence counts) are
-those of the global step batch, so micro-batching and data parallelism never change the result.
+  1. rollouts: source.collect -> GroupBatch (this rank's P prompts x G completions, rewards [P,G]);
+     the source generates with the engine and calls algorithm.score, or reads fixed rows
+  2. plan: micro-batches by token budget (whole groups when the loss couples members), the step's
+     global normalisers, reference / pi_old log-probs when the algorithm needs them
+  3. algorithm.advantages over the global batch
+  4. per micro-batch: forward -> MicroBatch -> algorithm.loss -> backward; clip, optimizer step
+     (x updates_per_batch)
+  5. engine.sync_from(model), verified by the probe (when the engine samples from the policy)
+  then metrics, samples, checkpoint (`train`).
+Losses are additive over micro-batches and ranks: normalisers (token, sequence, prompt and group
+counts) are those of the global step batch, so micro-batching and data parallelism never change the result.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -26,10 +29,10 @@ from align import algos
 from align.config import Config, config_to_yaml
 from align.data.holdout import evaluation_rows, training_rows
 from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
-from align.rollout import SamplingSettings, make_engine
-from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
+from align.algos import GroupBatch, MicroBatch, Totals
+from align.rollout import make_engine
+from align.trainers.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
 from align.trainers.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
-from align.trainers.grpo import Scores
 from align.trainers.distributed import (
     max_over_ranks,
     outside_zero3_init,
@@ -40,22 +43,27 @@ from align.trainers.distributed import (
 )
 from align.trainers.logger import RunLogger
 from align.trainers.precision import training_precision
-from align.trainers.prompts import PromptStream, encode_prompt
 from align.trainers.samples import group_samples
-from align.trainers.seeds import derived_seed
-from align.trainers.shaping import informative_groups, overlong_penalty
+from align.trainers.sources import ROLLOUT_SOURCES
 from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
 
 
 @dataclass
-class StepConstants:
-    """What the optimisation phase of one step shares: micro-batches, global normalisers, fixed logprobs."""
+class MicroBatchRows:
+    """One micro-batch: completion rows of the step batch, and the prompts whose reference answers ride along."""
 
-    groups: list[list[int]]  # micro-batches: rows of the step batch, the same count on every rank
-    num_tokens: float  # loss tokens of the global batch (all ranks)
-    num_seqs: float  # completions of the global batch
-    ref: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> reference logprobs [B, T]
-    old: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> pi_old logprobs [B, T] (when not the current forward)
+    rows: list[int]
+    answers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepPlan:
+    """What the optimisation phase of one step shares: micro-batches, global normalisers, fixed log-probs."""
+
+    micro_batches: list[MicroBatchRows]  # the same count on every rank
+    totals: Totals
+    ref: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> reference log-probs [B, T]
+    old: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> pi_old [B, T] (when not the current forward)
 
 
 def resolve_dtype(name: str) -> str:
@@ -82,7 +90,7 @@ class Trainer:
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
         self.ref_model = None
-        if cfg.loss.beta > 0:  # no reference model at all when the KL term is off
+        if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
         t = cfg.train
         params = [p for p in model.parameters() if p.requires_grad]
@@ -92,17 +100,22 @@ class Trainer:
         if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
 
-        dataset = training_rows(cfg, warn=print if accelerator.is_main_process else lambda _: None)
-        self.prompts = PromptStream(dataset, t.seed, self.rank, self.world)
+        # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
+        dataset = None if cfg.rollout.source == "episodes" else training_rows(
+            cfg, warn=print if accelerator.is_main_process else lambda _: None)
         self._eval_dataset = None  # loaded on the first evaluation
-        with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
-            self.engine = self._make_engine()
+        source = ROLLOUT_SOURCES[cfg.rollout.source]
+        self.engine = None
+        if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
+            with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
+                self.engine = self._make_engine()
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
         self.model_rewards = bind_model_rewards(reward_functions_of(self.algo), RewardContext(
             device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
             policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine, cache_dir=m.cache_dir))
+        self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
-                                tensorboard=cfg.log.tensorboard, console=cfg.log.console)
+                                tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
         self.start_step = 0
         if cfg.resume:
             self._resume(cfg.resume)
@@ -144,8 +157,9 @@ class Trainer:
             return
         state = load_checkpoint(self.acc, path)
         self.start_step = state["step"]
-        self.prompts.load_state_dict(state["prompts"])
-        self._sync_engine(version=state["weight_version"])
+        self.source.load_state_dict(state["prompts"])
+        if self.engine is not None:
+            self._sync_engine(version=state["weight_version"])
         self.logger.print(f"resumed from {path} at step {self.start_step}")
 
     def _sync_engine(self, version: int | None = None):
@@ -184,7 +198,8 @@ class Trainer:
         return bool(self.acc.reduce(over, reduction="max").item())
 
     def save(self, step: int) -> Path:
-        state = {"step": step, "prompts": self.prompts.state_dict(), "weight_version": self.engine.weight_version}
+        version = self.engine.weight_version if self.engine is not None else 0
+        state = {"step": step, "prompts": self.source.state_dict(), "weight_version": version}
         return save_checkpoint(self.acc, self.run_dir, step, state, keep_last=self.cfg.log.keep_last)
 
     def export(self, out_dir: Path) -> None:
@@ -194,177 +209,163 @@ class Trainer:
     def batch_arithmetic(self) -> str:
         c = self.cfg
         g, batch = c.rollout.num_generations, c.train.batch_size
+        unused = getattr(self.source, "unused_rows", 0)
+        note = (f"; offline rows: {unused} rows beyond {g} per prompt are unused (raise rollout.num_generations)"
+                if unused else "")
         return (
             f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
             f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
-            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch"
+            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch{note}"
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
-        cfg, timers = self.cfg, defaultdict(float)
-        g = cfg.rollout.num_generations
-        n_prompts = cfg.train.batch_size // g
-        rollout = self._collect(step, n_prompts, g, timers)
-        metrics = rollout_metrics_over_ranks(self.acc, rollout.metrics)
+        """One optimizer step; each phase runs only if the algorithm needs it (`self.algo.needs`)."""
+        timers: dict[str, float] = defaultdict(float)
+        n_prompts = self.cfg.train.batch_size // self.cfg.rollout.num_generations
 
-        # Per-step constants: micro-batches, reference logprobs, pi_old where it is needed.
+        # 1. Rollouts: this rank's share of the step's groups, with rewards (generated or read).
+        collected = self.source.collect(step, n_prompts, timers)
+        batch = collected.batch
+        metrics = rollout_metrics_over_ranks(self.acc, collected.metrics)
+
+        # 2. The step's plan: micro-batches, global normalisers, log-probs that stay fixed.
         t0 = time.perf_counter()
-        constants = self._constants(rollout)
+        plan = self._plan(batch)
         timers["logprob"] += time.perf_counter() - t0
-        rewards = rollout.rewards
-        if cfg.loss.kl_in_reward:  # verl's use_kl_in_reward: the KL penalty shapes rewards before advantages
-            penalty = self._kl_reward_penalty(rollout, constants).view_as(rewards)
-            rewards = rewards - penalty
-            metrics["kl_in_reward/penalty"] = self.acc.reduce(penalty.mean().to(self.acc.device), "mean").item()
 
-        # Advantages over the global batch: group statistics are per prompt, but `scale=batch`
-        # needs every rank's rewards, so gather once and slice this rank's rows back.
-        all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()
-        all_valid = self.acc.gather(rollout.valid.to(self.acc.device)).cpu().bool()
-        adv_global = self.algo.advantages(all_rewards, all_valid)
-        share = rewards.shape[0]
-        adv = adv_global[self.rank * share : (self.rank + 1) * share].reshape(-1)
-        metrics |= {"reward/mean": all_rewards.mean().item(), "reward/std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-                    "adv/abs_mean": adv_global.abs().mean().item()}
+        # 3. Advantages over the global batch (after the KL penalty, when it goes into the reward).
+        if self.cfg.loss.kl_in_reward:
+            batch = self._kl_in_reward(batch, plan, metrics)
+        batch = self._advantages(batch, metrics)
 
+        # 4. Loss per micro-batch -> backward -> clip -> optimizer (x updates_per_batch).
         t0 = time.perf_counter()
-        metrics |= self._optimize(rollout, adv, constants)
+        metrics |= self._optimize(batch, plan)
         timers["train"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        report = self._sync_engine()
-        timers["sync"] += time.perf_counter() - t0
-        metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
+        # 5. The engine samples the next step from the new weights (verified by the probe).
+        if self.algo.needs.weight_sync:
+            t0 = time.perf_counter()
+            report = self._sync_engine()
+            timers["sync"] += time.perf_counter() - t0
+            metrics |= {"sync/probe_diff": report.probe_diff, "sync/weight_version": report.weight_version}
+
         metrics |= {f"time/{k}": v for k, v in timers.items()}
         metrics["time/step"] = sum(timers.values())
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        samples = group_samples(self.tokenizer, rollout.rows, rollout.flat, rewards, adv.view_as(rewards),
-                                rollout.components, cfg.log.num_samples)  # the rewards the advantages came from
+        # A few groups as the model saw them, with the rewards the advantages came from.
+        samples = group_samples(self.tokenizer, collected.rows, collected.completions, batch.rewards, batch.advantages,
+                                batch.components, self.cfg.log.num_samples)
         return metrics, samples
 
-    # ------------------------------------------------------------------------------- rollouts
-    def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
-        """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
+    # ------------------------------------------------------------------------------- the plan
+    def _usable(self, batch: GroupBatch) -> torch.Tensor:
+        """[P,G] bool: members that carry loss (valid, and not cut at max_tokens when those are masked)."""
+        if self.cfg.loss.mask_truncated:
+            return batch.valid & ~batch.truncated
+        return batch.valid
 
-        Seeds are hashes (trainers/seeds.py): no two requests of a run share a random stream, whatever
-        the rank, refill round or step.
+    def _plan(self, batch: GroupBatch) -> StepPlan:
+        """Micro-batches, global normalisers, and the log-probs that stay fixed during the step.
+
+        Reference log-probs when the algorithm needs a reference model; pi_old from a no-grad pass
+        when the batch is reused (mu > 1) or the KL goes into the reward; otherwise pi_old is the
+        current policy, taken from the gradient's own forward pass (saves a pass).
         """
-        r, seed = self.cfg.rollout, self.cfg.train.seed
-        prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
-        sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    top_k=r.top_k, stop=list(r.stop), seed=derived_seed(seed, step, round_, self.rank))
-        if not r.seed_per_prompt:
-            return self.engine.generate(prompt_ids, g, sampling)
-        # Each prompt seeded by its global position: the same completions on any number of processes.
-        return [self.engine.generate([ids], g, replace(sampling, seed=derived_seed(seed, step, round_, -1, pos)))[0]
-                for ids, pos in zip(prompt_ids, positions)]
+        plan = StepPlan(micro_batches=self._micro_batches(batch), totals=self._totals(batch))
+        need_old = self.algo.needs.importance_correction and (
+            self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
+        with torch.no_grad():
+            for i, mb in enumerate(plan.micro_batches):
+                seqs = self._sequences(batch, mb)
+                if self.ref_model is not None:
+                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
+                if need_old:
+                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
+        return plan
 
-    def _score(self, step: int, rows: list[dict], groups, g: int):
-        flat = [c for group in groups for c in group]
-        prompts = [row["prompt"] for row in rows for _ in range(g)]
-        chat = isinstance(rows[0]["prompt"], list)
-        completions = [[{"role": "assistant", "content": c.text}] if chat else c.text for c in flat]
-        columns = {k: [row[k] for row in rows for _ in range(g)] for k in rows[0] if k != "prompt"}
-        scores = self.algo.score(prompts, completions, columns, [c.token_ids for c in flat], g,
-                                 trainer_state=SimpleNamespace(global_step=step))
-        return flat, scores
+    def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
+        """Token-budget micro-batches over sequences, or over whole groups (each with its reference
+        answer) when the algorithm's loss couples group members; the same count on every rank."""
+        G, whole = batch.group_size, self.algo.needs.whole_groups
+        prompt_lens = [len(ids) for ids in batch.prompt_ids]
+        if whole:
+            answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
+            lengths = [(prompt_lens[p], max([len(answers[p])] + [len(batch.completion_ids[p * G + i]) for i in range(G)]))
+                       for p in range(batch.num_prompts)]
+            sizes = [G + (1 if batch.answer_ids else 0)] * batch.num_prompts
+        else:
+            lengths = [(prompt_lens[r // G], len(ids)) for r, ids in enumerate(batch.completion_ids)]
+            sizes = None
+        units = token_budget_groups(lengths, self.cfg.train.micro_batch_tokens, sizes)
+        # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
+        units = split_to_count(units, max_over_ranks(self.acc, len(units)))
+        if not whole:
+            return [MicroBatchRows(rows=sorted(u)) for u in units]
+        return [MicroBatchRows(rows=[p * G + i for p in sorted(u) for i in range(G)],
+                               answers=sorted(u) if batch.answer_ids else []) for u in units]
 
-    def _collect(self, step: int, n_prompts: int, g: int, timers) -> SimpleNamespace:
-        """Generate and score this rank's share of the step's `n_prompts` prompts.
+    def _totals(self, batch: GroupBatch) -> Totals:
+        """The step's global counts: tokens under exactly the loss mask (`_loss_mask`), completions,
+        prompts, and groups with >= 2 members that carry loss. One all-reduce."""
+        n = len(batch.completion_ids)
+        cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(n, dtype=torch.bool)
+        local = torch.tensor([float(sum(batch.loss_tokens(r) for r in range(n) if not cut[r])),
+                              float((self._usable(batch).sum(1) >= 2).sum())], dtype=torch.float64, device=self.acc.device)
+        tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
+        return Totals(num_tokens=tokens, num_seqs=float(n * self.world), num_prompts=float(batch.num_prompts * self.world),
+                      num_groups=groups)
 
-        With dynamic sampling (DAPO), groups whose rewards are all equal carry no policy gradient:
-        they are dropped and more prompts are drawn, for up to `dynamic_sampling_max_rounds` rounds;
-        if that is not enough, dropped groups fill the rest so the batch keeps its size. Refills are
-        decided over the GLOBAL batch (every rank draws its share of the same global shortfall) and
-        the kept groups are then dealt out in global draw order, so every rank walks the same prompt
-        stream and the batch does not depend on the number of processes.
-        """
+    def _kl_in_reward(self, batch: GroupBatch, plan: StepPlan, metrics: dict[str, float]) -> GroupBatch:
+        """verl's use_kl_in_reward: R - beta * sum_t KL_t(pi_old || pi_ref) per completion, before advantages."""
         lc = self.cfg.loss
-        rounds = lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1
-        # (round, global position, row, completions, rewards [G], valid [G], components {name: [G]}, informative)
-        entries: list[tuple] = []
-        need, generated_tokens = n_prompts, 0
-        logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
-        for round_ in range(rounds):
-            t0 = time.perf_counter()
-            rows, positions = self.prompts.next_share(need)
-            groups = self._generate(step, rows, positions, g, round_) if rows else []
-            timers["generate"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if rows:
-                flat, scores = self._score(step, rows, groups, g)
-                generated_tokens += sum(len(c.token_ids) for c in flat)
-                lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
-                rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer,
-                                                            lc.overlong_penalty)
-                informative = informative_groups(rewards, scores.valid)
-                for key, value in scores.logged.items():
-                    logged[key].append(value)
-                for i, row in enumerate(rows):
-                    components = {name: values[i] for name, values in scores.components.items()}
-                    entries.append((round_, positions[i], row, groups[i], rewards[i], scores.valid[i], components,
-                                    bool(informative[i])))
-            else:  # other ranks score this round: model rewards may run collectives (rewards/context.py)
-                for reward in self.model_rewards:
-                    reward.idle()
-            timers["reward"] += time.perf_counter() - t0
-            if not lc.dynamic_sampling:
-                break
-            kept = self._sum_over_ranks(sum(e[-1] for e in entries))
-            if kept >= n_prompts:
-                break
-            need = n_prompts - kept
-        drawn = self._sum_over_ranks(len(entries))
-        zero_std = drawn - self._sum_over_ranks(sum(e[-1] for e in entries))
-        if lc.dynamic_sampling:
-            entries = self._deal_kept_groups(entries, n_prompts)
-        _, _, rows, groups, rewards, valid, components, _ = zip(*entries)
-        flat = [c for group in groups for c in group]
-        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
-        # Reward statistics of the batch that is trained on (not of dropped groups).
-        kept_scores = Scores(torch.stack(rewards), torch.stack(valid),
-                             {name: torch.stack([c[name] for c in components]) for name in components[0]})
-        metrics = self.algo.batch_metrics(kept_scores)
-        metrics |= {key: sum(values) / len(values) for key, values in logged.items()}
-        metrics |= {
-            "zero_std_frac": zero_std / max(drawn, 1),
-            "completion_len/mean": lengths.mean().item(),
-            "completion_len/max": lengths.max().item(),
-            "truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat),
-            "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
-            "weight_version": float(flat[0].weight_version),
-        }
-        return SimpleNamespace(flat=flat, rewards=kept_scores.rewards, valid=kept_scores.valid,
-                               metrics=metrics, rows=list(rows), components=kept_scores.components)
+        penalty = torch.zeros(len(batch.completion_ids), dtype=torch.float32)
+        for i, mb in enumerate(plan.micro_batches):
+            seqs = self._sequences(batch, mb)
+            mask = self._loss_mask(batch, mb, seqs.completion_mask[: len(mb.rows)])
+            zero = torch.zeros(len(mb.rows), device=self.acc.device)
+            shaped = algos.kl_penalty_rewards(zero, plan.old[i], plan.ref[i], mask, lc.beta, kind=lc.kl_kind)
+            penalty[mb.rows] = -shaped.float().cpu()
+        penalty = penalty.view_as(batch.rewards)
+        metrics["kl_in_reward/penalty"] = self.acc.reduce(penalty.mean().to(self.acc.device), "mean").item()
+        return replace(batch, rewards=batch.rewards - penalty)
 
-    def _sum_over_ranks(self, value: int) -> int:
-        if self.world == 1:
-            return value
-        return int(self.acc.reduce(torch.tensor(value, device=self.acc.device), "sum").item())
-
-    def _deal_kept_groups(self, entries: list[tuple], n_prompts: int) -> list[tuple]:
-        """The step batch: the first `n_prompts` informative groups in global draw order (then dropped
-        ones, if rounds ran out), and this rank's contiguous share of it."""
-        if self.world > 1:
-            from accelerate.utils import gather_object
-
-            entries = gather_object(entries)
-        ordered = sorted(entries, key=lambda e: (e[0], e[1]))
-        batch = ([e for e in ordered if e[-1]] + [e for e in ordered if not e[-1]])[:n_prompts]
-        local = n_prompts // self.world
-        return batch[self.rank * local : (self.rank + 1) * local]
+    def _advantages(self, batch: GroupBatch, metrics: dict[str, float]) -> GroupBatch:
+        """Group statistics are per prompt, but `scale=batch` needs every rank's rewards: gather once,
+        compute over the global batch, and keep this rank's rows."""
+        gather = lambda t: self.acc.gather(t.to(self.acc.device)).cpu()  # noqa: E731
+        rewards, valid = gather(batch.rewards), gather(batch.valid).bool()
+        answer_rewards = gather(batch.answer_rewards) if batch.answer_rewards is not None else None
+        adv = self.algo.advantages(rewards, valid, answer_rewards)
+        scored = rewards[valid]
+        metrics |= {"reward/mean": scored.mean().item() if scored.numel() else 0.0,
+                    "reward/std": scored.std().item() if scored.numel() > 1 else 0.0,
+                    "adv/abs_mean": adv.completions[valid].abs().mean().item() if scored.numel() else 0.0}
+        mine = slice(self.rank * batch.num_prompts, (self.rank + 1) * batch.num_prompts)
+        answers = adv.answers[mine] if adv.answers is not None else None
+        if answers is not None:
+            metrics["adv/answer_mean"] = adv.answers.mean().item()
+        batch = batch.with_advantages(adv.completions[mine], answers)
+        if self.algo.needs.token_advantages:  # SALT: per-step advantages from this rank's groups
+            batch, graph_metrics = self.algo.token_advantages(batch)
+            metrics |= rollout_metrics_over_ranks(self.acc, graph_metrics)
+        return batch
 
     # ------------------------------------------------------------------------------- training
-    def _sequences(self, rollout, idx: list[int]):
-        flat = rollout.flat
-        return pad_sequences([flat[i].prompt_ids for i in idx], [flat[i].token_ids for i in idx], idx,
-                             self.tokenizer.pad_token_id, self.acc.device)
+    def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences:
+        """The micro-batch padded for the model: its completion rows, then its reference answers."""
+        G = batch.group_size
+        prompts = [batch.prompt_ids[r // G] for r in mb.rows] + [batch.prompt_ids[p] for p in mb.answers]
+        completions = [batch.completion_ids[r] for r in mb.rows] + [batch.answer_ids[p] for p in mb.answers]
+        index = mb.rows + [len(batch.completion_ids) + p for p in mb.answers]
+        return pad_sequences(prompts, completions, index, self.tokenizer.pad_token_id, self.acc.device)
 
-    def _engine_logp(self, rollout, seqs) -> torch.Tensor:
-        out = torch.zeros_like(seqs.completion_mask)
-        for row, i in enumerate(seqs.index.tolist()):
-            lp = rollout.flat[i].logprobs
-            out[row, : len(lp)] = torch.tensor(lp, dtype=out.dtype)
+    def _padded(self, rows_of_values: list[list[float]], rows: list[int], like: torch.Tensor) -> torch.Tensor:
+        """Per-token values of `rows` right-padded with 0 into a tensor shaped like `like` [B, T]."""
+        out = torch.zeros_like(like)
+        for i, r in enumerate(rows):
+            values = rows_of_values[r]
+            out[i, : len(values)] = torch.tensor(values, dtype=out.dtype)
         return out
 
     def _logp(self, model, seqs, with_entropy: bool = False):
@@ -380,53 +381,50 @@ class Trainer:
             return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
         return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
 
-    def _loss_mask(self, rollout, seqs) -> torch.Tensor:
-        mask = seqs.completion_mask
-        if self.cfg.loss.mask_truncated:  # completions cut at max_tokens carry no loss
-            keep = torch.tensor([rollout.flat[i].finish_reason != "length" for i in seqs.index.tolist()])
-            mask = mask * keep.to(mask)[:, None]
+    def _loss_mask(self, batch: GroupBatch, mb: MicroBatchRows, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] loss tokens of the micro-batch's completion rows: agents' action tokens only, and
+        none in completions cut at max_tokens when loss.mask_truncated."""
+        if batch.token_mask is not None:
+            mask = mask * self._padded(batch.token_mask, mb.rows, mask)
+        if self.cfg.loss.mask_truncated:
+            mask = mask * (~batch.truncated.reshape(-1)[mb.rows]).to(mask)[:, None]
         return mask
 
-    def _constants(self, rollout) -> StepConstants:
-        """Micro-batches (equal counts on every rank) and the logprobs that stay fixed during the step.
+    def _micro_batch(self, batch: GroupBatch, mb: MicroBatchRows, plan: StepPlan, i: int, with_entropy: bool):
+        """Forward one micro-batch and assemble the algorithm's `MicroBatch` (and the entropy [B,T])."""
+        needs, lc, n = self.algo.needs, self.cfg.loss, len(mb.rows)
+        seqs = self._sequences(batch, mb)
+        logp_all, entropy = self._logp(self.model, seqs, with_entropy)
+        logp, mask = logp_all[:n], self._loss_mask(batch, mb, seqs.completion_mask[:n])
+        usable = self._usable(batch).reshape(-1)[mb.rows]
+        engine_logp = self._padded(batch.engine_logprobs, mb.rows, logp.detach()) if batch.engine_logprobs else None
+        old_logp = is_weights = None
+        if needs.importance_correction:
+            old_logp = plan.old.get(i, logp.detach())
+        if engine_logp is not None and batch.token_mask is not None:
+            # Observation tokens come from the environment, not the policy: their engine "log-prob" is
+            # no policy probability, so they stay out of importance correction (weight 1, no mismatch).
+            engine_logp = torch.where(mask > 0, engine_logp, old_logp if old_logp is not None else logp.detach())
+        if needs.importance_correction:
+            if lc.tis_cap and engine_logp is not None:
+                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap)
+        answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
+                       answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
+        if batch.token_advantages is not None:  # SALT: one advantage per action token
+            advantages = self._padded(batch.token_advantages, mb.rows, logp.detach())
+        else:
+            advantages = batch.advantages.reshape(-1)[mb.rows].to(logp)
+        micro = MicroBatch(
+            logp=logp, mask=mask, advantages=advantages,
+            rewards=batch.rewards.reshape(-1)[mb.rows].to(logp), valid=usable.to(logp.device),
+            group_size=batch.group_size, totals=plan.totals, old_logp=old_logp, engine_logp=engine_logp,
+            ref_logp=plan.ref.get(i), is_weights=is_weights, **answers,
+        )
+        return micro, (entropy[:n] if entropy is not None else None)
 
-        Reference logprobs when beta > 0. pi_old from a no-grad pass when the batch is reused
-        (mu > 1) or the KL goes into the reward; with mu = 1 otherwise, pi_old is the current policy
-        and is taken from the gradient's own forward pass (saves a pass).
-        """
-        cfg = self.cfg
-        flat = rollout.flat
-        groups = token_budget_groups([(len(c.prompt_ids), len(c.token_ids)) for c in flat], cfg.train.micro_batch_tokens)
-        # Same number of micro-batches on every rank: under ZeRO each forward/backward is a collective.
-        groups = split_to_count(groups, max_over_ranks(self.acc, len(groups)))
-        local_tokens = sum(len(c.token_ids) for c in flat if not (cfg.loss.mask_truncated and c.finish_reason == "length"))
-        num_tokens = self.acc.reduce(torch.tensor(float(local_tokens), device=self.acc.device), reduction="sum").item()
-        constants = StepConstants(groups=groups, num_tokens=num_tokens, num_seqs=float(len(flat) * self.world))
-        need_old = cfg.train.updates_per_batch > 1 or cfg.loss.kl_in_reward
-        with torch.no_grad():
-            for gi, idx in enumerate(groups):
-                seqs = self._sequences(rollout, idx)
-                if self.ref_model is not None:
-                    constants.ref[gi] = self._logp(self.ref_model, seqs)[0]
-                if need_old:
-                    constants.old[gi] = self._logp(self.model, seqs)[0]
-        return constants
-
-    def _kl_reward_penalty(self, rollout, constants: StepConstants) -> torch.Tensor:
-        """beta * sum_t KL_t(pi_old || pi_ref) per completion [N] (align.algos.kl_penalty_rewards)."""
-        lc = self.cfg.loss
-        penalty = torch.zeros(len(rollout.flat), dtype=torch.float32)
-        for gi, idx in enumerate(constants.groups):
-            seqs = self._sequences(rollout, idx)
-            zero = torch.zeros(len(idx), device=self.acc.device)
-            shaped = algos.kl_penalty_rewards(zero, constants.old[gi], constants.ref[gi], self._loss_mask(rollout, seqs),
-                                              lc.beta, kind=lc.kl_kind)
-            penalty[seqs.index.cpu()] = -shaped.float().cpu()
-        return penalty
-
-    def _optimize(self, rollout, adv: torch.Tensor, constants: StepConstants) -> dict[str, float]:
-        cfg, lc = self.cfg, self.cfg.loss
-        groups = constants.groups
+    def _optimize(self, batch: GroupBatch, plan: StepPlan) -> dict[str, float]:
+        cfg, micro_batches = self.cfg, plan.micro_batches
+        additive = self.algo.additive_metrics
         # Loss metrics are averaged over every update (mu of them: with mu > 1 the ratio moves, and
         # the clip fractions of update 0 alone would always read 0); entropy and the engine mismatch
         # describe the rollout policy and come from update 0.
@@ -435,31 +433,27 @@ class Trainer:
         grad_norms = []
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
-            for gi, idx in enumerate(groups):
-                seqs = self._sequences(rollout, idx)
-                mask = self._loss_mask(rollout, seqs)
-                logp, entropy = self._logp(self.model, seqs, with_entropy=update == 0)
-                old_logp = constants.old.get(gi, logp.detach())
-                engine_logp = self._engine_logp(rollout, seqs)
-                adv_tok = adv[seqs.index.cpu()].to(logp)
-                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap) if lc.tis_cap else None
-                loss, m = self.algo.loss(logp, old_logp, adv_tok, mask, ref_logp=constants.ref.get(gi), is_weights=is_weights,
-                                         num_tokens=constants.num_tokens, num_seqs=constants.num_seqs)
+            for i, mb in enumerate(micro_batches):
+                micro, entropy = self._micro_batch(batch, mb, plan, i, with_entropy=update == 0)
+                loss, m = self.algo.loss(micro)
                 # DDP and ZeRO average gradients over ranks; our per-rank losses are additive
                 # shares of the global loss, so undo the average.
-                last = gi == len(groups) - 1
+                last = i == len(micro_batches) - 1
                 self.acc.sync_gradients = last
                 with self.acc.no_sync(self.model) if not last and self.world > 1 else nullcontext():
                     self.acc.backward(loss * self.world)
+                mask = micro.mask
                 n = mask.sum().item()
                 per_update["loss"] += loss.item()
                 per_update["tokens"] += n
                 for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
-                    per_update[k] += float(v) if k in _ADDITIVE_METRICS else float(v) * n
+                    per_update[k] += float(v) if k in additive else float(v) * n
                 if update == 0:
                     rollout_policy["tokens"] += n
                     rollout_policy["entropy"] += (entropy * mask).sum().item()
-                    rollout_policy["logp_mismatch"] += ((old_logp - engine_logp).abs() * mask).sum().item()
+                    if micro.engine_logp is not None:
+                        trainer_logp = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
+                        rollout_policy["logp_mismatch"] += ((trainer_logp - micro.engine_logp).abs() * mask).sum().item()
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
             self.optimizer.step()
@@ -472,24 +466,24 @@ class Trainer:
             totals = self.acc.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.acc.device), "sum")
             sums = dict(zip(names, totals.tolist()))
             tokens = max(sums.pop("tokens"), 1.0)
-            out |= {k: v / repeats if k in _ADDITIVE_METRICS else v / tokens for k, v in sums.items()}
+            out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["micro_batches"] = float(len(micro_batches))
         return out
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         from align.eval import eval_rewards, evaluate_engine
 
+        if not self.algo.needs.weight_sync:  # the engine did not follow the policy during training
+            self._sync_engine()
+        if hasattr(self.source, "evaluate"):  # agents (EpisodeSource): success rate on held-out tasks
+            return self.source.evaluate()
         if self._eval_dataset is None:
             self._eval_dataset = evaluation_rows(self.cfg, warn=self.logger.print)
         accuracy, others = eval_rewards(self.algo, self.cfg)  # eval.accuracy, else the algorithm's accuracy reward
         return evaluate_engine(self.engine, self.tokenizer, self._eval_dataset, accuracy, self.cfg.rollout,
                                k=self.cfg.eval.k, seed=self.cfg.train.seed, extra=others)
-
-
-# Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
-# and ranks); every other loss metric is a mean over the shard's tokens (token-weighted average).
-_ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens"})
 
 
 def _make_scheduler(optimizer, kind: str, warmup: int, total: int):

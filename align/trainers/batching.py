@@ -55,25 +55,29 @@ def pad_sequences(
     )
 
 
-def token_budget_groups(lengths: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
-    """Split sequence indices into micro-batches whose padded size stays within `max_tokens`.
+def token_budget_groups(lengths: list[tuple[int, int]], max_tokens: int, sizes: list[int] | None = None) -> list[list[int]]:
+    """Split unit indices into micro-batches whose padded size stays within `max_tokens`.
 
-    `lengths` holds (prompt_len, completion_len) per sequence. Sequences are sorted by total length
-    so similar lengths share a micro-batch (less padding); a single sequence longer than the
-    budget still gets a micro-batch of its own. The loss is a sum of per-micro-batch
-    contributions with global normalisers, so grouping never changes the result.
+    A unit is one sequence, or (with `sizes`) a block of sizes[i] sequences that must stay
+    together: a whole group, when the loss couples its members. `lengths` holds the unit's
+    (prompt_len, completion_len), for a block the longest of its members. Units are sorted by
+    total length so similar lengths share a micro-batch (less padding); a unit larger than the
+    budget still gets a micro-batch of its own. The loss is a sum of per-micro-batch contributions
+    with global normalisers, so grouping never changes the result.
     """
+    sizes = [1] * len(lengths) if sizes is None else sizes
     order = sorted(range(len(lengths)), key=lambda i: sum(lengths[i]), reverse=True)
     groups: list[list[int]] = []
     current: list[int] = []
-    max_p = max_c = 0
+    rows = max_p = max_c = 0
     for i in order:
         p, c = lengths[i]
         new_p, new_c = max(max_p, p), max(max_c, c)
-        if current and (len(current) + 1) * (new_p + new_c) > max_tokens:
+        if current and (rows + sizes[i]) * (new_p + new_c) > max_tokens:
             groups.append(current)
-            current, new_p, new_c = [], p, c
+            current, rows, new_p, new_c = [], 0, p, c
         current.append(i)
+        rows += sizes[i]
         max_p, max_c = new_p, new_c
     if current:
         groups.append(current)

@@ -13,7 +13,9 @@ import torch
 from align import algos
 from align.config import Config
 from align.rewards import compute_rewards, load_reward_functions
-from align.trainers.grpo import GRPO, Scores, _as_groups, logged_means
+from align.trainers.algorithm import Scores
+from align.trainers.grpo import GRPO, _as_groups, logged_means
+from align.trainers.report import Signal
 
 
 class GCPO(GRPO):
@@ -23,6 +25,27 @@ class GCPO(GRPO):
         self.cfg = cfg
         g = cfg.gcpo
         self.reward_functions = load_reward_functions([g.accuracy_reward, g.format_reward, g.aux_reward], None, cfg.reward.options)
+        self.needs = self.grpo_needs(cfg)
+
+    @property
+    def signals(self) -> tuple[Signal, ...]:
+        """What GCPO is meant to learn, per problem: construct where it pays, not where it costs.
+
+        The held-out rates need a boolean `aux_helps` column (the built-in geometry task has one);
+        on other data only the training signals appear.
+        """
+        aux = self.reward_functions[2].name
+        held_out = "aux use, held-out"
+        mask = "contrastive mask (groups per step)"
+        train = "training accuracy with / without aux"
+        return (
+            Signal(f"eval/aux_helps/yes/{aux}/rate", "aux use where it helps (held-out)", held_out),
+            Signal(f"eval/aux_helps/no/{aux}/rate", "aux use where it hurts (held-out)", held_out),
+            Signal("gcpo/mask_pos", "groups where aux paid (mask +1)", mask),
+            Signal("gcpo/mask_neg", "groups where aux cost (mask -1)", mask),
+            Signal("gcpo/acc_with_aux", "training accuracy with aux", train),
+            Signal("gcpo/acc_without_aux", "training accuracy without aux", train),
+        )
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         g = self.cfg.gcpo

@@ -1,32 +1,28 @@
 """GRPO: weighted verifiable rewards -> group-normalised advantages -> clipped surrogate (+ KL).
 
-An algorithm is three small methods the loop in `base.py` calls: `score` (completions -> rewards
-[P, G]), `advantages` (rewards -> advantages) and `loss` (one micro-batch -> loss). GCPO, SALT,
-GRAO and CoPG override one of them; the maths is in `align.algos`.
+The reference algorithm (trainers/algorithm.py has the interface): `needs` says which phases the
+loop runs, `score` turns completions into rewards [P, G], `advantages` normalises them per group,
+`loss` takes one `MicroBatch`. GCPO overrides `score`; GRAO and CoPG override the rest; the maths
+is in `align.algos`. Hyper-parameters: the `loss` config section.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from align import algos
 from align.config import Config
+from align.algos import MicroBatch
 from align.rewards import RewardResult, compute_rewards, load_reward_functions, reward_metrics
+from align.trainers.algorithm import ADDITIVE_METRICS, Advantages, Needs, Scores
 
-
-@dataclass
-class Scores:
-    rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
-    valid: torch.Tensor  # [P, G] bool: False where no reward function applied (TRL: advantage 0)
-    components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
-    # what reward functions sent through log_metric(name, value), averaged per name: "reward/<name>"
-    logged: dict[str, float] = field(default_factory=dict)
+__all__ = ["GRPO", "Scores"]
 
 
 def logged_means(result: RewardResult) -> dict[str, float]:
+    """What reward functions sent through TRL's log_metric(name, value), averaged per name."""
     return {f"reward/{name}": sum(values) / len(values) for name, values in result.logged_metrics.items() if values}
 
 
@@ -37,10 +33,20 @@ def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
 
 class GRPO:
     name = "grpo"
+    additive_metrics = ADDITIVE_METRICS
+    # The algorithm's own metrics (align.trainers.report.Signal), shown in the evaluation tables
+    # and metrics.png next to the held-out accuracy. Plain GRPO has none beyond reward and accuracy.
+    signals: tuple = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.weights, cfg.reward.options)
+        self.needs = self.grpo_needs(cfg)
+
+    @staticmethod
+    def grpo_needs(cfg: Config) -> Needs:
+        # No reference model at all when the KL term is off.
+        return Needs(reference_model=cfg.loss.beta > 0, importance_correction=True)
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         result = compute_rewards(
@@ -60,18 +66,18 @@ class GRPO:
                               (~scores.valid).flatten().tolist())
         return reward_metrics(result)
 
-    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor, answer_rewards: torch.Tensor | None = None) -> Advantages:
         c = self.cfg.loss
-        return algos.group_advantages(
+        return Advantages(algos.group_advantages(
             rewards, valid, baseline=c.baseline, scale=c.scale, ddof=c.ddof, eps=c.adv_eps, small_group=c.small_group
-        )
+        ))
 
-    def loss(self, logp, old_logp, adv_tok, mask, *, ref_logp, is_weights, num_tokens, num_seqs):
+    def loss(self, mb: MicroBatch):
         c = self.cfg.loss
         return algos.grpo_loss(
-            logp, old_logp, adv_tok, mask,
-            ref_logp=ref_logp, beta=0.0 if c.kl_in_reward else c.beta, kl_kind=c.kl_kind, kl_clamp=c.kl_clamp,
+            mb.logp, mb.old_logp, mb.advantages, mb.mask,
+            ref_logp=mb.ref_logp, beta=0.0 if c.kl_in_reward else c.beta, kl_kind=c.kl_kind, kl_clamp=c.kl_clamp,
             eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=c.dual_clip, delta=c.delta,
-            ratio_level=c.ratio_level, is_weights=is_weights, agg=c.agg, const_len=self.cfg.rollout.max_tokens,
-            num_tokens=num_tokens, num_seqs=num_seqs,
+            ratio_level=c.ratio_level, is_weights=mb.is_weights, agg=c.agg, const_len=self.cfg.rollout.max_tokens,
+            num_tokens=mb.totals.num_tokens, num_seqs=mb.totals.num_seqs,
         )

@@ -25,7 +25,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from align.trainers.plots import plot_metrics
+from align.trainers.plots import plot_metrics, read_metrics
+from align.trainers.report import Signal, eval_table, summary_table, where_to_look
 
 # Metrics shown beside the bar: label -> patterns on the key, most preferred first; the first
 # (sorted) key matching the earliest pattern is shown.
@@ -101,8 +102,12 @@ class RunLogger:
         is_main: bool = True,
         tensorboard: bool = True,
         console: bool = True,
+        signals: tuple[Signal, ...] = (),
     ) -> None:
         self.enabled = is_main
+        # The algorithm's own metrics (report.Signal): in the evaluation tables and in metrics.png.
+        self.signals = tuple(signals)
+        self._history: list[tuple[int, dict[str, float]]] = []
         self.closed = False
         if not is_main:
             return
@@ -114,7 +119,11 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.png_path = self.run_dir / "metrics.png"
-        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes).
+        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes), and
+        # its tables compare with the run's first evaluation, not the first after the resume.
+        self._history = [(r["step"], {k: float(v) for k, v in r.items() if k not in ("step", "time")
+                                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                         for r in read_metrics(self.metrics_path)]
         self._metrics_file = open(self.metrics_path, "a")
 
         self._writer = None
@@ -158,7 +167,16 @@ class RunLogger:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, global_step=step)
             self._writer.flush()
+        if self._first_log:  # a resumed run redoes the steps after its checkpoint: forget the old ones
+            self._history = [(s, v) for s, v in self._history if s < step]
+        self._history.append((step, values))
         self._advance(step, values)
+        if any(key.startswith("eval/") for key in values):
+            self._show(eval_table(self._history, self.signals, f"held-out evaluation at step {step}"))
+
+    def _show(self, renderable) -> None:
+        if self._console is not None and renderable is not None:
+            self._console.print(renderable)
 
     def _advance(self, step: int, values: dict[str, float]) -> None:
         shown = "  ".join(f"{label} {_format_number(values[key])}" for label, key in _bar_keys(list(values)))
@@ -234,7 +252,12 @@ class RunLogger:
         self._metrics_file.close()
         if self._writer is not None:
             self._writer.close()
-        plot_metrics(self.metrics_path, self.png_path)
+        plot_metrics(self.metrics_path, self.png_path, signals=self.signals)
+        self._show(summary_table(self._history, self.signals))
+        if self._console is not None:
+            tb = self.run_dir / "tb" if self._writer is not None else None
+            self._console.print(where_to_look(self.run_dir, self.png_path, tb), markup=False, highlight=False,
+                                   soft_wrap=True)
 
     def __enter__(self) -> RunLogger:
         return self

@@ -82,3 +82,17 @@ def test_steps_to_tokens():
         steps_to_tokens(step_adv, torch.tensor([[0, 1], [1, 0]]))
     with pytest.raises(ValueError, match="step_adv has 2 trajectories but step_ids has 1 rows"):
         steps_to_tokens(step_adv, torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_graph_stats_count_nodes_edges_merges_and_sign_flips():
+    from align.algos import salt_graph_stats
+
+    # A: (s0,a) (s1,b) wins; B: (s0,a) (s1,c) loses; C: (s2,a) loses.  A = [+2, -1, -1]
+    steps = [[("s0", "a"), ("s1", "b")], [("s0", "a"), ("s1", "c")], [("s2", "a")]]
+    adv = [2.0, -1.0, -1.0]
+    step_adv = salt_step_advantages(adv, steps)
+    assert step_adv[1][0] == 0.5  # B's first step is shared with the winner: its sign flips
+    stats = salt_graph_stats(adv, steps, step_adv)
+    assert stats == {"nodes": 3.0, "edges": 4.0, "steps": 5.0, "merged_steps": 2.0, "sign_flips": 1.0, "signed_steps": 5.0}
+    # a prefix tree (history None) cannot merge more than the graph does
+    assert salt_graph_stats(adv, steps, salt_step_advantages(adv, steps, history=None), history=None)["merged_steps"] == 2.0

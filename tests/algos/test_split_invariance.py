@@ -106,3 +106,80 @@ def test_local_normalisers_are_not_split_invariant(seed, rows, mode):
     )
     torch.testing.assert_close(global_split, whole)
     assert not torch.allclose(split, whole)
+
+
+# ---- losses that couple the members of a group: split by whole groups, global prompt/group counts ----
+
+
+def _group_batch(seed: int, prompts: int, group: int, length: int):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(prompts, group, length, generator=g, dtype=F64) * 3
+    lengths = torch.randint(0, length + 1, (prompts, group), generator=g)
+    mask = (torch.arange(length) < lengths.unsqueeze(-1)).long()
+    logp_y = -torch.rand(prompts, length, generator=g, dtype=F64) * 3
+    mask_y = (torch.arange(length) < torch.randint(1, length + 1, (prompts, 1), generator=g)).long()
+    rewards = torch.randint(-1, 2, (prompts, group), generator=g).to(F64)
+    valid = torch.rand(prompts, group, generator=g) > 0.2
+    ref = logp + torch.randn(prompts, group, length, generator=g, dtype=F64) * 0.3
+    return logp, mask, logp_y, mask_y, rewards, valid, ref
+
+
+def _grao(leaf_o, leaf_y, data, rows, totals):
+    from align.algos import grao_advantages, grao_loss
+
+    _, mask, _, mask_y, rewards, valid, _ = data
+    a_o, a_y = grao_advantages(rewards, torch.zeros(rewards.shape[0], dtype=F64), valid=valid)  # over the whole batch
+    loss, _ = grao_loss(leaf_o[rows], mask[rows], leaf_y[rows], mask_y[rows], a_o[rows], a_y[rows], beta=0.5, lam=0.6,
+                        num_prompts=totals["prompts"])
+    return loss
+
+
+def _copg(leaf_o, leaf_y, data, rows, totals):
+    from align.algos import copg_loss, seq_logprob
+
+    _, mask, _, _, rewards, valid, ref = data
+    P, G, T = leaf_o[rows].shape
+    seq = seq_logprob(leaf_o[rows].reshape(P * G, T), mask[rows].reshape(P * G, T)).reshape(P, G)
+    seq_ref = seq_logprob(ref[rows].reshape(P * G, T), mask[rows].reshape(P * G, T)).reshape(P, G)
+    loss, _ = copg_loss(seq, seq_ref, rewards[rows], beta=0.1, valid=valid[rows], num_groups=totals["groups"])
+    return loss
+
+
+def _group_loss_and_grads(loss_fn, data, ranges, totals):
+    leaf_o, leaf_y = data[0].clone().requires_grad_(), data[2].clone().requires_grad_()
+    total = torch.zeros((), dtype=F64)
+    for start, end in ranges:
+        loss = loss_fn(leaf_o, leaf_y, data, slice(start, end), totals)
+        loss.backward()
+        total = total + loss.detach()
+    grad_y = leaf_y.grad if leaf_y.grad is not None else torch.zeros_like(leaf_y)
+    return total, leaf_o.grad, grad_y
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    prompts=st.integers(1, 7),
+    group=st.integers(1, 4),
+    length=st.integers(1, 5),
+    algo=st.sampled_from(["grao", "copg"]),
+    micro_sizes=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    num_ranks=st.integers(1, 3),
+)
+def test_grao_and_copg_loss_and_gradient_are_split_invariant_over_whole_groups(
+    seed, prompts, group, length, algo, micro_sizes, num_ranks
+):
+    data = _group_batch(seed, prompts, group, length)
+    loss_fn = {"grao": _grao, "copg": _copg}[algo]
+    # the global normalisers: prompts (GRAO), prompts with >= 2 valid members (CoPG)
+    totals = {"prompts": float(prompts), "groups": float((data[5].sum(1) >= 2).sum())}
+    whole = _group_loss_and_grads(loss_fn, data, [(0, prompts)], {"prompts": None, "groups": None})
+    micro = _group_loss_and_grads(loss_fn, data, _split_points(micro_sizes, prompts), totals)
+    per_rank = -(-prompts // num_ranks)
+    ranks = [_group_loss_and_grads(loss_fn, data, [(start + a, start + b) for a, b in
+                                                    _split_points(micro_sizes, min(start + per_rank, prompts) - start)], totals)
+             for start in range(0, prompts, per_rank)]
+    ranked = tuple(sum(parts[i] for parts in ranks) for i in range(3))
+    for got in (micro, ranked):
+        for g, w in zip(got, whole):
+            torch.testing.assert_close(g, w)

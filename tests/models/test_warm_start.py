@@ -11,6 +11,7 @@ from align.data.geometry import FAMILIES, generate_geometry_rows
 from align.models import load_model, load_tokenizer, resolve_model_path
 from align.models.warm_start import (
     WarmStartConfig,
+    accumulate_batch_loss,
     build_geometry_warm_start,
     collate,
     draw_batch,
@@ -44,6 +45,21 @@ def test_only_completion_tokens_carry_loss(tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == (2, len(ids))
     assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (len(ids) - 5)
     assert (batch["labels"][1, 5:] == -100).all()
+
+
+def test_length_sorted_micro_batches_give_the_whole_batch_loss_and_gradient(tokenizer, tiny_path):
+    examples = sft_examples(tokenizer)
+    batch = draw_batch(examples, WarmStartConfig(batch_size=12), torch.Generator().manual_seed(1))
+    assert len({len(ids) for ids, _ in batch}) > 3  # lengths differ: the pieces are padded differently
+    model = load_model(tiny_path)
+    whole = model(**collate(batch, tokenizer.pad_token_id)).loss
+    whole.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss = accumulate_batch_loss(model, batch, tokenizer.pad_token_id, micro_batches=4)
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
 
 
 def test_every_family_is_trained_in_both_styles(tokenizer):
@@ -123,8 +139,10 @@ def test_vllm_loads_the_warm_start(fast_build):
 
 @pytest.mark.slow
 def test_default_warm_start_is_calibrated(cache_dir):
-    """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated, and
-    in the families where aux hurts, direct answers beat aux answers."""
+    """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated; every
+    family learned (no family at 0, the gap that capped RL before); where aux hurts, direct answers
+    beat aux answers. Measured for version 3 (400 x 4 samples): 0.402 overall, families 0.08-0.955,
+    hurts gap +0.13."""
     path = resolve_model_path("tiny-geometry", cache_dir)
     model, tok = load_model(path), load_tokenizer(path)
     rows = generate_geometry_rows("test", 400, seed=1)
@@ -133,3 +151,79 @@ def test_default_warm_start_is_calibrated(cache_dir):
     hurts = [report[n] for n, f in FAMILIES.items() if not f.aux_helps]
     assert sum(r["acc_without_aux"] - r["acc_with_aux"] for r in hurts) / len(hurts) > 0.1
     assert all(0.2 < report[n]["aux_rate"] < 0.8 for n in FAMILIES)
+    assert all(report[n]["accuracy"] >= 0.05 for n in FAMILIES), {n: report[n]["accuracy"] for n in FAMILIES}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 15 open: this warm start's aux answers are not more accurate than its "
+                   "direct ones in the aux-helps families; strict, so it reports when that changes")
+def test_default_warm_start_constructs_usefully_where_the_task_says_aux_helps(cache_dir):
+    """In the aux-helps families, this model's aux answers must be more accurate than its direct ones,
+    or GCPO's contrast there is empty. Known to fail for WARM_START_VERSION 3 (issue 15: with-aux
+    minus without-aux -0.035, -0.023, +0.030, -0.050 on third angle, isosceles, rectangle, quad)."""
+    path = resolve_model_path("tiny-geometry", cache_dir)
+    model, tok = load_model(path), load_tokenizer(path)
+    rows = generate_geometry_rows("test", 400, seed=1)
+    report = geometry_style_report(rows, sample_geometry_completions(model, tok, rows, samples_per_prompt=4))
+    gaps = {n: report[n]["acc_with_aux"] - report[n]["acc_without_aux"] for n, f in FAMILIES.items() if f.aux_helps}
+    assert sum(gaps.values()) / len(gaps) > 0.0, gaps
+
+
+def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, monkeypatch):
+    import align.models.warm_start as warm_start
+
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(warm_start, "SHIPPED_DIR", shipped_dir)
+    config = WarmStartConfig(seed=0, **FAST)
+    shipped_dir.mkdir()
+    (shipped_dir / warm_start.shipped_weights_path(config).name).write_bytes((fast_build / "model.safetensors").read_bytes())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the weights are shipped")
+
+    monkeypatch.setattr(warm_start, "train_warm_start", no_training)
+    folder = build_geometry_warm_start(tmp_path / "cache", seed=0, **FAST)
+    assert json.loads((folder / "warm_start.json").read_text())["source"].startswith("shipped")
+    loaded, built = load_file(folder / "model.safetensors"), load_file(fast_build / "model.safetensors")
+    assert set(loaded) == set(built) and all(torch.equal(loaded[k], built[k]) for k in built)
+    # Another recipe has another key: no shipped file, so it trains (here: the stub refuses loudly).
+    with pytest.raises(AssertionError, match="trained although"):
+        build_geometry_warm_start(tmp_path / "cache", seed=0, **{**FAST, "steps": 13})
+
+
+def test_a_shipped_file_that_does_not_fit_is_a_loud_error(tmp_path, monkeypatch):
+    import align.models.warm_start as warm_start
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(warm_start, "SHIPPED_DIR", tmp_path / "shipped")
+    config = WarmStartConfig(seed=0, **FAST)
+    (tmp_path / "shipped").mkdir()
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(warm_start.shipped_weights_path(config)))
+    with pytest.raises(RuntimeError, match="does not fit the tiny model"):
+        build_geometry_warm_start(tmp_path / "cache", seed=0, **FAST)
+
+
+@pytest.mark.slow
+def test_training_from_code_reproduces_the_shipped_weights(tmp_path):
+    """Rebuild the default warm start from code (minutes) and compare it with the shipped file.
+
+    Bit-identical on the machine that shipped it; elsewhere CPU kernels may sum in another order, so
+    the check is that the weights are close and the two models answer held-out prompts alike."""
+    from align.models.warm_start import shipped_weights_path
+
+    path = shipped_weights_path(WarmStartConfig())
+    # A change to the warm-start recipe or the task changes the key and needs a new shipped file.
+    assert path.exists(), f"no shipped warm start for the default recipe: run scripts/ship_warm_start.py ({path.name})"
+    assert path.stat().st_size < 8 << 20  # a few MB in the repository, not more
+    rebuilt = build_geometry_warm_start(tmp_path, seed=0, use_shipped=False)
+    shipped = load_file(path)
+    ours = load_file(rebuilt / "model.safetensors")
+    assert set(ours) == set(shipped)
+    worst = max(((ours[k] - shipped[k]).abs().max() / shipped[k].abs().max()).item() for k in shipped)
+    assert worst < 0.05, f"rebuilt weights differ from the shipped ones by {worst:.3g} (relative)"
+    tok = load_tokenizer(str(rebuilt))
+    rows = generate_geometry_rows("test", 64, seed=0)
+    shipped_model = load_model(str(build_geometry_warm_start(tmp_path / "shipped", seed=0)))
+    greedy = [sample_geometry_completions(m, tok, rows, temperature=1e-4) for m in (load_model(str(rebuilt)), shipped_model)]
+    agree = sum(a == b for a, b in zip(*greedy)) / len(rows)
+    assert agree >= 0.9, f"rebuilt and shipped models agree on {agree:.0%} of greedy answers"

@@ -85,3 +85,19 @@ def test_aux_construction_plain_prompt_and_chat_completion():
 def test_registered_by_name():
     assert get_reward_function("geometry_accuracy") is geometry_accuracy
     assert get_reward_function("aux_construction") is aux_construction
+
+
+def test_geometry_judge_correct_beats_wrong_then_shorter_wins():
+    from rewards.geometry import geometry_judge
+
+    ref = "<think>C=180-30-60</think><answer>90</answer>"
+    completions = [
+        "<think>C=180-90</think><answer>90</answer>",  # correct and shorter: better
+        "<think>C=180-30-60</think><answer>90</answer>",  # the same length: tie
+        "<think><aux>S=30+60=90</aux>C=180-90</think><answer>90</answer>",  # correct but longer: worse
+        "<think>C=1</think><answer>80</answer>",  # wrong: worse, however short
+    ]
+    verdicts = geometry_judge([""] * 4, completions, reference=[ref] * 4, answer=["90"] * 4)
+    assert verdicts == [1.0, 0.0, -1.0, -1.0]
+    wrong_ref = "<think>x</think><answer>10</answer>"  # two wrong answers tie; a correct one beats a wrong reference
+    assert geometry_judge(["", ""], [completions[3], completions[2]], reference=[wrong_ref] * 2, answer=["90"] * 2) == [0.0, 1.0]

@@ -64,3 +64,16 @@ def test_informative_groups_ignore_invalid_members():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [2.0, 5.0, 2.0]])
     valid = torch.tensor([[True] * 3, [True] * 3, [False, True, True], [True, False, True]])
     assert informative_groups(rewards, valid).tolist() == [False, True, False, False]
+
+
+def test_token_budget_groups_keep_blocks_whole_within_budget():
+    # 4 groups of 3 sequences (+1 reference answer each): (longest prompt, longest completion) per group
+    lengths = [(5, 5), (5, 15), (2, 2), (10, 10)]
+    sizes = [4, 4, 4, 4]
+    groups = token_budget_groups(lengths, max_tokens=100, sizes=sizes)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+    for g in groups:
+        width = max(lengths[i][0] for i in g) + max(lengths[i][1] for i in g)
+        assert len(g) == 1 or sum(sizes[i] for i in g) * width <= 100
+    assert [3] in groups and [1] in groups  # 4 rows x 20 tokens: one block fills the budget
+    assert token_budget_groups(lengths, max_tokens=10_000, sizes=sizes) == [[1, 3, 0, 2]]  # stable sort by length

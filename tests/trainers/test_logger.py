@@ -10,7 +10,8 @@ import torch
 from matplotlib.image import imread
 
 from align.trainers.logger import RunLogger
-from align.trainers.plots import default_keys, metric_series, plot_metrics, read_metrics
+from align.trainers.plots import default_panels, metric_series, moving_average, plot_metrics, read_metrics
+from align.trainers.report import Signal
 
 
 def _steps(n: int) -> list[dict[str, float]]:
@@ -157,16 +158,50 @@ def test_plot_panels_follow_keys(tmp_path):
     assert two[0] > one[0] and two[1] == one[1]
 
 
-def test_default_keys_pick_the_main_curves_in_order():
+def _series(keys, constant=()):
+    return {k: ([0, 1, 2], [1.0, 1.0, 1.0] if k in constant else [0.0, 0.5, 1.0]) for k in keys}
+
+
+def test_default_panels_lead_with_held_out_accuracy_then_declared_signals_and_drop_constant_curves():
     keys = [
-        "lr", "time/step", "reward/format", "reward/mean", "reward/std", "gcpo/acc_with_aux", "loss",
+        "lr", "time/step", "reward/format/mean", "reward/mean", "reward/std", "gcpo/acc_with_aux", "loss",
         "kl", "clip_frac/low", "clip_frac/high", "completion_len/mean", "completion_len/max",
-        "tokens_per_s/generate", "sync/probe_diff", "weight_version",
+        "tokens_per_s/generate", "sync/probe_diff", "weight_version", "eval/mean@1", "eval/pass@1",
+        "eval/third_angle/mean@1", "eval/supplement/mean@1", "eval/aux_helps/no/aux_construction/rate",
+        "gcpo/mask_pos", "gcpo/mask_neg", "entropy",
     ]
-    assert default_keys(keys) == [
-        "reward/mean", "gcpo/acc_with_aux", "loss", "kl", "clip_frac/high", "clip_frac/low",
-        "completion_len/mean", "tokens_per_s/generate", "sync/probe_diff",
-    ]
+    signals = (Signal("eval/aux_helps/no/aux_construction/rate", "aux where it hurts", "aux use"),
+               Signal("gcpo/mask_pos", "mask +1", "mask"), Signal("gcpo/mask_neg", "mask -1", "mask"),
+               Signal("gcpo/absent", "never logged", "mask"))
+    flat_accuracy = default_panels(_series(["eval/mean@1", "eval/supplement/mean@1", "loss"],
+                                           constant={"eval/mean@1", "eval/supplement/mean@1"}))
+    assert flat_accuracy == [("held-out accuracy", ["eval/mean@1"]), ("loss", ["loss"])]  # a flat result is shown
+    panels = default_panels(_series(keys, constant={"kl", "clip_frac/low", "clip_frac/high"}), signals)
+    assert panels == [
+        ("held-out accuracy", ["eval/mean@1"]),  # pass@1 = mean@1: not drawn twice
+        ("held-out accuracy per group", ["eval/supplement/mean@1", "eval/third_angle/mean@1"]),
+        ("reward (training batch)", ["reward/format/mean", "reward/mean"]),
+        ("aux use", ["eval/aux_helps/no/aux_construction/rate"]),
+        ("mask", ["gcpo/mask_pos", "gcpo/mask_neg"]),
+        ("completion length", ["completion_len/mean"]),
+        ("throughput (tokens/s)", ["tokens_per_s/generate"]),
+        ("loss", ["loss"]),
+        ("entropy", ["entropy"]),
+    ]  # constant KL and clip fractions are gone; gcpo/acc_with_aux is not declared here: not drawn
+
+
+def test_moving_average_is_trailing():
+    assert moving_average([0.0, 2.0, 4.0, 6.0], 2) == [0.0, 1.0, 3.0, 5.0]
+
+
+def test_signal_labels_reach_the_plot_and_smoothing_draws_more(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rng = np.random.default_rng(0)
+    path.write_text("".join(json.dumps({"step": s, "reward/mean": float(rng.random()), "gcpo/mask_neg": float(s % 3)})
+                            + "\n" for s in range(1, 40)))
+    plain = plot_metrics(path, tmp_path / "plain.png")
+    with_signal = plot_metrics(path, tmp_path / "signal.png", signals=(Signal("gcpo/mask_neg", "mask -1", "mask"),))
+    assert _png_size(with_signal)[0] > _png_size(plain)[0]  # the declared signal adds a panel
 
 
 def test_metric_series_after_resume_drops_the_redone_steps():
@@ -180,3 +215,70 @@ def test_metric_series_after_resume_drops_the_redone_steps():
     assert series["loss"] == ([1, 2, 3], [1.0, 2.0, 30.0])
     assert series["eval/acc"] == ([2], [0.5])
     assert "note" not in series and "bad" not in series and "time" not in series
+
+
+# --------------------------------------------------------------------------------- report.py
+def test_console_tables_at_each_evaluation_and_a_before_after_summary(tmp_path, capsys):
+    signals = (Signal("eval/aux_helps/no/aux_construction/rate", "aux use where it hurts", "aux"),
+               Signal("gcpo/mask_neg", "groups where aux cost", "mask"),
+               Signal("gcpo/never_logged", "absent signal", "mask"))
+    logger = RunLogger(tmp_path, 4, tensorboard=True, console=True, signals=signals)
+
+    def evaluation(acc, third, hurts):
+        return {"eval/mean@1": acc, "eval/pass@1": acc, "eval/third_angle/mean@1": third,
+                "eval/supplement/mean@1": 0.5, "eval/aux_helps/no/aux_construction/rate": hurts}
+
+    logger.log(0, evaluation(0.125, 0.0, 0.25))
+    for step, neg in zip(range(1, 5), [4.0, 2.0, 1.0, 0.0]):
+        logger.log(step, {"loss": 1.0, "gcpo/mask_neg": neg})
+        if step == 2:
+            logger.log(2, evaluation(0.25, 0.125, 0.125))
+    logger.log(4, evaluation(0.5, 0.375, 0.0))
+    logger.close()
+    out = capsys.readouterr().out
+    at_2 = out[out.index("held-out evaluation at step 2"):out.index("held-out evaluation at step 4")]
+    assert "held-out accuracy (mean@1)" in at_2 and "third_angle" in at_2 and "supplement" in at_2
+    assert _row(at_2, "held-out accuracy") == ["0.125", "0.250", "+0.125"]
+    assert _row(at_2, "third_angle") == ["0.000", "0.125", "+0.125"]
+    assert _row(at_2, "aux use where it hurts") == ["0.250", "0.125", "-0.125"]
+    assert _row(at_2, "groups where aux cost") == ["3.000", "3.000", "+0.000"]  # mean of steps 1-2
+    assert "absent signal" not in out  # a declared signal that was never logged is left out
+    summary = out[out.index("what the run learned (step 0 -> step 4)"):]
+    assert _row(summary, "held-out accuracy") == ["0.125", "0.500", "+0.375"]
+    assert _row(summary, "groups where aux cost") == ["3.000", "0.500", "-2.500"]  # steps 1-2 vs 3-4
+    assert f"run folder: {tmp_path}" in summary and str(tmp_path / "metrics.png") in summary
+    assert f"tensorboard --logdir {tmp_path / 'tb'}" in summary
+
+
+def _row(text: str, label: str) -> list[str]:
+    line = next(line for line in text.splitlines() if label in line)
+    return line.split(label, 1)[1].split()[-3:]
+
+
+def test_no_evaluation_no_table(tmp_path, capsys):
+    logger = RunLogger(tmp_path, 2, tensorboard=False, console=True)
+    logger.log(1, {"loss": 1.0})
+    logger.close()
+    out = capsys.readouterr().out
+    assert "held-out" not in out and "what the run learned" not in out and "run folder:" in out
+
+
+def test_a_resumed_run_summarises_from_the_first_evaluation_of_the_whole_run(tmp_path, capsys):
+    first = RunLogger(tmp_path, 6, tensorboard=False, console=False)
+    first.log(0, {"eval/mean@1": 0.125})
+    first.log(1, {"loss": 1.0})
+    first.log(2, {"loss": 1.0})
+    first.log(2, {"eval/mean@1": 0.25})
+    first.log(3, {"loss": 1.0})
+    first.log(3, {"eval/mean@1": 0.9})  # crash after this: the resume redoes step 3 from the step-2 checkpoint
+    first.close()
+    capsys.readouterr()
+    resumed = RunLogger(tmp_path, 6, tensorboard=False, console=True)
+    resumed.log(3, {"loss": 1.0})
+    resumed.log(4, {"loss": 1.0})
+    resumed.log(4, {"eval/mean@1": 0.5})
+    resumed.close()
+    summary = capsys.readouterr().out.split("what the run learned")[1]
+    assert summary.startswith(" (step 0 -> step 4)")
+    assert _row(summary, "held-out accuracy") == ["0.125", "0.500", "+0.375"]
+    assert [s for s, _ in resumed._history] == [0, 1, 2, 2, 3, 4, 4]  # the crashed run's step 3 is gone

@@ -88,11 +88,11 @@ def test_kl_in_reward_penalises_the_rewards_before_advantages(cache_dir, tmp_pat
             p.add_(0.05 * torch.randn_like(p))
     seen = {}
     advantages = trainer.algo.advantages
-    trainer.algo.advantages = lambda rewards, valid: seen.setdefault("rewards", rewards) is not None and advantages(rewards, valid)
-    collect = trainer._collect
-    trainer._collect = lambda *a: seen.setdefault("rollout", collect(*a))
+    trainer.algo.advantages = lambda rewards, *a: seen.setdefault("rewards", rewards) is not None and advantages(rewards, *a)
+    collect = trainer.source.collect
+    trainer.source.collect = lambda *a: seen.setdefault("rollout", collect(*a))
     metrics, _ = trainer.step(0)
-    rollout = seen["rollout"]
+    rollout = seen["rollout"].batch
     penalty = rollout.rewards - seen["rewards"]
     assert (penalty > 0).all() and metrics["kl_in_reward/penalty"] > 0  # k3 >= 0 per token, summed per completion
     assert metrics["kl"] == 0  # and the KL term is not also in the loss

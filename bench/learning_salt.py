@@ -1,0 +1,119 @@
+"""Learning benchmark: SALT vs GRPO on the built-in grid environment, at equal steps.
+
+    .venv/bin/python bench/learning_salt.py --seeds 0 1 2 --steps 40
+
+Each (algorithm, seed) trains the warm-started tiny model (`tiny-grid`) with recipe salt_grid or
+grpo_grid, the same environment, sampling, optimiser and number of steps; the only difference is
+the advantage each action gets (SALT: its trajectory-graph edge's; GRPO: its episode's). Held-out
+success (`env.eval_tasks` test tasks, one sampled episode each) is measured at step 0 and every
+`--eval-every` steps. Prints a table (success before -> after, SALT minus GRPO per seed, graph
+size, sign-flip share) and writes bench/results/learning_salt.json and a plot. Runs are
+interleaved (SALT, GRPO, SALT, GRPO ...) so that machine load hits both alike. Not part of the
+test run: minutes per run. `--minutes` caps each run's wall clock (then steps may differ: say so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
+
+
+def train(recipe: str, seed: int, steps: int, minutes: float | None, eval_every: int, run_dir: Path,
+          extra: list[str]) -> None:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # train.py refuses to start into an old run folder
+    budget = [f"train.max_minutes={minutes}"] if minutes else []
+    cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}",
+           f"train.steps={steps}", *budget, f"log.eval_every={eval_every}", f"log.run_dir={run_dir}",
+           "log.console=false", "log.save_every=0", "log.tensorboard=false", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def summarize(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/success" in r]
+    train_rows = [r for r in rows if "loss" in r]
+    mean = lambda key: sum(r.get(key, 0.0) for r in train_rows) / max(len(train_rows), 1)  # noqa: E731
+    return {
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "train_seconds": sum(r.get("time/step", 0.0) for r in train_rows),
+        "success_before": evals[0]["eval/success"],
+        "success_after": evals[-1]["eval/success"],
+        "train_success_first": train_rows[0]["episode/success"] if train_rows else None,
+        "train_success_last": train_rows[-1]["episode/success"] if train_rows else None,
+        "edges_per_group": mean("salt/edges_per_group"),
+        "merged_step_frac": mean("salt/merged_step_frac"),
+        "sign_flip_frac": mean("salt/sign_flip_frac"),
+        "curve": [(r["step"], r["eval/success"]) for r in evals],
+    }
+
+
+def plot(results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in results.items():
+        for seed, summary in runs.items():
+            steps, success = zip(*summary["curve"])
+            ax.plot(steps, success, label=f"{name} seed {seed}", color="tab:blue" if name == "salt" else "tab:orange",
+                    linestyle=["-", "--", ":"][int(seed) % 3])
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("held-out success")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=40, help="RL steps per run (equal for both algorithms)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock cap per run (0 = none)")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_salt.json"))
+    parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args()
+
+    work = Path(args.out).with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict]] = {}
+    started = time.time()
+    for seed in args.seeds:
+        for name in args.algos:  # interleaved: load on a shared machine hits both algorithms alike
+            run_dir = work / f"{name}-seed{seed}"
+            train(RECIPES[name], seed, args.steps, args.minutes or None, args.eval_every, run_dir, args.extra)
+            results.setdefault(name, {})[str(seed)] = summarize(run_dir)
+
+    print(f"{'run':<12}{'steps':>6}{'success before':>16}{'after':>8}{'delta':>8}{'edges/group':>13}{'flips':>8}")
+    for name, runs in results.items():
+        for seed, s in runs.items():
+            print(f"{name + ' s' + seed:<12}{s['steps']:>6}{s['success_before']:>16.3f}{s['success_after']:>8.3f}"
+                  f"{s['success_after'] - s['success_before']:>+8.3f}{s['edges_per_group']:>13.1f}{s['sign_flip_frac']:>8.3f}")
+    if {"salt", "grpo"} <= set(results):
+        for seed in results["salt"]:
+            if seed in results["grpo"]:
+                gap = results["salt"][seed]["success_after"] - results["grpo"][seed]["success_after"]
+                print(f"seed {seed}: SALT - GRPO held-out success after = {gap:+.3f}")
+    payload = {"args": vars(args), "wall_seconds": time.time() - started, "uptime": os.getloadavg(), "results": results}
+    Path(args.out).write_text(json.dumps(payload, indent=1))
+    plot(results, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Every option the README or a recipe mentions does something (issue 10: two documented options
+were accepted and dead). For each key: set it to another value and observe a change in a short run
+(metrics, samples, weights), in GCPO's scoring of a fixed batch, in what the rollout engine is built
+with, or in the run's files; or get a one-line ConfigError saying where the key applies.
+
+A key newly mentioned in the README or a recipe fails `test_every_mentioned_key_has_a_liveness_check`
+until it gets an entry in LIVE below.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from align.config import ConfigError, all_keys, load_config
+from tests.trainers.in_process import make_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# The baseline run: two updates per batch (so ratios move and clipping options matter), a KL term,
+# a linear schedule (so train.steps shapes the LR), a reward with spread.
+BASE = ["train.updates_per_batch=2", "train.lr=5e-3", "loss.beta=0.1", "train.lr_schedule=linear", "train.steps=4",
+        "rollout.max_tokens=8", "rollout.seed_per_prompt=false"]
+
+
+def mentioned_keys() -> set[str]:
+    known = set(all_keys())
+    text = (ROOT / "README.md").read_text() + "".join(p.read_text() for p in (ROOT / "recipes").glob("*.yaml"))
+    found = {k for k in re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)\b", text) if k in known}
+    for recipe in (ROOT / "recipes").glob("*.yaml"):
+        def walk(tree, prefix=""):
+            for key, value in tree.items():
+                name = prefix + key
+                if isinstance(value, dict) and name + ".x" not in known and any(k.startswith(name + ".") for k in known):
+                    yield from walk(value, name + ".")
+                else:
+                    yield name
+        found |= {k for k in walk(yaml.safe_load(recipe.read_text()) or {}) if k in known}
+    return found
+
+
+# ---------------------------------------------------------------------------------- observers
+def _fingerprint(trainer, metrics, samples) -> dict:
+    weights = sum(p.detach().double().sum().item() for p in trainer.acc.unwrap_model(trainer.model).parameters())
+    numbers = {k: round(v, 9) for k, v in metrics.items() if not k.startswith(("time/", "tokens_per_s"))}
+    return {"metrics": numbers, "samples": json.dumps(samples, sort_keys=True, default=str), "weights": round(weights, 6)}
+
+
+def run(cache_dir, tmp_path, *overrides) -> dict:
+    """One in-process GRPO step on the tiny model: what changed in metrics, samples or weights."""
+    trainer = make_trainer(cache_dir, tmp_path / "run", *BASE, *overrides)
+    metrics, samples = trainer.step(0)
+    return _fingerprint(trainer, metrics, samples)
+
+
+def train_files(cache_dir, tmp_path, *overrides) -> dict:
+    """Two steps through Trainer.train: which files and rows it wrote."""
+    out = tmp_path / "files"
+    trainer = make_trainer(cache_dir, out, *BASE, "train.steps=2", "log.save_every=0", "log.sample_every=0", *overrides)
+    trainer.train()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    samples = out / "samples.jsonl"
+    evals = [{k: v for k, v in r.items() if k.startswith("eval")} for r in rows]
+    return {"metric_keys": sorted({k for r in rows for k in r}), "steps": [r["step"] for r in rows], "evals": evals,
+            "checkpoints": sorted(p.name for p in (out / "checkpoints").glob("*")),
+            "samples": samples.read_text().count("\n") if samples.exists() else 0}
+
+
+def engine_args(cache_dir, tmp_path, monkeypatch, *overrides) -> dict:
+    """The arguments the trainer builds its rollout engine with."""
+    import align.trainers.base as base
+
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def record(kind, path, **kwargs):
+        seen.update(kind=kind, **kwargs)
+        raise Built
+
+    monkeypatch.setattr(base, "make_engine", record)
+    with pytest.raises(Built):
+        make_trainer(cache_dir, tmp_path / "engine", *BASE, *overrides)
+    return seen
+
+
+def gcpo_score(*overrides) -> dict:
+    """GCPO's rewards and metrics for a fixed batch of reward-function outputs (2 prompts x 4)."""
+    import align.trainers.gcpo as gcpo
+    from align.rewards import RewardResult
+
+    cfg = load_config(["recipe=gcpo_geometry", *overrides])
+    algorithm = gcpo.GCPO(cfg)
+    acc = [1, 1, 0, 0, 1, 0, 0, 0]
+    fmt = [1, 0, 1, 1, 1, 1, 0, 1]
+    aux = [1, 0, 1, 0, 0, 1, 1, 0]
+    names = [f.name for f in algorithm.reward_functions]
+    result = RewardResult([0.0] * 8, dict(zip(names, [acc, fmt, aux])), [False] * 8)
+    original = gcpo.compute_rewards
+    gcpo.compute_rewards = lambda *a, **k: result
+    try:
+        ids = [[1] * n for n in (5, 40, 12, 30, 8, 20, 3, 45)]
+        scores = algorithm.score([""] * 8, [""] * 8, {}, ids, 4)
+    finally:
+        gcpo.compute_rewards = original
+    return {"rewards": scores.rewards.tolist(), "metrics": algorithm.batch_metrics(scores)}
+
+
+def config_error(*overrides) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(["recipe=grpo_math", *overrides])
+    return str(err.value)
+
+
+# key -> (observer, overrides that change it). Observers: run, gcpo, engine, files, error.
+LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "algo": ("run", ("algo=gcpo", "data.source=geometry")),
+    "model.name": ("run", ("model.name=qwen2-40m",)),
+    "model.dtype": ("run", ("model.dtype=bfloat16",)),
+    "lora.enabled": ("run", ("lora.enabled=true",)),
+    "lora.r": ("run", ("lora.enabled=true", "lora.r=2")),
+    "lora.alpha": ("run", ("lora.enabled=true", "lora.alpha=2")),
+    "lora.target_modules": ("run", ("lora.enabled=true", "lora.target_modules=[q_proj]")),
+    "data.source": ("run", ("data.source=geometry", "reward.functions=[math_accuracy]", "reward.weights=null")),
+    "data.prompt_column": ("error_run", ("data.prompt_column=question",)),
+    "reward.functions": ("run", ("reward.functions=[math_accuracy]", "reward.weights=null")),
+    "reward.weights": ("run", ("reward.weights=[1.0,3.0]",)),
+    "rollout.engine": ("engine", ("rollout.engine=vllm",)),
+    "rollout.num_generations": ("run", ("rollout.num_generations=2",)),
+    "rollout.max_tokens": ("run", ("rollout.max_tokens=4",)),
+    "rollout.temperature": ("run", ("rollout.temperature=0.5",)),
+    "rollout.gpu_memory_utilization": ("engine", ("rollout.gpu_memory_utilization=0.6",)),
+    "rollout.tensor_parallel_size": ("engine_or_error", ("rollout.tensor_parallel_size=2",)),
+    "rollout.sleep_mode": ("engine_or_error", ("rollout.sleep_mode=true",)),
+    "rollout.seed_per_prompt": ("run", ("rollout.seed_per_prompt=true",)),
+    "loss.agg": ("run", ("loss.agg=token_mean",)),
+    "loss.scale": ("run", ("loss.scale=none",)),
+    "loss.beta": ("run", ("loss.beta=0.5",)),
+    "loss.kl_kind": ("run", ("loss.kl_kind=k1",)),
+    "loss.kl_in_reward": ("run", ("loss.kl_in_reward=true",)),
+    "loss.eps_high": ("run", ("loss.eps_high=0.01",)),
+    "loss.dual_clip": ("run", ("loss.dual_clip=1.05", "loss.eps_low=0.01")),
+    "loss.delta": ("run", ("loss.delta=1.01",)),
+    "loss.ratio_level": ("run", ("loss.ratio_level=sequence",)),
+    "loss.tis_cap": ("run", ("loss.tis_cap=1.0001", "model.dtype=bfloat16")),
+    "loss.mask_truncated": ("run", ("loss.mask_truncated=true",)),
+    "loss.overlong_buffer": ("run", ("loss.overlong_buffer=4",)),
+    "loss.dynamic_sampling": ("run", ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]", "reward.weights=null")),
+    "loss.dynamic_sampling_max_rounds": ("run", ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]",
+                                                 "reward.weights=null", "loss.dynamic_sampling_max_rounds=1")),
+    "gcpo.eps": ("gcpo", ("gcpo.eps=0.9",)),
+    "gcpo.w_aux": ("gcpo", ("gcpo.w_aux=2.0",)),
+    "gcpo.w_fmt": ("gcpo", ("gcpo.w_fmt=2.0",)),
+    "gcpo.w_len": ("gcpo", ("gcpo.use_length=true", "gcpo.w_len=2.0")),
+    "gcpo.l_max": ("gcpo", ("gcpo.use_length=true", "gcpo.l_max=10")),
+    "gcpo.use_length": ("gcpo", ("gcpo.use_length=true",)),
+    "train.steps": ("run", ("train.steps=9",)),
+    "train.lr_schedule": ("run", ("train.lr_schedule=cosine",)),
+    "train.warmup_steps": ("run", ("train.warmup_steps=2",)),
+    "train.weight_decay": ("run", ("train.weight_decay=0.5",)),
+    "train.max_grad_norm": ("run", ("train.max_grad_norm=1e-4",)),
+    "train.seed": ("run", ("train.seed=7",)),
+    "train.micro_batch_tokens": ("run", ("train.micro_batch_tokens=40",)),  # the `micro_batches` metric
+    "train.max_minutes": ("files", ("train.max_minutes=1e-6",)),  # stops after the first step
+    "data.split": ("run", ("data.split=test",)),
+    "data.answer_column": ("raises", ("data.answer_column=no_such_column",)),
+    "gcpo.accuracy_reward": ("raises", ("algo=gcpo", "data.source=geometry", "gcpo.accuracy_reward=no_such_reward")),
+    "lora.dropout": ("run", ("lora.enabled=true", "lora.dropout=0.5")),
+    "loss.baseline": ("run", ("loss.baseline=loo",)),
+    "loss.eps_low": ("run", ("loss.eps_low=0.01",)),
+    "loss.overlong_penalty": ("run", ("loss.overlong_buffer=4", "loss.overlong_penalty=5.0")),
+    "rollout.top_k": ("run", ("rollout.top_k=2",)),
+    "rollout.top_p": ("run", ("rollout.top_p=0.3",)),
+    "model.gradient_checkpointing": ("checkpointing", ("model.gradient_checkpointing=true",)),
+    "log.every": ("files", ("log.every=2",)),
+    "log.keep_last": ("files", ("log.save_every=1", "log.keep_last=1")),
+    "data.eval_split": ("files", ("log.eval_every=1", "data.eval_split=train")),
+    # Covered by the tests named here, which show the effect through `align eval` or a full run.
+    "eval.accuracy": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_eval_accuracy_changes_what_align_eval_reports",)),
+    "eval.holdout": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
+    "eval.k": ("covered", ("tests/test_cli.py::test_eval_reports_mean_and_pass_at_k",)),
+    "log.run_dir": ("covered", ("tests/trainers/test_train_e2e.py::read_metrics",)),
+    "train.batch_size": ("run", ("train.batch_size=16",)),
+    "train.lr": ("run", ("train.lr=1e-4",)),
+    "train.updates_per_batch": ("run", ("train.updates_per_batch=1",)),
+    "log.eval_every": ("files", ("log.eval_every=1",)),
+    "log.sample_every": ("files", ("log.sample_every=1",)),
+    "log.save_every": ("files", ("log.save_every=1",)),
+    # Agents (issue 12): shown by the SALT / environment tests named here.
+    "env.name": ("covered", ("tests/envs/test_envs.py::test_user_env_class_from_a_file_runs_episodes_with_keys",)),
+    "env.options": ("covered", ("tests/envs/test_envs.py::test_env_options_reach_the_class_and_a_bad_one_is_named",)),
+    "env.max_turns": ("covered", ("tests/envs/test_envs.py::test_env_that_never_ends_stops_at_max_turns",)),
+    "env.step_timeout_s": ("covered", ("tests/envs/test_envs.py::test_env_step_that_hangs_is_an_error_not_a_hang",)),
+    "env.eval_tasks": ("covered", ("tests/trainers/test_salt_e2e.py::test_salt_run_on_a_user_environment_logs_graph_metrics_and_held_out_success",)),
+    "salt.base": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.dedup": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
+    "salt.history": ("covered", ("tests/trainers/test_salt.py::test_salt_token_advantages_merge_shared_steps",)),
+}
+GEOMETRY = ("data.source=geometry", "reward.functions=[geometry_accuracy]", "reward.weights=null", "train.updates_per_batch=1")
+LIVE |= {
+    "grao.beta": ("run", ("algo=grao", *GEOMETRY, "grao.beta=3.0")),
+    "grao.lam": ("run", ("algo=grao", *GEOMETRY, "grao.lam=3.0")),
+    "grao.reference_column": ("raises", ("algo=grao", *GEOMETRY, "grao.reference_column=no_such_column")),
+    "grao.judge": ("raises", ("algo=grao", *GEOMETRY, "grao.judge=no_such_judge")),
+    "copg.beta": ("run", ("algo=copg", "train.updates_per_batch=1", "copg.beta=1.0")),  # arith: rewards with spread
+    "rollout.source": ("covered", ("tests/trainers/test_algorithms_e2e.py::test_sample_writes_rows_that_offline_copg_trains_on_without_generating",)),
+    "data.eval_source": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
+}
+# Baselines the overrides above are compared with (options that only matter beside another one).
+PAIRED_BASE = {
+    "loss.dual_clip": ("loss.eps_low=0.01",),
+    "loss.tis_cap": ("model.dtype=bfloat16",),
+    "loss.dynamic_sampling": ("reward.functions=[math_accuracy]", "reward.weights=null"),
+    "loss.dynamic_sampling_max_rounds": ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]", "reward.weights=null"),
+    "lora.r": ("lora.enabled=true",), "lora.alpha": ("lora.enabled=true",), "lora.target_modules": ("lora.enabled=true",),
+    "gcpo.w_len": ("gcpo.use_length=true",), "gcpo.l_max": ("gcpo.use_length=true",),
+    "data.source": ("reward.functions=[math_accuracy]", "reward.weights=null"),
+    "grao.beta": ("algo=grao", *GEOMETRY), "grao.lam": ("algo=grao", *GEOMETRY), "copg.beta": ("algo=copg", "train.updates_per_batch=1"),
+    "lora.dropout": ("lora.enabled=true",),
+    "loss.overlong_penalty": ("loss.overlong_buffer=4",),
+    "log.keep_last": ("log.save_every=1",),
+    "data.eval_split": ("log.eval_every=1",),
+}
+
+
+def test_every_mentioned_key_has_a_liveness_check():
+    missing = sorted(mentioned_keys() - set(LIVE))
+    assert not missing, f"config keys mentioned in README/recipes without an entry in LIVE: {missing}"
+
+
+@pytest.fixture(scope="module")
+def baseline(cache_dir, tmp_path_factory):
+    cache = {}
+
+    def get(extra: tuple[str, ...]) -> dict:
+        if extra not in cache:
+            cache[extra] = run(cache_dir, tmp_path_factory.mktemp("base"), *extra)
+        return cache[extra]
+
+    return get
+
+
+def test_the_baseline_run_is_deterministic(baseline, cache_dir, tmp_path):
+    assert run(cache_dir, tmp_path) == baseline(())  # else a "change" below could be noise
+
+
+@pytest.mark.parametrize("key", sorted(LIVE))
+def test_changing_the_key_changes_the_run(key, baseline, cache_dir, tmp_path, monkeypatch):
+    observer, overrides = LIVE[key]
+    if observer == "run":
+        assert run(cache_dir, tmp_path, *overrides) != baseline(PAIRED_BASE.get(key, ())), key
+    elif observer == "gcpo":
+        assert gcpo_score(*overrides) != gcpo_score(*PAIRED_BASE.get(key, ())), key
+    elif observer == "files":
+        assert train_files(cache_dir, tmp_path / "a", *overrides) != train_files(cache_dir, tmp_path / "b", *PAIRED_BASE.get(key, ())), key
+    elif observer == "raises":  # a value that names nothing: the error says which
+        with pytest.raises(Exception, match=overrides[-1].split("=")[1]):
+            run(cache_dir, tmp_path, *overrides)
+    elif observer == "checkpointing":  # same numbers by design; the model is built to recompute activations
+        trainer = make_trainer(cache_dir, tmp_path / "run", *BASE, *overrides)
+        assert trainer.acc.unwrap_model(trainer.model).is_gradient_checkpointing
+    elif observer == "covered":
+        path, name = overrides[0].split("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), overrides[0]
+    elif observer == "error_run":  # a renamed column the data does not have: the error names it
+        with pytest.raises(Exception, match=overrides[0].split("=")[1]):
+            run(cache_dir, tmp_path, *overrides)
+    elif observer in ("engine", "engine_or_error"):
+        try:
+            changed = engine_args(cache_dir, tmp_path / "a", monkeypatch, *overrides)
+        except ConfigError as err:
+            assert observer == "engine_or_error" and key in str(err), (key, err)
+            return
+        assert changed != engine_args(cache_dir, tmp_path / "b", monkeypatch), key
+    else:
+        raise AssertionError(f"unknown observer {observer}")
