@@ -9,6 +9,11 @@ Semantics follow TRL 1.16 (`GRPOTrainer._calculate_rewards` and the weighted sum
   gets total 0.0 (nansum of nothing) and is flagged in `RewardResult.unscorable`; TRL 1.16 also marks such
   rows NaN so the group baseline skips them and their advantage is 0, which the trainer does with this flag.
 
+Model-based rewards (`rm:`, `judge:`; rewards/context.py) are objects flagged `in_process`: they hold a
+model on the trainer's device and may run collectives, so they are called in this process and thread,
+without the helper thread and time limit that plain functions get. Plain functions score untrusted text
+and may be moved elsewhere; model rewards never are.
+
 Unlike TRL, a bad return value (wrong length, not a number, NaN, inf) or an exception stops training with
 a one-line `RewardFunctionError` naming the function, the problem and the sample, and each call has a
 time limit.
@@ -97,8 +102,8 @@ def load_reward_functions(
         if not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise RewardFunctionError(f"reward weight for {spec!r} must be a finite number, got {weight!r}")
         fn = get_reward_function(spec)
-        if spec in options:
-            fn = functools.partial(fn, **options[spec])
+        if spec in options:  # a model reward takes its options at construction, a function per call
+            fn = fn.configure(**options[spec]) if _in_process(fn) else functools.partial(fn, **options[spec])
         name = _display_name(spec, fn)
         if any(existing.name == name for existing in functions):
             raise RewardFunctionError(f"reward function {name!r} is listed twice; list each function once")
@@ -209,8 +214,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
+def _in_process(fn: Callable) -> bool:
+    return bool(getattr(fn, "in_process", False))
+
+
 def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: float | None) -> Any:
-    if timeout_s is None:
+    if timeout_s is None or _in_process(function.fn):
         try:
             return function.fn(**kwargs)
         except Exception as error:

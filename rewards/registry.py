@@ -14,6 +14,10 @@ Three spec forms are accepted by `get_reward_function`:
 - a module and a function, e.g. "my_package.rewards:my_reward",
 - any of these after "verl:" for a verl `compute_score(data_source, solution_str, ground_truth, extra_info)`
   (see rewards/verl.py), e.g. "verl:path/to/gsm8k.py:compute_score".
+
+Model-based rewards have a prefix instead (`MODEL_REWARDS`): "rm:PATH_OR_HUB_ID" (a reward model,
+rewards/models.py) and "judge:PATH_OR_HUB_ID" or "judge:self" (an LLM judge, rewards/judge.py). They
+return an unloaded `rewards.context.ModelReward`, which the trainer binds to its device and engine.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "rewards.geometry",
     "rewards.word_problems",
 )
+
+# Spec prefix -> "module:class" of a model-based reward (imported on use: they pull in transformers).
+MODEL_REWARDS = {"rm": "rewards.models:RewardModel", "judge": "rewards.judge:Judge"}
 
 _REGISTRY: dict[str, Callable] = {}
 _builtins_loaded = False
@@ -87,6 +94,10 @@ def get_reward_function(spec: str) -> Callable:
         from rewards.verl import verl_reward
 
         return verl_reward(get_reward_function(spec.removeprefix("verl:")))
+    prefix, _, target = spec.partition(":")
+    if prefix in MODEL_REWARDS:  # before file/module specs: "rm:org/model" is not a module
+        module, _, cls = MODEL_REWARDS[prefix].partition(":")
+        return getattr(importlib.import_module(module), cls)(target)
     if ":" in spec:
         location, _, attr = spec.rpartition(":")
         if not location or not attr:

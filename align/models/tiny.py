@@ -111,6 +111,20 @@ def write_tiny_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int
     return save_pretrained_atomically(model, tokenizer, out_dir)
 
 
+def write_tiny_reward_model(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
+    """A sequence classifier (one output, a scalar reward) on the tiny model's shape and tokenizer,
+    built from `seed`: a stand-in reward model for `rm:` tests and benchmarks (its scores mean nothing)."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer, preset)
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    return save_pretrained_atomically(model, tokenizer, Path(out_dir))
+
+
 def tiny_model_path(cache_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
     """The cached folder of a built-in model, built on first use."""
     path = Path(cache_dir).expanduser() / "models" / f"{preset}-seed{seed}-{spec_hash(preset, seed)}"

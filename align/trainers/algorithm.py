@@ -53,6 +53,8 @@ class Scores:
     rewards: torch.Tensor  # [P, G] float32, the scalar reward the advantages are computed from
     valid: torch.Tensor  # [P, G] bool: False where no reward function applied (advantage 0)
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [P, G] (nan = None)
+    # what reward functions sent through log_metric(name, value), averaged per name: "reward/<name>/<key>"
+    logged: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

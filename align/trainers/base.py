@@ -47,6 +47,7 @@ from align.trainers.numerics import UpdateGuard
 from align.trainers.precision import training_precision
 from align.trainers.samples import group_samples
 from align.trainers.sources import ROLLOUT_SOURCES
+from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
 
 
 @dataclass
@@ -113,6 +114,10 @@ class Trainer:
                 self.engine = self._make_engine()
             if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
                 self.engine.calibrate(self.acc.unwrap_model(self.model))
+        # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
+        self.model_rewards = bind_model_rewards(reward_functions_of(self.algo), RewardContext(
+            device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
+            policy_tokenizer=self.tokenizer, make_engine=self._make_reward_engine, cache_dir=m.cache_dir))
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         if hasattr(self.source, "context"):
             self.source.context = self._max_model_len()
@@ -124,13 +129,14 @@ class Trainer:
             self._resume(cfg.resume)
 
     # ----------------------------------------------------------------------------------- set-up
-    def _make_engine(self):
+    def _make_engine(self, model_path: str | None = None, kind: str | None = None, max_model_len: int | None = None,
+                     **overrides):
         r = self.cfg.rollout
         # One sampling stream per rank for unseeded requests (per-call seeds come from _generate).
         common = dict(dtype=self.dtype, seed=self.cfg.train.seed + self.rank, probe_tolerance=r.probe_tolerance)
         hf = dict(device=str(self.acc.device))
         vllm = dict(
-            max_model_len=self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
+            max_model_len=max_model_len or self._max_model_len(), kv_cache_bytes=r.kv_cache_mb << 20,
             gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.sleep_mode,
             tensor_parallel_size=r.tensor_parallel_size,
             # sized for this rank's rows per step, so memory profiling and CUDA graphs fit the real batch
@@ -138,8 +144,19 @@ class Trainer:
             # one colocated engine per rank (ENVIRONMENT.md: an engine on rank 0 alone hangs)
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
-        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[r.engine]
-        return make_engine(r.engine, self.model_path, **common, **specific)
+        kind = kind or r.engine
+        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[kind]
+        return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})
+
+    def _make_reward_engine(self, model_path: str, max_model_len: int | None = None, **overrides):
+        """A judge's engine: vLLM where the policy's engine is vLLM, transformers otherwise."""
+        from align.rollout.hf_engine import HFEngine
+
+        kind = "hf" if isinstance(self.engine, HFEngine) else "vllm"
+        if kind == "hf":
+            max_model_len = None  # transformers' generate has no preallocated context
+        with outside_zero3_init(self.acc):
+            return self._make_engine(model_path, kind, max_model_len, **overrides)
 
     def _max_model_len(self) -> int:
         return min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))

@@ -14,7 +14,7 @@ from align import algos
 from align.config import Config
 from align.rewards import compute_rewards, load_reward_functions
 from align.trainers.algorithm import Scores
-from align.trainers.grpo import GRPO, _as_groups
+from align.trainers.grpo import GRPO, _as_groups, logged_means
 from align.trainers.report import Signal
 
 
@@ -64,7 +64,7 @@ class GCPO(GRPO):
             use_length=g.use_length,
         )
         valid = torch.ones_like(rewards, dtype=torch.bool)
-        return Scores(rewards, valid, {"accuracy": acc, "format": fmt, "aux": aux, "length": length})
+        return Scores(rewards, valid, {"accuracy": acc, "format": fmt, "aux": aux, "length": length}, logged_means(result))
 
     def batch_metrics(self, scores: Scores) -> dict[str, float]:
         """Mask sign counts, aux usage, accuracy with and without aux, and the length reward."""

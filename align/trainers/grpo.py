@@ -21,6 +21,11 @@ from align.trainers.algorithm import ADDITIVE_METRICS, Advantages, Needs, Scores
 __all__ = ["GRPO", "Scores"]
 
 
+def logged_means(result: RewardResult) -> dict[str, float]:
+    """What reward functions sent through TRL's log_metric(name, value), averaged per name."""
+    return {f"reward/{name}": sum(values) / len(values) for name, values in result.logged_metrics.items() if values}
+
+
 def _as_groups(values: list[float | None], group_size: int) -> torch.Tensor:
     flat = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
     return flat.view(-1, group_size)
@@ -51,7 +56,7 @@ class GRPO:
         self._count_timeouts(result)
         components = {name: _as_groups(vals, group_size) for name, vals in result.per_function.items()}
         valid = ~torch.tensor(result.unscorable, dtype=torch.bool).view(-1, group_size)
-        return Scores(_as_groups(result.total, group_size), valid, components)
+        return Scores(_as_groups(result.total, group_size), valid, components, logged_means(result))
 
     def batch_metrics(self, scores: Scores) -> dict[str, float]:
         """Reward statistics of the batch that is trained on (after dynamic sampling)."""

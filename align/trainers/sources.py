@@ -18,6 +18,7 @@ needs nothing else.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Protocol
@@ -31,6 +32,7 @@ from align.trainers.algorithm import Scores
 from align.trainers.prompts import PromptStream, check_prompt_lengths, encode_prompt
 from align.trainers.seeds import derived_seed
 from align.trainers.shaping import informative_groups, overlong_penalty
+from rewards.context import model_rewards, reward_functions_of
 
 
 @dataclass
@@ -141,6 +143,7 @@ class GenerationSource:
         rounds = lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1
         drawn: list[_Drawn] = []
         need, generated_tokens = n_prompts, 0
+        logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
         for round_ in range(rounds):
             t0 = time.perf_counter()
             rows, positions = self.prompts.next_share(need)
@@ -154,10 +157,15 @@ class GenerationSource:
                 rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer,
                                                             lc.overlong_penalty)
                 informative = informative_groups(rewards, scores.valid)
+                for key, value in scores.logged.items():
+                    logged[key].append(value)
                 for i, row in enumerate(rows):
                     components = {name: values[i] for name, values in scores.components.items()}
                     drawn.append(_Drawn(round_, positions[i], row, groups[i], rewards[i], scores.valid[i], components,
                                         bool(informative[i])))
+            else:  # other ranks score this round: model rewards may run collectives (rewards/context.py)
+                for reward in model_rewards(reward_functions_of(self.algo)):
+                    reward.idle()
             timers["reward"] += time.perf_counter() - t0
             if not lc.dynamic_sampling:
                 break
@@ -175,6 +183,7 @@ class GenerationSource:
         kept_scores = Scores(torch.stack([d.rewards for d in drawn]), torch.stack([d.valid for d in drawn]),
                              {name: torch.stack([d.components[name] for d in drawn]) for name in drawn[0].components})
         metrics = self.algo.batch_metrics(kept_scores)
+        metrics |= {key: sum(values) / len(values) for key, values in logged.items()}
         metrics |= {
             "zero_std_frac": zero_std / max(total, 1),
             "completion_len/mean": lengths.mean().item(),
