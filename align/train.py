@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     say(f"run folder: {run_dir} (metrics.jsonl, samples.jsonl, checkpoints/, final/)", flush=True)
     # The engine goes first: vLLM tears down the process groups it created; left to its exit hook,
     # it would do so after end_training() destroyed them and print a traceback on a clean run.
-    trainer.engine.close()
+    if trainer.engine is not None:  # offline rows without evaluation build no engine
+        trainer.engine.close()
     accelerator.end_training()
 
 

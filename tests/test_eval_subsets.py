@@ -23,6 +23,8 @@ class ReferenceEngine:
 
 
 class _Tokenizer:
+    chat_template = "{{ messages }}"  # encode_prompt refuses chat prompts for a tokenizer without one
+
     def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
         return " ".join(m["content"] for m in messages)
 

@@ -116,6 +116,10 @@ def config_error(*overrides) -> str:
     return str(err.value)
 
 
+# A reward with zero spread on about half the groups (even answers): dynamic sampling has groups to refill.
+HALF_FLAT = (f"reward.functions=[{Path(__file__).parent / 'trainers' / 'rewards_for_tests.py'}:digit_fraction_odd_answers]",
+             "reward.weights=null", "train.batch_size=32")
+
 # key -> (observer, overrides that change it). Observers: run, gcpo, engine, files, error.
 LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "algo": ("run", ("algo=gcpo", "data.source=geometry")),
@@ -133,7 +137,7 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "rollout.num_generations": ("run", ("rollout.num_generations=2",)),
     "rollout.max_tokens": ("run", ("rollout.max_tokens=4",)),
     "rollout.temperature": ("run", ("rollout.temperature=0.5",)),
-    "rollout.gpu_memory_utilization": ("engine", ("rollout.gpu_memory_utilization=0.6",)),
+    "rollout.gpu_memory_utilization": ("engine", ("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.6")),
     "rollout.tensor_parallel_size": ("engine_or_error", ("rollout.tensor_parallel_size=2",)),
     "rollout.sleep_mode": ("engine_or_error", ("rollout.sleep_mode=true",)),
     "rollout.seed_per_prompt": ("run", ("rollout.seed_per_prompt=true",)),
@@ -144,14 +148,13 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss.kl_in_reward": ("run", ("loss.kl_in_reward=true",)),
     "loss.eps_high": ("run", ("loss.eps_high=0.01",)),
     "loss.dual_clip": ("run", ("loss.dual_clip=1.05", "loss.eps_low=0.01")),
-    "loss.delta": ("run", ("loss.delta=1.01",)),
+    "loss.delta": ("run", ("loss.eps_high=0.01", "loss.delta=1.02")),
     "loss.ratio_level": ("run", ("loss.ratio_level=sequence",)),
     "loss.tis_cap": ("run", ("loss.tis_cap=1.0001", "model.dtype=bfloat16")),
     "loss.mask_truncated": ("run", ("loss.mask_truncated=true",)),
     "loss.overlong_buffer": ("run", ("loss.overlong_buffer=4",)),
-    "loss.dynamic_sampling": ("run", ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]", "reward.weights=null")),
-    "loss.dynamic_sampling_max_rounds": ("run", ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]",
-                                                 "reward.weights=null", "loss.dynamic_sampling_max_rounds=1")),
+    "loss.dynamic_sampling": ("run", ("loss.dynamic_sampling=true", *HALF_FLAT)),
+    "loss.dynamic_sampling_max_rounds": ("run", ("loss.dynamic_sampling=true", *HALF_FLAT, "loss.dynamic_sampling_max_rounds=1")),
     "gcpo.eps": ("gcpo", ("gcpo.eps=0.9",)),
     "gcpo.w_aux": ("gcpo", ("gcpo.w_aux=2.0",)),
     "gcpo.w_fmt": ("gcpo", ("gcpo.w_fmt=2.0",)),
@@ -215,8 +218,10 @@ LIVE |= {
 PAIRED_BASE = {
     "loss.dual_clip": ("loss.eps_low=0.01",),
     "loss.tis_cap": ("model.dtype=bfloat16",),
-    "loss.dynamic_sampling": ("reward.functions=[math_accuracy]", "reward.weights=null"),
-    "loss.dynamic_sampling_max_rounds": ("loss.dynamic_sampling=true", "reward.functions=[math_accuracy]", "reward.weights=null"),
+    "loss.dynamic_sampling": HALF_FLAT,
+    "loss.dynamic_sampling_max_rounds": ("loss.dynamic_sampling=true", *HALF_FLAT),
+    "loss.delta": ("loss.eps_high=0.01",),
+    "rollout.gpu_memory_utilization": ("rollout.engine=vllm",),
     "lora.r": ("lora.enabled=true",), "lora.alpha": ("lora.enabled=true",), "lora.target_modules": ("lora.enabled=true",),
     "gcpo.w_len": ("gcpo.use_length=true",), "gcpo.l_max": ("gcpo.use_length=true",),
     "data.source": ("reward.functions=[math_accuracy]", "reward.weights=null"),
@@ -276,6 +281,6 @@ def test_changing_the_key_changes_the_run(key, baseline, cache_dir, tmp_path, mo
         except ConfigError as err:
             assert observer == "engine_or_error" and key in str(err), (key, err)
             return
-        assert changed != engine_args(cache_dir, tmp_path / "b", monkeypatch), key
+        assert changed != engine_args(cache_dir, tmp_path / "b", monkeypatch, *PAIRED_BASE.get(key, ())), key
     else:
         raise AssertionError(f"unknown observer {observer}")
