@@ -143,8 +143,9 @@ class GRAOConfig:
     ddof: int = 0  # std of the advantage normalisation: 0 = population std (the paper's Eq. 4)
     adv_eps: float = 1e-6  # added to the std of the advantage normalisation
     reference_column: str = "solution"  # dataset column holding the reference answer y (text)
-    # Judge: a reward-function spec (a registered name, file.py:fn or module:fn) called like a reward
-    # function with the reference answers as `reference=`; returns +1 (o better than y), 0 (tie) or -1.
+    # Judge: a reward-function spec (a registered name, file.py:fn, module:fn, or an LLM judge
+    # judge:PATH / judge:self, pairwise template by default) called like a reward function with the
+    # reference answers as `reference=`; returns +1 (o better than y), 0 (tie), -1, or None (unjudged).
     judge: str = "geometry_judge"
 
 

@@ -2,8 +2,12 @@
 imitates y and regularises the gap (ALGORITHMS.md section 3).
 
 The judge is any reward-function spec (`grao.judge`) called with the reference answers as
-`reference=`; it must return -1 (worse than y), 0 (tie) or +1 (better) for every completion.
-`reward.functions` are not trained on: they are logged (and the first is the evaluation accuracy).
+`reference=`; it must return -1 (worse than y), 0 (tie) or +1 (better), or None where it could not
+judge (an LLM judge's unparseable verdict): that sample is left out (advantage 0, outside the group
+statistics) and counted in reward/judge/unjudged_frac, so one malformed verdict never stops a run.
+An LLM judge (`judge:PATH`, `judge:self`) takes its options from reward.options[<spec>] and uses the
+pairwise template unless told otherwise. `reward.functions` are not trained on: they are logged (and
+the first is the evaluation accuracy); an empty list logs nothing but the judge.
 Needs: the reference answer forwarded with grad next to its group (whole groups per micro-batch);
 no reference model, no importance ratio (one update per rollout batch).
 """
@@ -13,23 +17,35 @@ from __future__ import annotations
 import torch
 
 from align import algos
-from align.config import Config
+from align.config import Config, ConfigError
 from align.rewards import RewardFunctionError, compute_rewards, load_reward_functions
 from align.trainers.algorithm import ADDITIVE_METRICS, Advantages, Needs, Scores
-from align.trainers.grpo import GRPO, _as_groups
+from align.trainers.grpo import GRPO, _as_groups, logged_means
 
 JUDGE_VALUES = (-1.0, 0.0, 1.0)
 
 
 def check_judgements(values: list, judge: str, prompts: list) -> None:
-    """One-line error naming the first completion whose judgement is not -1, 0 or +1."""
+    """One-line error naming the first completion whose judgement is not -1, 0, +1 or None (unjudged)."""
     for row, value in enumerate(values):
-        if value is None or float(value) not in JUDGE_VALUES:
+        if value is not None and float(value) not in JUDGE_VALUES:
             prompt = str(prompts[row])[-80:]
             raise RewardFunctionError(
                 f"judge {judge!r} returned {value!r} for completion {row} (prompt ...{prompt!r}); "
-                "a judge must return -1 (worse than the reference), 0 (tie) or 1 (better)"
+                "a judge must return -1 (worse than the reference), 0 (tie), 1 (better) or None (could not judge)"
             )
+
+
+def judge_options(cfg: Config) -> dict:
+    """reward.options for GRAO's judge; an LLM judge defaults to the pairwise (better/tie/worse) template."""
+    spec = cfg.grao.judge
+    options = dict(cfg.reward.options.get(spec, {}))
+    if spec.startswith("judge:"):
+        template = options.setdefault("template", "pairwise")
+        if template != "pairwise":
+            raise ConfigError(f"grao.judge={spec} has template={template!r}; GRAO needs verdicts -1/0/+1 against the "
+                              f"reference: use template: pairwise in reward.options[{spec!r}]")
+    return options
 
 
 class GRAO(GRPO):
@@ -38,8 +54,14 @@ class GRAO(GRPO):
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.judge = load_reward_functions([cfg.grao.judge], None, cfg.reward.options)[0]
-        self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.weights, cfg.reward.options)
+        self.judge = load_reward_functions([cfg.grao.judge], None, {cfg.grao.judge: judge_options(cfg)})[0]
+        stray = sorted(set(cfg.reward.options) - {cfg.grao.judge, *cfg.reward.functions})
+        if stray:  # e.g. options left for a judge that grao.judge no longer names: they would be ignored
+            raise ConfigError(f"reward.options has {stray[0]!r}, which is neither grao.judge ({cfg.grao.judge}) nor among "
+                              f"reward.functions {list(cfg.reward.functions)}; key the options by one of them")
+        logged_options = {k: v for k, v in cfg.reward.options.items() if k != cfg.grao.judge}
+        self.reward_functions = (load_reward_functions(cfg.reward.functions, cfg.reward.weights, logged_options)
+                                 if cfg.reward.functions else [])
         self.reference_column = cfg.grao.reference_column
         self.needs = Needs(reference_answer=True, whole_groups=True, importance_correction=False)
 
@@ -54,11 +76,15 @@ class GRAO(GRPO):
                                  trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s)
         values = judged.per_function[self.judge.name]
         check_judgements(values, self.judge.name, prompts)
-        logged = compute_rewards(self.reward_functions, prompts, completions, columns, completion_ids,
-                                 trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s)
-        components = {name: _as_groups(vals, group_size) for name, vals in logged.per_function.items()}
-        rewards = _as_groups(values, group_size)
-        return Scores(rewards, torch.ones_like(rewards, dtype=torch.bool), {"judge": rewards.clone(), **components})
+        metrics = {**logged_means(judged), "reward/judge/unjudged_frac": sum(v is None for v in values) / max(len(values), 1)}
+        components = {}
+        if self.reward_functions:
+            logged = compute_rewards(self.reward_functions, prompts, completions, columns, completion_ids,
+                                     trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s)
+            components = {name: _as_groups(vals, group_size) for name, vals in logged.per_function.items()}
+            metrics.update(logged_means(logged))
+        rewards = _as_groups(values, group_size)  # None -> nan, and invalid below
+        return Scores(rewards, ~rewards.isnan(), {"judge": rewards.clone(), **components}, metrics)
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor, answer_rewards: torch.Tensor | None = None) -> Advantages:
         g = self.cfg.grao

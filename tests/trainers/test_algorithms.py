@@ -141,6 +141,48 @@ def test_grao_judge_outside_minus_one_zero_one_names_the_completion(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_grao_unjudged_samples_are_left_out_and_counted_not_fatal(tmp_path):
+    """An LLM judge's unparseable verdict is None: that sample gets advantage 0 and stays out of its
+    group's statistics, the share is logged, and the run goes on (issue 17)."""
+    from align.trainers.grao import GRAO
+
+    judge = tmp_path / "judge.py"
+    judge.write_text("def some(prompts, completions, reference, **kw):\n"
+                     "    return [{'a': 1.0, 'b': -1.0, 'c': None, 'd': 0.0}[c] for c in completions]\n")
+    cfg = load_config(["recipe=grao_geometry", f"grao.judge={judge}:some", "reward.functions=[geometry_accuracy]",
+                       "reward.weights=null"])
+    algo = GRAO(cfg)
+    scores = algo.score(["q1"] * 4, ["a", "b", "c", "d"], {"solution": ["y"] * 4, "answer": ["1"] * 4}, [[1]] * 4, 4)
+    assert scores.valid.tolist() == [[True, True, False, True]]
+    assert scores.logged["reward/judge/unjudged_frac"] == 0.25
+    adv = algo.advantages(scores.rewards, scores.valid)
+    assert adv.completions[0, 2] == 0 and adv.completions[0, 0] > 0 > adv.completions[0, 1]
+    # the statistics are those of the three judged samples and y (R(y) = 0), as if "c" never existed
+    judged = algo.advantages(torch.tensor([[1.0, -1.0, 0.0]]), torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(adv.completions[0, [0, 1, 3]], judged.completions[0])
+    torch.testing.assert_close(adv.answers, judged.answers)
+
+
+def test_grao_llm_judge_defaults_to_the_pairwise_template_and_refuses_pointwise():
+    from align.trainers.grao import GRAO
+
+    algo = GRAO(load_config(["recipe=grao_geometry", "model.name=tiny", "grao.judge=judge:self"]))
+    assert algo.judge.fn.options["template"] == "pairwise"
+    with pytest.raises(ConfigError, match="template='pointwise'; GRAO needs verdicts -1/0/\\+1") as err:
+        GRAO(load_config(["recipe=grao_geometry", "grao.judge=judge:self",
+                          'reward.options={"judge:self": {template: pointwise}}']))
+    assert "\n" not in str(err.value)
+
+
+def test_grao_reward_options_for_neither_the_judge_nor_a_logged_function_are_an_error():
+    from align.trainers.grao import GRAO
+
+    with pytest.raises(ConfigError, match="reward.options has 'judge:other'.*neither grao.judge") as err:
+        GRAO(load_config(["recipe=grao_geometry", "grao.judge=judge:self",
+                          'reward.options={"judge:other": {template: pairwise}}']))
+    assert "\n" not in str(err.value)
+
+
 def test_offline_rows_with_one_completion_per_prompt_stop_the_run(tmp_path, cache_dir):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "What is 1 + 1?", "completion": "2", "reward": 1.0}) + "\n"

@@ -88,3 +88,14 @@ def test_sample_writes_rows_that_offline_copg_trains_on_without_generating(cache
     pairs = [(a + b) / 2 for i, a in enumerate(means) for b in means[i + 1 :]]
     for r in rows:
         assert min(abs(r["reward/offline_reward/mean"] - p) for p in pairs) < 1e-5
+
+
+def test_grao_hh_tiny_runs_on_an_llm_judge_that_never_parses(cache_dir, tmp_path):
+    """recipe=grao_hh_tiny: HH-format dialogues, chosen replies as references, the untrained tiny policy
+    as its own pairwise judge. Its verdicts never parse: every sample is unjudged and counted, and the
+    run finishes instead of stopping at the first malformed verdict."""
+    rows = launch(cache_dir, tmp_path / "hh", "recipe=grao_hh_tiny", "model.name=tiny")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["reward/judge/unjudged_frac"] == 1.0 and r["reward/judge:self/unparseable_frac"] == 1.0
+        assert r["adv/abs_mean"] == 0.0 and r["grad_norm"] == 0.0  # nothing judged, nothing trained on
