@@ -38,9 +38,14 @@ def make_probe(vocab_size: int, seed: int, num_sequences: int = 4, prompt_len: i
 def model_logprobs(model, sequences: Sequences, batch_size: int = 8) -> list[list[float]]:
     """log p(completion[t] | prompt, completion[:t]) under `model` (HF or peft), float32 log_softmax.
 
-    Sequences are right-padded into batches of `batch_size`: input_ids [B, L], logits [B, L, V].
-    Dropout is switched off for the call (the model's train/eval mode is restored afterwards).
+    Scored exactly as the trainer scores rollouts (align.trainers.batching: prompts left-padded,
+    completions right-padded, position ids from the mask, logits only for the completion
+    positions), in batches of `batch_size`. The LM head over a large vocabulary is then applied to
+    the few completion positions only, not the whole probe prompt: for SmolLM2 (49k vocab) that is
+    about a fifth of this forward. Dropout is off for the call (train/eval mode restored after).
     """
+    from align.trainers.batching import completion_logits, pad_sequences
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -48,20 +53,11 @@ def model_logprobs(model, sequences: Sequences, batch_size: int = 8) -> list[lis
         out: list[list[float]] = []
         for start in range(0, len(sequences), batch_size):
             batch = sequences[start : start + batch_size]
-            full = [list(p) + list(c) for p, c in batch]
-            width = max(len(s) for s in full)
-            ids = torch.zeros(len(full), width, dtype=torch.long)
-            mask = torch.zeros(len(full), width, dtype=torch.long)
-            for row, seq in enumerate(full):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, (prompt, completion) in enumerate(batch):
-                # logits at position i predict token i + 1
-                rows = logits[row, len(prompt) - 1 : len(prompt) + len(completion) - 1].float()
-                logp = torch.log_softmax(rows, dim=-1)
-                target = torch.tensor(completion, device=logp.device)[:, None]
-                out.append(logp.gather(-1, target)[:, 0].tolist())
+            padded = pad_sequences([list(p) for p, _ in batch], [list(c) for _, c in batch], list(range(len(batch))),
+                                   pad_id=0, device=device)
+            logp = torch.log_softmax(completion_logits(model, padded).float(), dim=-1)
+            picked = logp.gather(-1, padded.completion_ids[..., None])[..., 0]
+            out += [picked[row, : len(c)].tolist() for row, (_, c) in enumerate(batch)]
         return out
     finally:
         model.train(was_training)

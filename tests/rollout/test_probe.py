@@ -37,3 +37,22 @@ def test_describe_mismatch_names_the_culprits():
     assert "engine holds different values for: a" in text
     clean = describe_mismatch({"a"}, {"a": tensor_checksum(trainer["a"])}, {"a": trainer["a"]}, {"a": trainer["a"]})
     assert "stale state" in clean
+
+
+def test_model_logprobs_of_ragged_batches_equal_each_sequence_scored_alone(base_model):
+    """The probe scores with the trainer's layout (left-padded prompts, logits for completion positions
+    only, several sequences per batch): the values equal a plain forward of each sequence alone."""
+    from align.rollout.probe import model_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = base_model.config.vocab_size
+    draw = lambda n: torch.randint(0, vocab, (n,), generator=gen).tolist()  # noqa: E731
+    sequences = [(draw(p), draw(c)) for p, c in [(7, 3), (2, 5), (12, 1), (5, 4)]]
+    got = model_logprobs(base_model, sequences, batch_size=3)  # two batches, one of them ragged
+    for (prompt, completion), values in zip(sequences, got):
+        with torch.no_grad():
+            logits = base_model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+        logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+        expected = logp.gather(-1, torch.tensor(completion)[:, None])[:, 0]
+        assert len(values) == len(completion)
+        torch.testing.assert_close(torch.tensor(values), expected, atol=1e-5, rtol=1e-5)
