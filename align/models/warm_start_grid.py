@@ -26,7 +26,7 @@ from align.models.saving import save_pretrained_atomically
 from align.models.tiny import spec_hash, tiny_model_path
 from align.models.warm_start import collate
 
-GRID_WARM_START_VERSION = 1
+GRID_WARM_START_VERSION = 2  # 2: observations as offsets (align/envs/grid.py)
 
 
 @dataclass(frozen=True)

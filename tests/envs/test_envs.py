@@ -99,16 +99,16 @@ def test_loader_errors_name_the_fix():
 def test_grid_rules_goal_pit_wall_and_invalid_answers():
     env = GridEnv()
     task = {"start": [0, 0], "goal": [0, 2], "pit": [1, 1]}
-    assert env.reset(task) == "at r0c0 goal r0c2 pit r1c1"
-    assert env.step("n") == ("at r0c0 goal r0c2 pit r1c1", 0.0, False)  # a wall: stays
-    assert env.step("hello") == ("at r0c0 goal r0c2 pit r1c1", 0.0, False)  # unreadable: a wasted turn
+    assert env.reset(task) == "goal 2e pit 1s 1e"  # offsets from the agent, in moves
+    assert env.step("n") == ("goal 2e pit 1s 1e", 0.0, False)  # a wall: stays
+    assert env.step("hello") == ("goal 2e pit 1s 1e", 0.0, False)  # unreadable: a wasted turn
     assert env.action_key("hello") == ("<invalid>", "hello") and env.action_key(" E ") == "e"
     assert env.expert_moves() == ["e"]
-    assert env.step("e") == ("at r0c1 goal r0c2 pit r1c1", 0.0, False)
-    assert env.step("e") == ("at r0c2 goal r0c2 pit r1c1", 1.0, True)
+    assert env.step("e") == ("goal 1e pit 1s", 0.0, False)
+    assert env.step("e") == ("goal here pit 1s 1w", 1.0, True)
     env.reset(task)
     env.step("s")
-    assert env.step("e") == ("at r1c1 goal r0c2 pit r1c1", 0.0, True)  # the pit ends the episode
+    assert env.step("e") == ("goal 1n 1e pit here", 0.0, True)  # the pit ends the episode
 
 
 def test_grid_train_and_test_tasks_are_disjoint_and_cover_all():
