@@ -44,7 +44,7 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def launch(layout: str, cache_dir: str, run_dir: Path, *extra: str) -> None:
+def launch(layout: str, cache_dir: str, run_dir: Path, *extra: str, settings: list[str] = SETTINGS) -> None:
     """Run align/train.py as `layout` says: single | zero2 | zero3 (accelerate launch) | ddp (torchrun)."""
     port = _free_port()
     if layout == "single":
@@ -54,7 +54,7 @@ def launch(layout: str, cache_dir: str, run_dir: Path, *extra: str) -> None:
     else:
         prefix = [str(BIN / "accelerate"), "launch", "--config_file", f"launch/{layout}.yaml", "--num_processes", "2",
                   "--main_process_port", port]
-    cmd = [*prefix, "align/train.py", *SETTINGS, f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", *extra]
+    cmd = [*prefix, "align/train.py", *settings, f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{layout} exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
@@ -149,3 +149,36 @@ def test_zero3_export_loads_in_transformers_and_vllm(runs):
     hf_lp = model_logprobs(hf, sequences)
     diff = max(abs(a - b) for x, y in zip(engine_lp, hf_lp) for a, b in zip(x, y))
     assert diff < 1e-4, diff
+
+
+# GRAO and CoPG couple the members of a group in their loss (whole groups per micro-batch, the
+# reference answer forwarded beside its group, per-prompt normalisers): the same invariance must hold.
+SHARED = ["model.name=tiny", "train.batch_size=16", "rollout.num_generations=4", "rollout.max_tokens=16", "data.options.size=64",
+          "rollout.engine=hf", "rollout.seed_per_prompt=true", "train.micro_batch_tokens=400", "train.lr=1e-3",
+          "log.tensorboard=false", "log.console=false", "train.steps=2", "log.save_every=0", "log.eval_every=0"]
+GROUP_ALGOS = {
+    "grao": ["recipe=grao_geometry", *SHARED],
+    "copg": ["recipe=copg_geometry", "data.source=arith", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null",
+             *SHARED],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(GROUP_ALGOS))
+def test_grao_and_copg_on_two_zero3_processes_match_one_process(algo, cache_dir, tmp_path, tiny_path):
+    for layout in ("single", "zero3"):
+        launch(layout, cache_dir, tmp_path / layout, settings=GROUP_ALGOS[algo])
+    got, want = metrics(tmp_path / "zero3"), metrics(tmp_path / "single")
+    assert sorted(got) == sorted(want) == [1, 2]
+    # Per-function reward spreads are the mean of the ranks' spreads (documented in
+    # rollout_metrics_over_ranks); the trained-on reward/std is computed over the global batch.
+    approximate = lambda k: k != "reward/std" and k.endswith(("/std", "_std"))  # noqa: E731
+    compared = [k for k in want[1] if isinstance(want[1][k], float) and not approximate(k)
+                and not k.startswith(("time/", "tokens_per_s", "micro_batches"))]
+    assert {"loss", "grad_norm", "reward/mean"} <= set(compared)
+    for step in want:
+        for name in compared:
+            assert got[step][name] == pytest.approx(want[step][name], rel=1e-4, abs=1e-6), (step, name)
+    assert all(want[s]["grad_norm"] > 0 for s in want)  # not vacuous
+    for name, tensor in final_weights(tmp_path / "single").items():
+        torch.testing.assert_close(final_weights(tmp_path / "zero3")[name], tensor, rtol=0, atol=1e-5, msg=name)
