@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,28 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._runs import metric_rows, save, train  # noqa: E402
+
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux"}
-
-
-def train(recipe: str, seed: int, minutes: float | None, steps: int | None, eval_every: int, run_dir: Path,
-          extra: list[str]) -> None:
-    budget = [f"train.steps={steps}"] if steps else ["train.steps=100000", f"train.max_minutes={minutes}"]
-    cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}",
-           *budget, f"log.eval_every={eval_every}",
-           f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    # A rerun replaces the previous run of the same name (train.py refuses to start into an old run's folder).
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange"}
 
 
 def summarize(run_dir: Path) -> dict:
     from align.data.geometry import FAMILIES
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "eval/mean@1" in r]
-    train_rows = [r for r in rows if "loss" in r]
+    train_rows, evals = metric_rows(run_dir)
+    evals = [r for r in evals if "eval/mean@1" in r]
     helps = [f for f, fam in FAMILIES.items() if fam.aux_helps]
     hurts = [f for f in FAMILIES if f not in helps]
 
@@ -73,25 +59,6 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
-        for seed, summary in runs.items():
-            steps, acc = zip(*summary["curve"])
-            ax.plot(steps, acc, label=f"{name} seed {seed}", color="tab:blue" if name == "gcpo" else "tab:orange",
-                    alpha=0.5 + 0.5 * (int(seed) == 0))
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out accuracy (mean@1)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -114,7 +81,8 @@ def main() -> None:
     for name in args.algos:
         for seed in args.seeds:
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, args.minutes, args.steps, args.eval_every, run_dir, args.extra)
+            train(RECIPES[name], seed, run_dir, args.extra, steps=args.steps, minutes=None if args.steps else args.minutes,
+                  eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<16}{'steps':>6}{'acc before':>12}{'acc after':>11}{'delta':>8}"
@@ -124,10 +92,7 @@ def main() -> None:
             print(f"{name + ' s' + seed:<16}{s['steps']:>6}{s['acc_before']:>12.3f}{s['acc_after']:>11.3f}"
                   f"{s['acc_after'] - s['acc_before']:>+8.3f}"
                   f"{s['aux_helps_before']:>8.2f}->{s['aux_helps_after']:<6.2f}{s['aux_hurts_before']:>8.2f}->{s['aux_hurts_after']:<6.2f}")
-    payload = {"args": vars(args), "wall_seconds": time.time() - started, "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=1))
-    plot(results, Path(args.out).with_suffix(".png"))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    save(args.out, args, started, results, "held-out accuracy (mean@1)", COLORS)
 
 
 if __name__ == "__main__":

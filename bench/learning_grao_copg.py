@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.learning_gcpo import summarize, train  # noqa: E402
+from bench._runs import save, train  # noqa: E402
+from bench.learning_gcpo import summarize  # noqa: E402
 
 SCORED = ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]
 RUNS = {
@@ -49,25 +50,6 @@ def offline_rows(path: Path, prompts: int, extra: list[str]) -> Path:
                "--prompts", str(prompts)]
         subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
     return path
-
-
-def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
-        for seed, summary in runs.items():
-            steps, acc = zip(*summary["curve"])
-            ax.plot(steps, acc, color=COLORS.get(name, "gray"), alpha=0.6,
-                    label=name if seed == sorted(runs)[0] else None)
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out accuracy (mean@1)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
 
 
 def main() -> None:
@@ -97,7 +79,7 @@ def main() -> None:
                 extra = [f"data.source={rows}"]
                 overrides = [o for o in args.extra if not o.startswith(("data.options", "rollout.num_generations", "train.batch_size"))]
             run_dir = work / f"{name}-seed{seed}"
-            train(recipe, seed, None, args.steps, args.eval_every, run_dir, [*extra, *overrides])
+            train(recipe, seed, run_dir, [*extra, *overrides], steps=args.steps, eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<20}{'steps':>6}{'acc before':>12}{'acc after':>11}{'delta':>8}{'train s':>9}")
@@ -105,10 +87,7 @@ def main() -> None:
         for seed, s in runs.items():
             print(f"{name + ' s' + seed:<20}{s['steps']:>6}{s['acc_before']:>12.3f}{s['acc_after']:>11.3f}"
                   f"{s['acc_after'] - s['acc_before']:>+8.3f}{s['train_seconds']:>9.0f}")
-    payload = {"args": vars(args), "wall_seconds": time.time() - started, "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=1))
-    plot(results, Path(args.out).with_suffix(".png"))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    save(args.out, args, started, results, "held-out accuracy (mean@1)", COLORS)
 
 
 if __name__ == "__main__":

@@ -15,35 +15,22 @@ test run: minutes per run. `--minutes` caps each run's wall clock (then steps ma
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._runs import metric_rows, save, train  # noqa: E402
+
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
-
-
-def train(recipe: str, seed: int, steps: int, minutes: float | None, eval_every: int, run_dir: Path,
-          extra: list[str]) -> None:
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # train.py refuses to start into an old run folder
-    budget = [f"train.max_minutes={minutes}"] if minutes else []
-    cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}",
-           f"train.steps={steps}", *budget, f"log.eval_every={eval_every}", f"log.run_dir={run_dir}",
-           "log.console=false", "log.save_every=0", "log.tensorboard=false", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+COLORS = {"salt": "tab:blue", "grpo": "tab:orange"}
 
 
 def summarize(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "eval/success" in r]
-    train_rows = [r for r in rows if "loss" in r]
+    train_rows, evals = metric_rows(run_dir)
+    evals = [r for r in evals if "eval/success" in r]
     mean = lambda key: sum(r.get(key, 0.0) for r in train_rows) / max(len(train_rows), 1)  # noqa: E731
     return {
         "steps": train_rows[-1]["step"] if train_rows else 0,
@@ -57,25 +44,6 @@ def summarize(run_dir: Path) -> dict:
         "sign_flip_frac": mean("salt/sign_flip_frac"),
         "curve": [(r["step"], r["eval/success"]) for r in evals],
     }
-
-
-def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
-        for seed, summary in runs.items():
-            steps, success = zip(*summary["curve"])
-            ax.plot(steps, success, label=f"{name} seed {seed}", color="tab:blue" if name == "salt" else "tab:orange",
-                    linestyle=["-", "--", ":"][int(seed) % 3])
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out success")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
 
 
 def main() -> None:
@@ -96,7 +64,8 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.algos:  # interleaved: load on a shared machine hits both algorithms alike
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, args.steps, args.minutes or None, args.eval_every, run_dir, args.extra)
+            train(RECIPES[name], seed, run_dir, args.extra, steps=args.steps, minutes=args.minutes or None,
+                  eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<12}{'steps':>6}{'success before':>16}{'after':>8}{'delta':>8}{'edges/group':>13}{'flips':>8}")
@@ -109,10 +78,7 @@ def main() -> None:
             if seed in results["grpo"]:
                 gap = results["salt"][seed]["success_after"] - results["grpo"][seed]["success_after"]
                 print(f"seed {seed}: SALT - GRPO held-out success after = {gap:+.3f}")
-    payload = {"args": vars(args), "wall_seconds": time.time() - started, "uptime": os.getloadavg(), "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=1))
-    plot(results, Path(args.out).with_suffix(".png"))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    save(args.out, args, started, results, "held-out success", COLORS)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""What the learning benchmarks share: one training run as a subprocess of align/train.py, its
+metrics rows, and the held-out curves of all runs as a plot next to the results JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_STYLES = ["-", "--", ":"]
+
+
+def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int | None = None,
+          minutes: float | None = None, eval_every: int) -> None:
+    """One run of `recipe` into `run_dir` (replaced if it exists), for `steps` and/or `minutes`;
+    its console output goes to `<run_dir>.log`."""
+    budget = [f"train.steps={steps or 100000}"] + ([f"train.max_minutes={minutes}"] if minutes else [])
+    cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}", *budget,
+           f"log.eval_every={eval_every}", f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0",
+           "log.tensorboard=false", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to start into an old run's folder
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def metric_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training-step rows, evaluation rows) of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r], [r for r in rows if any(k.startswith("eval/") for k in r)]
+
+
+def save(out: str, args, started: float, results: dict, ylabel: str, colors: dict[str, str]) -> None:
+    """Write the results JSON (with the command's arguments and the load average) and the plot of
+    every run's held-out curve (`summary["curve"]`: [(step, value), ...]), one colour per algorithm
+    and one line style per seed."""
+    payload = {"args": vars(args), "wall_seconds": time.time() - started, "loadavg": os.getloadavg(), "results": results}
+    Path(out).write_text(json.dumps(payload, indent=1))
+    png = Path(out).with_suffix(".png")
+    plot(results, png, ylabel, colors)
+    print(f"wrote {out} and {png}")
+
+
+def plot(results: dict, png: Path, ylabel: str, colors: dict[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in results.items():
+        for seed, summary in runs.items():
+            steps, values = zip(*summary["curve"])
+            ax.plot(steps, values, label=f"{name} seed {seed}", color=colors.get(name, "gray"),
+                    linestyle=SEED_STYLES[int(seed) % len(SEED_STYLES)])
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
