@@ -21,12 +21,16 @@ class Probe:
     greedy_tokens: int  # tokens generated greedily from each probe prompt (generation-path check)
 
 
-def make_probe(vocab_size: int, seed: int, num_sequences: int = 4, prompt_len: int = 144,
+def make_probe(vocab_size: int, seed: int, num_sequences: int = 2, prompt_len: int = 144,
                completion_len: int = 8, greedy_tokens: int = 4) -> Probe:
     """Random token sequences, the same for the same arguments.
 
     prompt_len defaults to more than one vLLM CPU KV block (128 tokens): only full blocks are
-    prefix-cached, and the probe must hit that cache to notice it going stale.
+    prefix-cached, and the probe must hit that cache to notice it going stale. Two sequences: a
+    missed tensor or a stale cache moves every probe token, so 2 x 8 teacher-forced and 2 x 4
+    greedy tokens catch both (tests/rollout/test_sync.py); each sequence costs a forward on the
+    engine and on the trainer after every sync (~0.5 s together for SmolLM2-135M on 2 CPU cores,
+    where 4 sequences made sync + probe 15% of a step).
     """
     gen = torch.Generator().manual_seed(seed)
     draw = lambda k: torch.randint(0, vocab_size, (k,), generator=gen).tolist()  # noqa: E731
