@@ -302,12 +302,19 @@ class RolloutEngine(ABC):
         raise WeightSyncError(f"weight sync v{self.weight_version} failed: {reason}; {detail}")
 
     def _probe_logprobs(self, model) -> tuple[list[list[float]], list[list[float]]]:
+        """(engine, trainer) logprobs: the probe sequences teacher-forced, then greedy continuations.
+
+        The greedy continuations extend the whole probe sequences, so one trainer forward per
+        sequence scores both parts (its prompt is most of the cost), while the engine still reads
+        the prompt's prefix-cached blocks on both paths (score, then generate)."""
         sequences = self._probe.sequences
         engine_lp = self.score(sequences)
         greedy = SamplingSettings(max_tokens=self._probe.greedy_tokens, temperature=0.0, seed=0)
-        generated = [group[0] for group in self.generate([p for p, _ in sequences], 1, greedy)]
-        engine_lp += [c.logprobs for c in generated]
-        trainer_lp = model_logprobs(model, sequences + [(c.prompt_ids, c.token_ids) for c in generated])
+        generated = [group[0] for group in self.generate([p + c for p, c in sequences], 1, greedy)]
+        engine_lp += [g.logprobs for g in generated]
+        joint = model_logprobs(model, [(p, c + g.token_ids) for (p, c), g in zip(sequences, generated)])
+        trainer_lp = [lp[: len(c)] for lp, (_, c) in zip(joint, sequences)]
+        trainer_lp += [lp[len(c):] for lp, (_, c) in zip(joint, sequences)]
         return engine_lp, trainer_lp
 
     def _before_load(self) -> None:
