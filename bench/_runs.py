@@ -23,7 +23,9 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
     cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}", *budget,
            f"log.eval_every={eval_every}", f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0",
            "log.tensorboard=false", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # One thread per run unless told otherwise: the published numbers were measured so (two runs
+    # side by side on 2 cores), and results depend on the thread count's summation order.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to start into an old run's folder
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)

@@ -12,8 +12,8 @@ built-in name `tiny-geometry` (`tiny-geometry@SEED`) resolves to it, building it
 
 The default build can be shipped in align/models/shipped/ (named by its cache key), so that a first
 run loads it in seconds; scripts/ship_warm_start.py (re)trains it from code and writes the file. Training
-cost: 600 steps of 64 examples, ~0.25 s a step on 2 idle cores with length-sorted micro-batches
-(~0.36 s before them; single-thread CPU time per step 0.56 s vs 0.79 s, measured in one run).
+cost: 600 steps of 64 examples on one thread (for reproducibility, see `train_warm_start`), ~0.5 s
+a step with length-sorted micro-batches (0.56 s vs 0.79 s before them, measured in one run): ~5 min.
 
 Calibration of version 3 (the shipped build; 400 held-out problems x 4 samples, temperature 1.0, CPU):
 accuracy 40% overall, pass@4 58%; every family learned (third angle 13%, isosceles 27%, rectangle
@@ -291,8 +291,16 @@ def ship_warm_start(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     state = load_file(folder / "model.safetensors")
     out = shipped_weights_path(config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"warm_start_key": warm_start_key(config), "version": str(WARM_START_VERSION)})
+    save_file(state, str(out), metadata={"warm_start_key": warm_start_key(config), "version": str(WARM_START_VERSION),
+                                         "built_on": build_fingerprint()})
     return out
+
+
+def build_fingerprint() -> str:
+    """The torch build and CPU kernel family a warm start was trained with: on the same ones a
+    rebuild from code is bit-identical (one thread, fixed seeds); elsewhere reductions may sum in
+    another order and 600 steps amplify that, so only the trained model's behaviour can match."""
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:

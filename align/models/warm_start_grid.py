@@ -24,7 +24,7 @@ import torch
 
 from align.models.saving import save_pretrained_atomically
 from align.models.tiny import spec_hash, tiny_model_path
-from align.models.warm_start import collate
+from align.models.warm_start import collate, single_threaded
 
 GRID_WARM_START_VERSION = 2  # 2: observations as offsets (align/envs/grid.py)
 
@@ -81,16 +81,17 @@ def train_grid_warm_start(model, tokenizer, config: GridWarmStartConfig) -> list
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10) * (1 - s / config.steps * 0.9))
     model.train()
     losses = []
-    for _ in range(config.steps):
-        batch = [demo_episode(tokenizer, format_observation, rng.choice(tasks), config, rng) for _ in range(config.batch_size)]
-        batch = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    with single_threaded():  # the same build on any thread count (see align/models/warm_start.py)
+        for _ in range(config.steps):
+            batch = [demo_episode(tokenizer, format_observation, rng.choice(tasks), config, rng) for _ in range(config.batch_size)]
+            batch = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
     model.eval()
     return losses
 

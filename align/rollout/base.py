@@ -250,7 +250,7 @@ class RolloutEngine(ABC):
         """Probe difference between the engine and `model`; raises WeightSyncError above tolerance.
 
         Two checks, the worse one counts: the probe sequences scored teacher-forced, and greedy
-        continuations of the probe prompts, which go through the generation path (and any KV
+        continuations of the whole probe sequences, which go through the generation path (and any KV
         prefix cache the engine keeps) that rollouts use.
         """
         engine_lp, trainer_lp = self._probe_logprobs(model)
@@ -305,12 +305,13 @@ class RolloutEngine(ABC):
         """(engine, trainer) logprobs: the probe sequences teacher-forced, then greedy continuations.
 
         The greedy continuations extend the whole probe sequences, so one trainer forward per
-        sequence scores both parts (its prompt is most of the cost), while the engine still reads
-        the prompt's prefix-cached blocks on both paths (score, then generate)."""
+        sequence scores both parts (its prompt is most of the cost). Only the generation path reads
+        the engine's KV prefix cache (prompt-logprob requests skip it), and `_warm_probe` filled
+        that cache with these same prompts before the load."""
         sequences = self._probe.sequences
         engine_lp = self.score(sequences)
         greedy = SamplingSettings(max_tokens=self._probe.greedy_tokens, temperature=0.0, seed=0)
-        generated = [group[0] for group in self.generate([p + c for p, c in sequences], 1, greedy)]
+        generated = [group[0] for group in self.generate(self._greedy_prompts(), 1, greedy)]
         engine_lp += [g.logprobs for g in generated]
         joint = model_logprobs(model, [(p, c + g.token_ids) for (p, c), g in zip(sequences, generated)])
         trainer_lp = [lp[: len(c)] for lp, (_, c) in zip(joint, sequences)]
@@ -323,7 +324,11 @@ class RolloutEngine(ABC):
     def _warm_probe(self) -> None:
         """Run the probe's generation path, so the KV cache holds the probe prompts under the
         current weights; a load that leaves that cache stale then shows up in `verify`."""
-        self.generate([p for p, _ in self._probe.sequences], 1, SamplingSettings(max_tokens=1, temperature=0.0))
+        self.generate(self._greedy_prompts(), 1, SamplingSettings(max_tokens=1, temperature=0.0))
+
+    def _greedy_prompts(self) -> list[list[int]]:
+        """What the probe's greedy check continues: each whole probe sequence."""
+        return [list(p) + list(c) for p, c in self._probe.sequences]
 
 
 def iter_named(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -18,7 +18,7 @@ Sequences = list[tuple[list[int], list[int]]]
 @dataclass(frozen=True)
 class Probe:
     sequences: Sequences  # (prompt ids, completion ids), scored teacher-forced
-    greedy_tokens: int  # tokens generated greedily from each probe prompt (generation-path check)
+    greedy_tokens: int  # tokens generated greedily after each whole sequence (generation-path check)
 
 
 def make_probe(vocab_size: int, seed: int, num_sequences: int = 2, prompt_len: int = 144,
@@ -48,6 +48,7 @@ def model_logprobs(model, sequences: Sequences, batch_size: int = 8) -> list[lis
     the few completion positions only, not the whole probe prompt: for SmolLM2 (49k vocab) that is
     about a fifth of this forward. Dropout is off for the call (train/eval mode restored after).
     """
+    # Imported here: align.trainers imports align.rollout, so a module-level import would be circular.
     from align.trainers.batching import completion_logits, pad_sequences
 
     device = next(model.parameters()).device

@@ -3,11 +3,11 @@ imitates y and regularises the gap (ALGORITHMS.md section 3).
 
 The judge is any reward-function spec (`grao.judge`) called with the reference answers as
 `reference=`; it must return -1 (worse than y), 0 (tie) or +1 (better), or None where it could not
-judge (an LLM judge's unparseable verdict): that sample is left out (advantage 0, outside the group
-statistics) and counted in reward/judge/unjudged_frac, so one malformed verdict never stops a run.
+judge (an LLM judge's unparseable verdict): that sample is invalid (advantage 0, outside the group
+statistics, counted in reward/unscorable_frac), so one malformed verdict never stops a run.
 An LLM judge (`judge:PATH`, `judge:self`) takes its options from reward.options[<spec>] and uses the
-pairwise template unless told otherwise. `reward.functions` are not trained on: they are logged (and
-the first is the evaluation accuracy); an empty list logs nothing but the judge.
+pairwise template unless told otherwise. `reward.functions` are not trained on: they are logged, and
+evaluation reads its accuracy among them (align/eval.py); an empty list logs nothing but the judge.
 Needs: the reference answer forwarded with grad next to its group (whole groups per micro-batch);
 no reference model, no importance ratio (one update per rollout batch).
 """
@@ -76,14 +76,14 @@ class GRAO(GRPO):
                                  trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s)
         values = judged.per_function[self.judge.name]
         check_judgements(values, self.judge.name, prompts)
-        metrics = {**logged_means(judged), "reward/judge/unjudged_frac": sum(v is None for v in values) / max(len(values), 1)}
+        metrics = logged_means(judged)  # e.g. an LLM judge's unparseable_frac
         components = {}
         if self.reward_functions:
             logged = compute_rewards(self.reward_functions, prompts, completions, columns, completion_ids,
                                      trainer_state=trainer_state, timeout_s=self.cfg.reward.timeout_s)
             components = {name: _as_groups(vals, group_size) for name, vals in logged.per_function.items()}
             metrics.update(logged_means(logged))
-        rewards = _as_groups(values, group_size)  # None -> nan, and invalid below
+        rewards = _as_groups(values, group_size)  # None -> nan: invalid, counted in reward/unscorable_frac
         return Scores(rewards, ~rewards.isnan(), {"judge": rewards.clone(), **components}, metrics)
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor, answer_rewards: torch.Tensor | None = None) -> Advantages:

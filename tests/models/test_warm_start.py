@@ -205,25 +205,32 @@ def test_a_shipped_file_that_does_not_fit_is_a_loud_error(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_training_from_code_reproduces_the_shipped_weights(tmp_path):
-    """Rebuild the default warm start from code (minutes) and compare it with the shipped file.
+    """Rebuild the default warm start from code (minutes, one thread) and compare it with the shipped file.
 
-    Bit-identical on the machine that shipped it; elsewhere CPU kernels may sum in another order, so
-    the check is that the weights are close and the two models answer held-out prompts alike."""
-    from align.models.warm_start import shipped_weights_path
+    On the torch build and CPU kernels it was shipped from (its `built_on` metadata) the rebuild is
+    bit-identical. Elsewhere reductions may sum in another order and 600 steps amplify that into
+    different weights, so there the check is what the models do: held-out greedy accuracy alike."""
+    from safetensors import safe_open
+
+    from align.models.warm_start import build_fingerprint, shipped_weights_path
 
     path = shipped_weights_path(WarmStartConfig())
     # A change to the warm-start recipe or the task changes the key and needs a new shipped file.
     assert path.exists(), f"no shipped warm start for the default recipe: run scripts/ship_warm_start.py ({path.name})"
     assert path.stat().st_size < 8 << 20  # a few MB in the repository, not more
+    with safe_open(str(path), "pt") as f:
+        built_on = (f.metadata() or {}).get("built_on")
     rebuilt = build_geometry_warm_start(tmp_path, seed=0, use_shipped=False)
     shipped = load_file(path)
     ours = load_file(rebuilt / "model.safetensors")
     assert set(ours) == set(shipped)
-    worst = max(((ours[k] - shipped[k]).abs().max() / shipped[k].abs().max()).item() for k in shipped)
-    assert worst < 0.05, f"rebuilt weights differ from the shipped ones by {worst:.3g} (relative)"
+    if built_on == build_fingerprint():
+        differ = [k for k in shipped if not torch.equal(ours[k], shipped[k])]
+        assert not differ, f"rebuilt on {built_on} but {len(differ)} tensors differ from the shipped file, e.g. {differ[0]}"
+        return
     tok = load_tokenizer(str(rebuilt))
-    rows = generate_geometry_rows("test", 64, seed=0)
+    rows = generate_geometry_rows("test", 256, seed=0)
     shipped_model = load_model(str(build_geometry_warm_start(tmp_path / "shipped", seed=0)))
-    greedy = [sample_geometry_completions(m, tok, rows, temperature=1e-4) for m in (load_model(str(rebuilt)), shipped_model)]
-    agree = sum(a == b for a, b in zip(*greedy)) / len(rows)
-    assert agree >= 0.9, f"rebuilt and shipped models agree on {agree:.0%} of greedy answers"
+    accuracy = [geometry_style_report(rows, sample_geometry_completions(m, tok, rows, temperature=1e-4))["all"]["accuracy"]
+                for m in (load_model(str(rebuilt)), shipped_model)]
+    assert abs(accuracy[0] - accuracy[1]) <= 0.08, f"built on {built_on}, here {build_fingerprint()}: greedy accuracy {accuracy}"

@@ -154,7 +154,7 @@ def test_grao_unjudged_samples_are_left_out_and_counted_not_fatal(tmp_path):
     algo = GRAO(cfg)
     scores = algo.score(["q1"] * 4, ["a", "b", "c", "d"], {"solution": ["y"] * 4, "answer": ["1"] * 4}, [[1]] * 4, 4)
     assert scores.valid.tolist() == [[True, True, False, True]]
-    assert scores.logged["reward/judge/unjudged_frac"] == 0.25
+    assert algo.batch_metrics(scores)["reward/unscorable_frac"] == 0.25
     adv = algo.advantages(scores.rewards, scores.valid)
     assert adv.completions[0, 2] == 0 and adv.completions[0, 0] > 0 > adv.completions[0, 1]
     # the statistics are those of the three judged samples and y (R(y) = 0), as if "c" never existed
