@@ -31,6 +31,14 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
+def prepare(out: str, merge: bool = False) -> tuple[Path, dict]:
+    """(the folder the runs go in, next to `out`; the results already in `out` when `merge`, else {})."""
+    work = Path(out).with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(Path(out).read_text())["results"] if merge and Path(out).exists() else {}
+    return work, results
+
+
 def metric_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training-step rows, evaluation rows) of a run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

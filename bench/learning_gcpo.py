@@ -12,7 +12,6 @@ plot of the curves. Not part of the test run: it takes minutes per run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import metric_rows, save, train  # noqa: E402
+from bench._runs import metric_rows, prepare, save, train  # noqa: E402
 
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux"}
 COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange"}
@@ -72,11 +71,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
-    work = Path(args.out).with_suffix("")
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict]] = {}
-    if args.merge and Path(args.out).exists():
-        results = json.loads(Path(args.out).read_text())["results"]
+    work, results = prepare(args.out, args.merge)
     started = time.time()
     for name in args.algos:
         for seed in args.seeds:

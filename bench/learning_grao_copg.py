@@ -21,7 +21,6 @@ and a plot. Not part of the test run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import save, train  # noqa: E402
+from bench._runs import prepare, save, train  # noqa: E402
 from bench.learning_gcpo import summarize  # noqa: E402
 
 SCORED = ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]
@@ -64,11 +63,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
-    work = Path(args.out).with_suffix("")
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict]] = {}
-    if args.merge and Path(args.out).exists():
-        results = json.loads(Path(args.out).read_text())["results"]
+    work, results = prepare(args.out, args.merge)
     started = time.time()
     for seed in args.seeds:  # alternate algorithms within a seed: machine load hits them alike
         for name in args.algos:

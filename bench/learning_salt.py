@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import metric_rows, save, train  # noqa: E402
+from bench._runs import metric_rows, prepare, save, train  # noqa: E402
 
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
 COLORS = {"salt": "tab:blue", "grpo": "tab:orange"}
@@ -57,9 +57,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
-    work = Path(args.out).with_suffix("")
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict]] = {}
+    work, results = prepare(args.out)
     started = time.time()
     for seed in args.seeds:
         for name in args.algos:  # interleaved: load on a shared machine hits both algorithms alike
