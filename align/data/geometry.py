@@ -10,8 +10,8 @@ Each problem family comes with two reference solutions in GCPO's completion form
   `<think><aux>S=30+60=90</aux>C=180-90</think><answer>90</answer>`.
 
 Families differ in whether the construction pays (`aux_helps`). In the "helps" families the
-direct answer needs two arithmetic operations in one go while the aux route splits them into
-two single operations, each written down. In the "hurts" families the direct answer is one
+direct answer needs two (four-angle family: three) arithmetic operations in one go while the aux
+route writes each one down as its own step (`<aux>S=30+40=70;T=70+50=120</aux>D=360-120`). In the "hurts" families the direct answer is one
 operation (or a copy) and the aux route is a detour through a neighbouring angle that adds an
 operation, i.e. more room for error. A learner that samples both styles can therefore find out,
 per family, which style earns reward: what GCPO's group-contrastive mask is meant to pick up.
@@ -20,8 +20,9 @@ Pools are large enough that the warm start learns each family's arithmetic rathe
 memorised answers (with pools of 6-16 problems per split, two families stayed at 0% held-out):
 angles in the two-angle families are multiples of 5, in the one-angle families any whole degree,
 rectangle sides 1-19; the four-angle family keeps multiples of 10 (its pool is large already).
-Each written step is one arithmetic operation a tiny character-level model can learn in a short
-warm start, while composing two of them silently stays hard.
+Each written step is one arithmetic operation, which the tiny character-level model learns in its
+warm start (align/models/warm_start.py drills every such step), while composing two of them
+silently stays hard.
 
 Splits: whether a problem is in "test" (held out), "sft" (the warm start's supervised data) or
 "train" (the RL prompts) is decided by a hash of its family and parameters, independent of the
@@ -107,9 +108,9 @@ def _rectangle_perimeter(p: Params) -> Problem:
 
 def _quad_fourth_angle(p: Params) -> Problem:
     a, b, c = p
-    s = a + b + c
-    return _problem(f"Quadrilateral ABCD: A={a}, B={b}, C={c}. Find angle D.", 360 - s,
-                    f"D=360-{a}-{b}-{c}", f"S={a}+{b}+{c}={s}", f"D=360-{s}")
+    s, t = a + b, a + b + c
+    return _problem(f"Quadrilateral ABCD: A={a}, B={b}, C={c}. Find angle D.", 360 - t,
+                    f"D=360-{a}-{b}-{c}", f"S={a}+{b}={s};T={s}+{c}={t}", f"D=360-{t}")
 
 
 # ---- families where it hurts: one operation (or none), and the aux route is a detour ----

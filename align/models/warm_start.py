@@ -6,28 +6,41 @@ solutions that use the aux style and the direct style with equal probability in 
 The warm-started model thus writes both styles everywhere, and it is the RL phase that has to
 find out per family which one earns reward.
 
+Half of each batch is an arithmetic drill instead (`arithmetic_facts`): every one-operation step any
+family's solution writes ("35+60", "2*44", "180-95"), as a bare exercise "Compute 35+60.". A
+pretrained model brings that arithmetic with it; the tiny one does not, and without the drill it
+never got the steps of a construction exactly right (1200 steps: "S=9+16=24"), so constructing
+could not pay off and GCPO had nothing to contrast. The drill holds facts, not problems: no
+geometry question of any split is in it, and composing two facts silently (the direct route's
+"180-35-60") is never drilled; that is what a construction avoids.
+
 The result is saved in the ordinary Hugging Face format next to the base model's cache folder
 (transformers and vLLM load it like any checkpoint) and is deterministic for a seed. The
 built-in name `tiny-geometry` (`tiny-geometry@SEED`) resolves to it, building it on first use.
 
-The default build can be shipped in align/models/shipped/ (named by its cache key), so that a first
+The default build is shipped in align/models/shipped/ (named by its cache key), so that a first
 run loads it in seconds; scripts/ship_warm_start.py (re)trains it from code and writes the file. Training
-cost: 600 steps of 64 examples on one thread (for reproducibility, see `train_warm_start`), ~0.5 s
-a step with length-sorted micro-batches (0.56 s vs 0.79 s before them, measured in one run): ~5 min.
+cost: 1200 steps of 64 examples on one thread (for reproducibility, see `train_warm_start`), ~0.45 s
+a step with length-sorted micro-batches: ~9 min.
 
-Calibration of version 3 (the shipped build; 400 held-out problems x 4 samples, temperature 1.0, CPU):
-accuracy 40% overall, pass@4 58%; every family learned (third angle 13%, isosceles 27%, rectangle
-8%, quad 8%, exterior 10%, supplement 67%, vertical 95%, alternate 96%); where aux hurts, direct beats
-aux by 13 points on average (supplement 86% vs 53%); where it "helps", aux is NOT ahead yet (-2
-points on average): tests/models/test_warm_start.py has that requirement as a slow test, known red.
+Calibration of version 4 (the shipped build), chosen on RL's 'train' split, never on the held-out
+one (512 problems x 4 samples, temperature 1.0, CPU; scripts in the issue-15 notes):
 
-Calibration of WARM_START_VERSION 1 (before the sft split and the larger pools):
-(600 steps x 64 examples, lr 3e-3; 800 held-out problems x 4 samples at temperature 1.0,
-measured with this code on a GPU in float32): accuracy 35% overall, pass@4 63%; where aux hurts,
-direct beats aux (supplement 88% vs 0%, alternate angle 91% vs 58%); where it helps, aux is
-slightly ahead in two families (isosceles 22% vs 14%, rectangle 24% vs 17%) and level in two.
-Longer warm starts widen the "helps" gap (2400 steps: third angle 96% vs 83%, isosceles 40% vs
-1%) but saturate accuracy (68%), leaving RL little to do.
+| family | sampled | aux forced | direct forced |
+|---|---|---|---|
+| third angle (aux helps) | 0.54 | 0.75 | 0.20 |
+| isosceles apex (helps) | 0.47 | 0.68 | 0.27 |
+| rectangle (helps) | 0.61 | 0.79 | 0.09 |
+| quad (helps) | 0.56 | 0.77 | 0.12 |
+| vertical (hurts) | 0.95 | 0.94 | 0.98 |
+| supplement (hurts) | 0.90 | 0.84 | 0.98 |
+| exterior (hurts) | 0.44 | 0.23 | 0.70 |
+| alternate (hurts) | 0.97 | 0.95 | 0.98 |
+| all | 0.68 | | |
+
+Choosing the better style per family would add 15 points (greedy decoding, which mostly picks
+it, scores 0.89): the room RL has. Without the drill (1200 steps) the same table read 0.50 overall
+with at most 4 points from style choice; with the drill and lr 6e-3 training diverged (0.27).
 """
 
 from __future__ import annotations
@@ -36,7 +49,9 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,8 +68,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 # Bump when the task generator or the training recipe changes in a way the config does not show,
 # so that stale cached builds are not reused.
 # 2: trained on the 'sft' split, disjoint from RL's 'train'; 3: larger pools (finer angle steps),
-# length-sorted micro-batches.
-WARM_START_VERSION = 3
+# length-sorted micro-batches; 4: the four-angle family's construction in two one-operation steps.
+WARM_START_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -62,8 +77,8 @@ class WarmStartConfig:
     """Hyper-parameters of the geometry warm start; every field enters the cache key."""
 
     seed: int = 0
-    # Calibrated (see the module doc): ~35% sampled held-out accuracy at 600 steps.
-    steps: int = 600
+    # Calibrated (see the module doc); lr 6e-3 diverged at this length.
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -72,6 +87,10 @@ class WarmStartConfig:
     # Each batch is cut into this many micro-batches of similar length (one optimizer step): prompts
     # vary from ~50 to ~90 tokens, and padding every row to the longest cost ~30% of the compute.
     micro_batches: int = 4
+    # Share of each batch drawn from the arithmetic drill (`arithmetic_facts`) instead of problems:
+    # without it the tiny model never learns the one-operation steps exactly (a 1200-step build
+    # wrote "S=9+16=24"), so a construction cannot pay off and GCPO's contrast is empty.
+    drill_fraction: float = 0.5
     base_preset: str = "tiny"
 
 
@@ -126,14 +145,57 @@ def sft_examples(tokenizer) -> dict[str, list[tuple[list[int], list[int]]]]:
     return examples
 
 
-def draw_batch(examples: dict[str, list], config: WarmStartConfig, generator: torch.Generator) -> list:
+# One written arithmetic step: two whole numbers and one operator ("35+60", "180-95", "2*44").
+ONE_OPERATION = re.compile(r"(\d+)([-+*])(\d+)")
+OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def arithmetic_facts() -> dict[str, int]:
+    """Every one-operation expression a written step of some family's solution uses (either style,
+    over the family's whole parameter space), with its value: the arithmetic the drill teaches.
+
+    Compositions (the direct route's "180-35-60") are not facts: computing those silently, or
+    splitting them into written facts with a construction, is what the task is about.
+    """
+    facts: dict[str, int] = {}
+    for family in FAMILIES.values():
+        for params in family.space():
+            problem = family.render(params)
+            for solution in (problem.solution_direct, problem.solution_aux):
+                think = solution.split("<think>")[1].split("</think>")[0]
+                for statement in re.split(r"<aux>|</aux>|;", think):
+                    match = ONE_OPERATION.fullmatch(statement.split("=")[1]) if "=" in statement else None
+                    if match:
+                        left, op, right = match.groups()
+                        facts[match.group(0)] = OPERATORS[op](int(left), int(right))
+    return facts
+
+
+def drill_examples(tokenizer) -> list[tuple[list[int], list[int]]]:
+    """Each arithmetic fact as a bare exercise ("Compute 35+60."), in the two forms solutions write
+    steps in: with the value stated (an aux step, "S=35+60=95") and without (a final step before
+    the answer, "C=180-95</think><answer>85")."""
+    encoded = []
+    for expression, value in arithmetic_facts().items():
+        prompt = [{"role": "user", "content": f"Compute {expression}."}]
+        encoded.append(encode_sft_example(tokenizer, prompt, f"<think>x={expression}={value}</think><answer>{value}</answer>"))
+        encoded.append(encode_sft_example(tokenizer, prompt, f"<think>x={expression}</think><answer>{value}</answer>"))
+    return encoded
+
+
+def draw_batch(examples: dict[str, list], config: WarmStartConfig, generator: torch.Generator,
+               drill: list | None = None) -> list:
     """`batch_size` examples: family uniformly (so small families are not drowned out), then a
     problem of it uniformly, then the aux style with probability `aux_fraction`."""
     names = list(examples)
     families = torch.randint(len(names), (config.batch_size,), generator=generator).tolist()
     uniforms = torch.rand(config.batch_size, 2, generator=generator).tolist()
+    drilled = torch.rand(config.batch_size, generator=generator).tolist() if drill else [1.0] * config.batch_size
     batch = []
-    for family_index, (u_problem, u_style) in zip(families, uniforms):
+    for family_index, (u_problem, u_style), u_drill in zip(families, uniforms, drilled):
+        if u_drill < config.drill_fraction:
+            batch.append(drill[min(int(u_problem * len(drill)), len(drill) - 1)])
+            continue
         pool = examples[names[family_index]]
         problem = min(int(u_problem * (len(pool) // 2)), len(pool) // 2 - 1)
         batch.append(pool[2 * problem + (1 if u_style < config.aux_fraction else 0)])
@@ -166,6 +228,7 @@ def accumulate_batch_loss(model, examples: list, pad_id: int, micro_batches: int
 def train_warm_start(model, tokenizer, config: WarmStartConfig, log_every: int = 50) -> list[float]:
     """Train `model` in place; returns the loss of every step."""
     examples = sft_examples(tokenizer)
+    drill = drill_examples(tokenizer) if config.drill_fraction > 0 else None
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.98))
@@ -185,7 +248,7 @@ def train_warm_start(model, tokenizer, config: WarmStartConfig, log_every: int =
     # thread the build is bit-identical to the shipped file (built so) on this CPU's kernels.
     with single_threaded():
         for step in range(config.steps):
-            loss = accumulate_batch_loss(model, draw_batch(examples, config, generator), tokenizer.pad_token_id,
+            loss = accumulate_batch_loss(model, draw_batch(examples, config, generator, drill), tokenizer.pad_token_id,
                                          config.micro_batches)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -308,11 +371,23 @@ def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Pat
     return build_geometry_warm_start(cache_dir, seed=seed)
 
 
+STYLE_PREFIXES = {"aux": "<think><aux>", "direct": "<think>"}
+
+
 def sample_geometry_completions(model, tokenizer, rows: list[dict], samples_per_prompt: int = 1,
                                 max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0,
-                                batch_size: int = 256) -> list[list[str]]:
-    """Sampled completions (text, special tokens dropped), `samples_per_prompt` per row, with HF generate."""
-    texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+                                batch_size: int = 256, style: str | None = None) -> list[list[str]]:
+    """Sampled completions (text, special tokens dropped), `samples_per_prompt` per row, with HF generate.
+
+    `style` forces a route: "aux" starts every completion with a construction, "direct" forbids the
+    <aux> token; the returned texts include the forced start. None samples freely.
+    """
+    if style not in (None, *STYLE_PREFIXES):
+        raise ValueError(f"style={style!r} is unknown; use None, 'aux' or 'direct'")
+    prefix = STYLE_PREFIXES.get(style, "")
+    banned = {"bad_words_ids": [[tokenizer.convert_tokens_to_ids("<aux>")]]} if style == "direct" else {}
+    texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) + prefix
+             for r in rows]
     flat = [t for t in texts for _ in range(samples_per_prompt)]
     outputs: list[str] = []
     torch.manual_seed(seed)
@@ -323,9 +398,9 @@ def sample_geometry_completions(model, tokenizer, rows: list[dict], samples_per_
         with torch.no_grad():
             generated = model.generate(**batch, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                                        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=tokenizer.eos_token_id)
+                                       eos_token_id=tokenizer.eos_token_id, **banned)
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
-        outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        outputs += [prefix + text for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return [outputs[i * samples_per_prompt : (i + 1) * samples_per_prompt] for i in range(len(rows))]
 
 

@@ -12,9 +12,11 @@ from align.models import load_model, load_tokenizer, resolve_model_path
 from align.models.warm_start import (
     WarmStartConfig,
     accumulate_batch_loss,
+    arithmetic_facts,
     build_geometry_warm_start,
     collate,
     draw_batch,
+    drill_examples,
     encode_sft_example,
     geometry_style_report,
     sample_geometry_completions,
@@ -74,6 +76,32 @@ def test_every_family_is_trained_in_both_styles(tokenizer):
         assert len(drawn) > 30 and 0.3 < share_aux < 0.7, (name, len(drawn), share_aux)
 
 
+def test_the_drill_teaches_every_written_step_and_no_problem(tokenizer):
+    """Every one-operation step a solution writes (either style, any family) is a drilled fact with
+    its true value; compositions are not drilled; no drilled prompt is a geometry question."""
+    facts = arithmetic_facts()
+    rows = generate_geometry_rows("test", 64)
+    steps = [statement.split("=") for row in rows for solution in (row["solution_aux"], row["solution_direct"])
+             for statement in solution.split("<think>")[1].split("</think>")[0].replace("<aux>", ";").replace("</aux>", ";").split(";")
+             if "=" in statement]
+    one_op = [(expr, parts) for _, expr, *parts in steps if sum(expr.count(op) for op in "+-*") == 1]
+    assert len(one_op) > 64 and all(facts[expr] == eval(expr) for expr, _ in one_op)  # noqa: S307 (digits and one operator)
+    assert all(int(parts[0]) == facts[expr] for expr, parts in one_op if parts)  # stated values agree
+    assert "180-35-60" not in facts and "2*(9+16)" not in facts
+    drilled = {tokenizer.decode(ids) for ids, _ in drill_examples(tokenizer)}
+    assert len(drilled) == 2 * len(facts) and not any("Find" in text for text in drilled)
+
+
+def test_drill_fraction_sets_the_share_of_drill_examples(tokenizer):
+    examples, drill = sft_examples(tokenizer), drill_examples(tokenizer)
+    drill_ids = {id(ex) for ex in drill}
+    for fraction in (0.0, 0.5):
+        batch = draw_batch(examples, WarmStartConfig(batch_size=512, drill_fraction=fraction),
+                           torch.Generator().manual_seed(0), drill)
+        share = sum(id(ex) in drill_ids for ex in batch) / len(batch)
+        assert abs(share - fraction) < 0.07, (fraction, share)
+
+
 def test_build_is_cached_loadable_and_deterministic(fast_build, cache_dir, tmp_path):
     path = Path(fast_build)
     meta = json.loads((path / "warm_start.json").read_text())
@@ -117,6 +145,26 @@ def test_style_report_counts(fast_build):
     assert [len(s) for s in sampled] == [3, 3] and all(isinstance(t, str) for s in sampled for t in s)
 
 
+def test_a_forced_style_is_the_route_every_sample_takes(fast_build):
+    model, tok = load_model(str(fast_build)), load_tokenizer(str(fast_build))
+    aux_id = tok.convert_tokens_to_ids("<aux>")
+
+    def favour_aux(module, inputs, logits):  # a model that writes <aux> wherever it may
+        logits[..., aux_id] += 30.0
+        return logits
+
+    model.lm_head.register_forward_hook(favour_aux)
+    rows = generate_geometry_rows("train", 4)
+    free = sample_geometry_completions(model, tok, rows, samples_per_prompt=8, max_new_tokens=6)
+    aux = sample_geometry_completions(model, tok, rows, samples_per_prompt=8, max_new_tokens=6, style="aux")
+    direct = sample_geometry_completions(model, tok, rows, samples_per_prompt=8, max_new_tokens=6, style="direct")
+    assert all("<aux>" in t for s in free for t in s)
+    assert all(t.startswith("<think><aux>") for s in aux for t in s)
+    assert all(t.startswith("<think>") and "<aux>" not in t for s in direct for t in s)
+    with pytest.raises(ValueError, match="style='auxx'"):
+        sample_geometry_completions(model, tok, rows, style="auxx")
+
+
 @pytest.mark.vllm
 def test_vllm_loads_the_warm_start(fast_build):
     vllm = pytest.importorskip("vllm")
@@ -139,15 +187,14 @@ def test_vllm_loads_the_warm_start(fast_build):
 
 @pytest.mark.slow
 def test_default_warm_start_is_calibrated(cache_dir):
-    """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated; every
-    family learned (no family at 0, the gap that capped RL before); where aux hurts, direct answers
-    beat aux answers. Measured for version 3 (400 x 4 samples): 0.402 overall, families 0.08-0.955,
-    hurts gap +0.13."""
+    """The shipped default: sampled held-out accuracy clearly non-zero but far from saturated (RL's
+    room); every family learned (no family at 0, the gap that capped RL before); both styles written
+    in every family; where aux hurts, direct answers beat aux answers."""
     path = resolve_model_path("tiny-geometry", cache_dir)
     model, tok = load_model(path), load_tokenizer(path)
     rows = generate_geometry_rows("test", 400, seed=1)
     report = geometry_style_report(rows, sample_geometry_completions(model, tok, rows, samples_per_prompt=4))
-    assert 0.15 <= report["all"]["accuracy"] <= 0.6
+    assert 0.3 <= report["all"]["accuracy"] <= 0.8, report["all"]
     hurts = [report[n] for n, f in FAMILIES.items() if not f.aux_helps]
     assert sum(r["acc_without_aux"] - r["acc_with_aux"] for r in hurts) / len(hurts) > 0.1
     assert all(0.2 < report[n]["aux_rate"] < 0.8 for n in FAMILIES)
@@ -155,18 +202,16 @@ def test_default_warm_start_is_calibrated(cache_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 open: this warm start's aux answers are not more accurate than its "
-                   "direct ones in the aux-helps families; strict, so it reports when that changes")
 def test_default_warm_start_constructs_usefully_where_the_task_says_aux_helps(cache_dir):
-    """In the aux-helps families, this model's aux answers must be more accurate than its direct ones,
-    or GCPO's contrast there is empty. Known to fail for WARM_START_VERSION 3 (issue 15: with-aux
-    minus without-aux -0.035, -0.023, +0.030, -0.050 on third angle, isosceles, rectangle, quad)."""
+    """In each aux-helps family, this model's aux answers must be clearly more accurate than its direct
+    ones, or GCPO's contrast there is empty. It failed for WARM_START_VERSION 3 (with-aux minus
+    without-aux -0.035, -0.023, +0.030, -0.050), before the arithmetic drill."""
     path = resolve_model_path("tiny-geometry", cache_dir)
     model, tok = load_model(path), load_tokenizer(path)
     rows = generate_geometry_rows("test", 400, seed=1)
     report = geometry_style_report(rows, sample_geometry_completions(model, tok, rows, samples_per_prompt=4))
     gaps = {n: report[n]["acc_with_aux"] - report[n]["acc_without_aux"] for n, f in FAMILIES.items() if f.aux_helps}
-    assert sum(gaps.values()) / len(gaps) > 0.0, gaps
+    assert all(gap > 0.1 for gap in gaps.values()) and sum(gaps.values()) / len(gaps) > 0.2, gaps
 
 
 def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, monkeypatch):
