@@ -1,6 +1,8 @@
 """Learning benchmark: GCPO vs the GRPO + unconditional-aux baseline on the built-in geometry task.
 
-    .venv/bin/python bench/learning_gcpo.py --seeds 0 1 2 --minutes 10
+    .venv/bin/python bench/learning_gcpo.py --seeds 0 1 2 --minutes 10 --eval-every 40
+
+`--algos grpo` adds plain GRPO (the baseline's recipe without its aux reward) as a third peer.
 
 Each (recipe, seed) trains from the same warm-started tiny model for a wall-clock budget, with a
 held-out evaluation (512 problems, one sample each at temperature 1) at step 0 and every
@@ -21,8 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench._runs import metric_rows, prepare, save, train  # noqa: E402
 
-RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux"}
-COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange"}
+RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux", "grpo": "grpo_geometry_aux"}
+# Plain GRPO: the baseline's recipe without its aux reward (accuracy and format only).
+OVERRIDES = {"grpo": ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]}
+COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange", "grpo": "tab:gray"}
 
 
 def summarize(run_dir: Path) -> dict:
@@ -65,7 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="a fixed number of RL steps instead of --minutes (fair when the machine is shared)")
     parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--algos", nargs="+", default=["gcpo", "grpo_aux"], choices=list(RECIPES))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_gcpo.json"))
     parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
@@ -76,7 +80,7 @@ def main() -> None:
     for name in args.algos:
         for seed in args.seeds:
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, run_dir, args.extra, steps=args.steps, minutes=None if args.steps else args.minutes,
+            train(RECIPES[name], seed, run_dir, [*OVERRIDES.get(name, []), *args.extra], steps=args.steps, minutes=None if args.steps else args.minutes,
                   eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 

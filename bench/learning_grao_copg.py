@@ -44,10 +44,12 @@ COLORS = {"grpo": "tab:orange", "grao": "tab:blue", "copg": "tab:green", "copg_o
 
 
 def offline_rows(path: Path, prompts: int, extra: list[str]) -> Path:
-    if not path.exists():
-        cmd = [sys.executable, "-m", "align", "sample", "recipe=grpo_geometry_aux", *SCORED, *extra, "--out", str(path),
-               "--prompts", str(prompts)]
-        subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
+    """Sample the offline rows from the current warm start, once per benchmark run: a file left by
+    an earlier run may come from an earlier warm start (it did: version 3 rows under version 4)."""
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "align", "sample", "recipe=grpo_geometry_aux", *SCORED, *extra, "--out", str(path),
+           "--prompts", str(prompts)]
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
     return path
 
 
@@ -65,12 +67,12 @@ def main() -> None:
 
     work, results = prepare(args.out, args.merge)
     started = time.time()
+    rows = offline_rows(work / "rows.jsonl", args.offline_prompts, args.extra) if "copg_offline" in args.algos else None
     for seed in args.seeds:  # alternate algorithms within a seed: machine load hits them alike
         for name in args.algos:
             recipe, extra = RUNS[name]
             overrides = args.extra
             if name == "copg_offline":  # the rows file is the training data: task options do not apply to it
-                rows = offline_rows(work / "rows.jsonl", args.offline_prompts, args.extra)
                 extra = [f"data.source={rows}"]
                 overrides = [o for o in args.extra if not o.startswith(("data.options", "rollout.num_generations", "train.batch_size"))]
             run_dir = work / f"{name}-seed{seed}"

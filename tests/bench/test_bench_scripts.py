@@ -68,3 +68,24 @@ def test_gpu_w1_learning_curve_path_runs(tmp_path, cache_dir):
     steps = [step for step, _ in result["curve"]]
     assert steps[0] == 0 and len(steps) >= 2  # the starting point and at least one evaluation after training
     assert json.loads(out.read_text())["gain_points"] == pytest.approx(result["gain_points"])
+
+
+def test_offline_rows_are_resampled_from_the_current_warm_start(tmp_path, monkeypatch):
+    """A rows file left by an earlier benchmark run came from whatever warm start was current then
+    (version 3 rows were once reused under version 4): each run samples its own."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH.parent))
+    bench = importlib.import_module("bench.learning_grao_copg")
+    sys.path.remove(str(BENCH.parent))
+    calls = []
+
+    def fake_sample(cmd, **kwargs):
+        calls.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_text("fresh\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_sample)
+    stale = tmp_path / "rows.jsonl"
+    stale.write_text("rows of an older warm start\n")
+    assert bench.offline_rows(stale, 16, []) == stale
+    assert len(calls) == 1 and "sample" in calls[0] and stale.read_text() == "fresh\n"
