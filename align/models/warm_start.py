@@ -23,24 +23,25 @@ run loads it in seconds; scripts/ship_warm_start.py (re)trains it from code and 
 cost: 1200 steps of 64 examples on one thread (for reproducibility, see `train_warm_start`), ~0.45 s
 a step with length-sorted micro-batches: ~9 min.
 
-Calibration of version 4 (the shipped build), chosen on RL's 'train' split, never on the held-out
-one (512 problems x 4 samples, temperature 1.0, CPU; scripts in the issue-15 notes):
+Calibration of version 4 (the shipped build) on RL's 'train' split, where the recipe was chosen
+(never on the held-out one): `scripts/warm_start.py --eval 512 --samples 4 --forced` (temperature
+1.0, CPU):
 
 | family | sampled | aux forced | direct forced |
 |---|---|---|---|
-| third angle (aux helps) | 0.54 | 0.75 | 0.20 |
-| isosceles apex (helps) | 0.47 | 0.68 | 0.27 |
-| rectangle (helps) | 0.61 | 0.79 | 0.09 |
-| quad (helps) | 0.56 | 0.77 | 0.12 |
-| vertical (hurts) | 0.95 | 0.94 | 0.98 |
-| supplement (hurts) | 0.90 | 0.84 | 0.98 |
-| exterior (hurts) | 0.44 | 0.23 | 0.70 |
-| alternate (hurts) | 0.97 | 0.95 | 0.98 |
-| all | 0.68 | | |
+| third angle (aux helps) | 0.45 | 0.70 | 0.28 |
+| isosceles apex (helps) | 0.50 | 0.63 | 0.30 |
+| rectangle (helps) | 0.65 | 0.88 | 0.16 |
+| quad (helps) | 0.46 | 0.70 | 0.14 |
+| vertical (hurts) | 0.98 | 0.95 | 1.00 |
+| supplement (hurts) | 0.92 | 0.84 | 0.99 |
+| exterior (hurts) | 0.46 | 0.21 | 0.64 |
+| alternate (hurts) | 0.96 | 0.96 | 0.98 |
+| all | 0.67 (pass@4 0.92) | | |
 
-Choosing the better style per family would add 15 points (greedy decoding, which mostly picks
-it, scores 0.89): the room RL has. Without the drill (1200 steps) the same table read 0.50 overall
-with at most 4 points from style choice; with the drill and lr 6e-3 training diverged (0.27).
+Choosing the better route per family would add 14 points: the room RL has (greedy decoding, which
+mostly picks it, scored 0.89 in a 512-problem probe). Without the drill (1200 steps) route choice
+was worth at most 4 points (0.50 overall); with the drill and lr 6e-3 training diverged (0.27).
 """
 
 from __future__ import annotations
@@ -185,8 +186,12 @@ def drill_examples(tokenizer) -> list[tuple[list[int], list[int]]]:
 
 def draw_batch(examples: dict[str, list], config: WarmStartConfig, generator: torch.Generator,
                drill: list | None = None) -> list:
-    """`batch_size` examples: family uniformly (so small families are not drowned out), then a
-    problem of it uniformly, then the aux style with probability `aux_fraction`."""
+    """`batch_size` examples: with probability `drill_fraction` a fact of `drill` (uniformly), else a
+    family uniformly (so small families are not drowned out), then a problem of it uniformly, then
+    the aux style with probability `aux_fraction`."""
+    if config.drill_fraction > 0 and not drill:
+        raise ValueError(f"drill_fraction={config.drill_fraction} but no drill examples were given; "
+                         f"pass drill_examples(tokenizer)")
     names = list(examples)
     families = torch.randint(len(names), (config.batch_size,), generator=generator).tolist()
     uniforms = torch.rand(config.batch_size, 2, generator=generator).tolist()

@@ -51,7 +51,7 @@ def test_only_completion_tokens_carry_loss(tokenizer):
 
 def test_length_sorted_micro_batches_give_the_whole_batch_loss_and_gradient(tokenizer, tiny_path):
     examples = sft_examples(tokenizer)
-    batch = draw_batch(examples, WarmStartConfig(batch_size=12), torch.Generator().manual_seed(1))
+    batch = draw_batch(examples, WarmStartConfig(batch_size=12, drill_fraction=0.0), torch.Generator().manual_seed(1))
     assert len({len(ids) for ids, _ in batch}) > 3  # lengths differ: the pieces are padded differently
     model = load_model(tiny_path)
     whole = model(**collate(batch, tokenizer.pad_token_id)).loss
@@ -68,7 +68,7 @@ def test_every_family_is_trained_in_both_styles(tokenizer):
     examples = sft_examples(tokenizer)
     assert set(examples) == set(FAMILIES)
     aux_token = tokenizer.convert_tokens_to_ids("<aux>")
-    config = WarmStartConfig(batch_size=512)
+    config = WarmStartConfig(batch_size=512, drill_fraction=0.0)
     batch = draw_batch(examples, config, torch.Generator().manual_seed(0))
     for name, pool in examples.items():
         drawn = [ex for ex in batch if any(ex is p for p in pool)]
@@ -100,6 +100,8 @@ def test_drill_fraction_sets_the_share_of_drill_examples(tokenizer):
                            torch.Generator().manual_seed(0), drill)
         share = sum(id(ex) in drill_ids for ex in batch) / len(batch)
         assert abs(share - fraction) < 0.07, (fraction, share)
+    with pytest.raises(ValueError, match="no drill examples"):
+        draw_batch(examples, WarmStartConfig(drill_fraction=0.5), torch.Generator())
 
 
 def test_build_is_cached_loadable_and_deterministic(fast_build, cache_dir, tmp_path):
