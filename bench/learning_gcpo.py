@@ -37,12 +37,13 @@ def summarize(run_dir: Path) -> dict:
     helps = [f for f, fam in FAMILIES.items() if fam.aux_helps]
     hurts = [f for f in FAMILIES if f not in helps]
 
-    def aux_rate(row: dict, families: list[str]) -> float:
+    def aux_rate(row: dict, families: list[str]) -> float | None:
+        """None when the run did not score constructions (plain GRPO): unknown, not zero."""
         subset = f"eval/aux_helps/{'yes' if families == helps else 'no'}/aux_construction/rate"
         if subset in row:  # logged by the evaluation itself since issue 15
             return row[subset]
         rates = [row[f"eval/{f}/aux_construction/rate"] for f in families if f"eval/{f}/aux_construction/rate" in row]
-        return sum(rates) / max(len(rates), 1)
+        return sum(rates) / len(rates) if rates else None
 
     first, last = evals[0], evals[-1]
     return {
@@ -60,6 +61,10 @@ def summarize(run_dir: Path) -> dict:
                              for f in FAMILIES},
         "curve": [(r["step"], r["eval/mean@1"]) for r in evals],
     }
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -90,7 +95,8 @@ def main() -> None:
         for seed, s in runs.items():
             print(f"{name + ' s' + seed:<16}{s['steps']:>6}{s['acc_before']:>12.3f}{s['acc_after']:>11.3f}"
                   f"{s['acc_after'] - s['acc_before']:>+8.3f}"
-                  f"{s['aux_helps_before']:>8.2f}->{s['aux_helps_after']:<6.2f}{s['aux_hurts_before']:>8.2f}->{s['aux_hurts_after']:<6.2f}")
+                  f"{_rate(s['aux_helps_before']):>8}->{_rate(s['aux_helps_after']):<6}"
+                  f"{_rate(s['aux_hurts_before']):>8}->{_rate(s['aux_hurts_after']):<6}")
     save(args.out, args, started, results, "held-out accuracy (mean@1)", COLORS)
 
 

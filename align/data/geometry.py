@@ -11,9 +11,9 @@ Each problem family comes with two reference solutions in GCPO's completion form
 
 Families differ in whether the construction pays (`aux_helps`). In the "helps" families the
 direct answer needs two (four-angle family: three) arithmetic operations in one go while the aux
-route writes each one down as its own step (`<aux>S=30+40=70;T=70+50=120</aux>D=360-120`). In the "hurts" families the direct answer is one
-operation (or a copy) and the aux route is a detour through a neighbouring angle that adds an
-operation, i.e. more room for error. A learner that samples both styles can therefore find out,
+route writes each one down as its own step (`<aux>S=30+40=70;T=70+50=120</aux>D=360-120`). In
+the "hurts" families the direct answer is one operation (or a copy) and the aux route is a
+detour through a neighbouring angle that adds an operation, i.e. more room for error. A learner that samples both styles can therefore find out,
 per family, which style earns reward: what GCPO's group-contrastive mask is meant to pick up.
 
 Pools are large enough that the warm start learns each family's arithmetic rather than a few

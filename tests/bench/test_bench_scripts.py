@@ -89,3 +89,24 @@ def test_offline_rows_are_resampled_from_the_current_warm_start(tmp_path, monkey
     stale.write_text("rows of an older warm start\n")
     assert bench.offline_rows(stale, 16, []) == stale
     assert len(calls) == 1 and "sample" in calls[0] and stale.read_text() == "fresh\n"
+
+
+def test_gcpo_bench_reports_aux_use_as_unknown_when_the_run_did_not_score_it(tmp_path):
+    """Plain GRPO scores no constructions: its aux use is unknown (None, printed n/a), not 0."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH.parent))
+    bench = importlib.import_module("bench.learning_gcpo")
+    sys.path.remove(str(BENCH.parent))
+
+    def run(rows: list[dict]) -> dict:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        return bench.summarize(folder)
+
+    evals = [{"step": 0, "eval/mean@1": 0.5}, {"step": 1, "loss": 0.0, "time/step": 1.0}, {"step": 1, "eval/mean@1": 0.6}]
+    plain = run(evals)
+    assert plain["acc_after"] == 0.6 and plain["aux_helps_before"] is None and plain["aux_hurts_after"] is None
+    scored = run([{**r, "eval/aux_helps/yes/aux_construction/rate": 0.25} if "eval/mean@1" in r else r for r in evals])
+    assert scored["aux_helps_before"] == 0.25
