@@ -25,7 +25,8 @@ from bench._runs import metric_rows, prepare, save, train  # noqa: E402
 
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux", "grpo": "grpo_geometry_aux"}
 # Plain GRPO: the baseline's recipe without its aux reward (accuracy and format only).
-OVERRIDES = {"grpo": ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]}
+PLAIN_REWARDS = ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]
+OVERRIDES = {"grpo": PLAIN_REWARDS}
 COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange", "grpo": "tab:gray"}
 
 

@@ -31,9 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._runs import prepare, save, train  # noqa: E402
+from bench.learning_gcpo import PLAIN_REWARDS as SCORED  # noqa: E402
 from bench.learning_gcpo import summarize  # noqa: E402
-
-SCORED = ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]
 RUNS = {
     "grpo": ("grpo_geometry_aux", SCORED),
     "grao": ("grao_geometry", []),

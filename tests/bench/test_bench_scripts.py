@@ -70,14 +70,21 @@ def test_gpu_w1_learning_curve_path_runs(tmp_path, cache_dir):
     assert json.loads(out.read_text())["gain_points"] == pytest.approx(result["gain_points"])
 
 
-def test_offline_rows_are_resampled_from_the_current_warm_start(tmp_path, monkeypatch):
-    """A rows file left by an earlier benchmark run came from whatever warm start was current then
-    (version 3 rows were once reused under version 4): each run samples its own."""
+def _bench_module(name: str):
+    """A learning benchmark imported as `bench.<name>`, as its sibling scripts import each other."""
     import importlib
 
     sys.path.insert(0, str(BENCH.parent))
-    bench = importlib.import_module("bench.learning_grao_copg")
-    sys.path.remove(str(BENCH.parent))
+    try:
+        return importlib.import_module(f"bench.{name}")
+    finally:
+        sys.path.remove(str(BENCH.parent))
+
+
+def test_offline_rows_are_resampled_from_the_current_warm_start(tmp_path, monkeypatch):
+    """A rows file left by an earlier benchmark run came from whatever warm start was current then
+    (version 3 rows were once reused under version 4): each run samples its own."""
+    bench = _bench_module("learning_grao_copg")
     calls = []
 
     def fake_sample(cmd, **kwargs):
@@ -93,11 +100,7 @@ def test_offline_rows_are_resampled_from_the_current_warm_start(tmp_path, monkey
 
 def test_gcpo_bench_reports_aux_use_as_unknown_when_the_run_did_not_score_it(tmp_path):
     """Plain GRPO scores no constructions: its aux use is unknown (None, printed n/a), not 0."""
-    import importlib
-
-    sys.path.insert(0, str(BENCH.parent))
-    bench = importlib.import_module("bench.learning_gcpo")
-    sys.path.remove(str(BENCH.parent))
+    bench = _bench_module("learning_gcpo")
 
     def run(rows: list[dict]) -> dict:
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
