@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     from align import algos
-    from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
+    from align.demo import resolve_model_path
+    from align.models import apply_lora, load_model, load_tokenizer
     from align.rollout.base import DEFAULT_PROBE_TOLERANCE, SamplingSettings
     from align.rollout.hf_engine import HFEngine
-    from align.trainers.batching import completion_logits, pad_sequences
+    from align.runtime.batching import completion_logits, pad_sequences
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="qwen2-40m")

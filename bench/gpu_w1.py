@@ -139,8 +139,8 @@ def step_benchmark(args) -> dict:
 
 
 def learning_curve(args) -> dict:
-    from align.models import resolve_model_path
-    from align.train import main as train_main
+    from align.demo import resolve_model_path
+    from align.cli.train import main as train_main
 
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_w1-learn-")) / "run"
     model = resolve_model_path(args.learn, args.cache_dir)

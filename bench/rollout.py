@@ -37,7 +37,8 @@ def worker(model: str, engine_kind: str, prompts: int, n: int, tokens: int, reps
     """Build one engine, warm it up, time `reps` generate calls. Runs inside a fresh process."""
     import torch
 
-    from align.models import load_tokenizer, resolve_model_path
+    from align.demo import resolve_model_path
+    from align.models import load_tokenizer
     from align.rollout import SamplingSettings, chat_prompt_ids, choose_engine, make_engine
     from align.rollout.weights import checkpoint_num_params
 
@@ -69,7 +70,8 @@ def lora_worker(model: str, prompts: int, n: int, tokens: int, reps: int, cache_
 
     import torch
 
-    from align.models import apply_lora, load_model, load_tokenizer, resolve_model_path
+    from align.demo import resolve_model_path
+    from align.models import apply_lora, load_model, load_tokenizer
     from align.rollout import SamplingSettings, VLLMEngine, chat_prompt_ids
 
     path = resolve_model_path(model, cache_dir)

@@ -67,9 +67,9 @@ class AlignRunner:
     """align's Trainer built in-process from key=value overrides; one `Trainer.step` per call."""
 
     def __init__(self, overrides: list[str]):
-        from align.config import load_config, validate
-        from align.train import build_algorithm, make_accelerator
-        from align.trainers.base import Trainer
+        from align.algorithms import load_config, validate
+        from align.cli.train import build_algorithm, make_accelerator
+        from align.training.loop import Trainer
 
         from accelerate.state import AcceleratorState
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from align.data import load_prompt_dataset
-    from align.models import resolve_model_path
+    from align.demo import resolve_model_path
     from rewards.word_problems import final_number
 
     model_path = resolve_model_path(args.model, args.cache_dir)

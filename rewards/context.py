@@ -14,7 +14,7 @@ uses the policy's own rollout engine. So:
   one-line error;
 - every rank calls it equally often (a rank with nothing to score in a round calls `idle()`), so
   it may run collectives;
-- the runner (`align.rewards.compute_rewards`) calls it IN the training process and thread
+- the runner (`rewards.runner.compute_rewards`) calls it IN the training process and thread
   (`in_process = True`): never in a worker process or a time-limited helper thread, because its
   model lives on this process's device and an abandoned call could leave a collective half done.
 
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from align.models import resolve_model_path
 
 
 class ModelRewardError(RuntimeError):
@@ -47,6 +49,7 @@ class RewardContext:
     make_engine: builds another rollout engine of the policy engine's kind (vLLM where the policy's
         is vLLM, transformers otherwise) for a model path; keyword arguments override engine options.
     cache_dir: the trainer's model.cache_dir, so `rm:`/`judge:` accept built-in names like the policy.
+    resolve_model: how a model name becomes a folder (the layer above passes one that knows the demo models).
     """
 
     device: torch.device | str = "cpu"
@@ -56,6 +59,8 @@ class RewardContext:
     policy_tokenizer: Any = None
     make_engine: Callable[..., Any] | None = None
     cache_dir: str = "~/.cache/align"  # where built-in model names (tiny, tiny@1, ...) are built
+    # (name, cache_dir) -> folder: the trainer passes align.demo's, which also builds tiny-geometry etc.
+    resolve_model: Callable[[str, str], str] = resolve_model_path
 
     @property
     def world_size(self) -> int:
@@ -81,7 +86,7 @@ class ModelReward:
     default), `_load(context)` and `_score(prompts, completions, columns, log_metric)`."""
 
     prefix = ""  # "rm" or "judge": the spec is f"{prefix}:{target}"
-    in_process = True  # align.rewards runs it in the calling thread (module docstring)
+    in_process = True  # rewards.runner runs it in the calling thread (module docstring)
     _options: dict[str, Any] = {}
 
     def __init__(self, target: str):
@@ -152,7 +157,7 @@ def unwrap(fn: Any) -> Any:
 
 
 def model_rewards(functions: Sequence[Any]) -> list[ModelReward]:
-    """The ModelReward objects among reward functions (align.rewards.RewardFunction or callables)."""
+    """The ModelReward objects among reward functions (rewards.runner.RewardFunction or callables)."""
     out = []
     for item in functions:
         fn = unwrap(getattr(item, "fn", item))

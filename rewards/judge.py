@@ -43,6 +43,8 @@ import re
 import warnings
 from typing import Any
 
+from align.models import load_tokenizer
+from align.rollout import SamplingSettings, chat_prompt_ids
 from rewards.context import ModelReward, ModelRewardError, RewardContext, text_of
 
 POINTWISE_PROMPT = """You are grading an AI assistant's reply in a conversation with a user.
@@ -139,7 +141,6 @@ class Judge(ModelReward):
         return TEMPLATES[self.options["template"]][1]
 
     def _load(self, context: RewardContext) -> None:
-        from align.models import load_tokenizer, resolve_model_path
 
         if self.target == "self":
             if context.policy_engine is None or context.policy_tokenizer is None:
@@ -148,7 +149,7 @@ class Judge(ModelReward):
             return
         if context.make_engine is None:
             raise ModelRewardError(f"{self.__name__}: the RewardContext has no make_engine to build the judge's engine")
-        path = self.engine_path = resolve_model_path(self.target, context.cache_dir)
+        path = self.engine_path = context.resolve_model(self.target, context.cache_dir)
         self.tokenizer = load_tokenizer(path)
         o = self.options
         self.engine = context.make_engine(path, max_model_len=o["max_prompt_tokens"] + o["max_tokens"], **o["engine_options"])
@@ -168,14 +169,12 @@ class Judge(ModelReward):
         return text.format(**fields)
 
     def encode(self, text: str) -> list[int]:
-        from align.rollout import chat_prompt_ids
 
         if getattr(self.tokenizer, "chat_template", None):
             return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _score(self, prompts, completions, columns, log_metric) -> list[float | None]:
-        from align.rollout import SamplingSettings
 
         references = [None] * len(prompts)
         if self.options["template"] == "pairwise":

@@ -42,6 +42,11 @@ from typing import Any
 
 import torch
 
+from align.models import load_tokenizer
+from align.models.loading import DTYPES, _offline_error
+from align.rollout.weights import checkpoint_num_params
+from align.runtime.batching import token_budget_groups
+from align.runtime.distributed import outside_zero3_init, prepare_reference_model, split_to_count, zero_stage
 from rewards.context import ModelReward, ModelRewardError, RewardContext, as_messages, text_of
 
 # A model under ZeRO-3 on a GPU is sharded by placement=auto when its weights exceed this share of
@@ -105,11 +110,8 @@ class RewardModel(ModelReward):
     def _load(self, context: RewardContext) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from align.models import load_tokenizer, resolve_model_path
-        from align.models.loading import DTYPES, _offline_error
-        from align.trainers.distributed import outside_zero3_init, prepare_reference_model, zero_stage
 
-        path = resolve_model_path(self.target, context.cache_dir)
+        path = context.resolve_model(self.target, context.cache_dir)
         dtype = self.options["dtype"] or context.dtype
         if dtype not in DTYPES:
             raise ModelRewardError(f"{self.__name__}: dtype={dtype!r}; use one of {sorted(DTYPES)}")
@@ -155,7 +157,6 @@ class RewardModel(ModelReward):
             return placement == "shard"
         if stage != 3 or not torch.cuda.is_available():
             return False
-        from align.rollout.weights import checkpoint_num_params
 
         params = checkpoint_num_params(path)
         free, _ = torch.cuda.mem_get_info(torch.device(context.device))
@@ -207,8 +208,6 @@ class RewardModel(ModelReward):
     def forward(self, ids: list[list[int]]) -> tuple[list[float], int]:
         """Raw scores of token-id sequences, in batches of at most batch_tokens padded tokens; and the
         number of forwards run."""
-        from align.trainers.batching import token_budget_groups
-        from align.trainers.distributed import split_to_count
 
         groups = token_budget_groups([(0, len(seq)) for seq in ids], self.options["batch_tokens"]) if ids else []
         dummies = 0

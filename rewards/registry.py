@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from align.errors import UserError
+
 F = TypeVar("F", bound=Callable)
 
 # Modules that hold built-in rewards; imported on the first look-up so `import rewards` stays cheap
@@ -52,7 +54,7 @@ _REGISTRY: dict[str, Callable] = {}
 _builtins_loaded = False
 
 
-class RewardSpecError(ValueError):
+class RewardSpecError(UserError, ValueError):
     """A reward spec (name, file:function or module:function) that cannot be resolved."""
 
 

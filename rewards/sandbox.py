@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from align.errors import UserError
 from rewards.seccomp import no_new_processes_filter
 
 _HARNESS = Path(__file__).with_name("_sandbox_harness.py")
@@ -61,7 +62,7 @@ _NAMESPACE_PREFIXES: tuple[tuple[str, ...], ...] = (
 )
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError, RuntimeError):
     """No sandbox strong enough is available here; the message (one line) names the fix."""
 
 

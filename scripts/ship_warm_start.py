@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Retrain the default warm start of the tiny geometry model from code and write its weights into
-align/models/shipped/ (named by its cache key), so first runs load it in seconds.
+align/demo/shipped/ (named by its cache key), so first runs load it in seconds.
 
 Run after changing the warm-start recipe or the geometry task (which changes the key), then commit
 the new file and delete the old one:
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.models.warm_start import ship_warm_start  # noqa: E402
+from align.demo.warm_start import ship_warm_start  # noqa: E402
 
 if __name__ == "__main__":
     print(ship_warm_start("~/.cache/align"))

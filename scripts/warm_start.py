@@ -19,7 +19,7 @@ import torch
 from align.data.geometry import FAMILIES, generate_geometry_rows
 from align.models import load_model, load_tokenizer
 from align.models.loading import DEFAULT_CACHE_DIR
-from align.models.warm_start import WarmStartConfig, build_geometry_warm_start, geometry_style_report, sample_geometry_completions
+from align.demo.warm_start import WarmStartConfig, build_geometry_warm_start, geometry_style_report, sample_geometry_completions
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from align.config import load_config, validate
-from align.errors import user_error_types
+from align.algorithms import load_config, validate
+from align.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_REWARDS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
@@ -27,14 +27,14 @@ def config(*overrides: str, recipe: str = "grpo_math"):
 
 
 def rewards_call(return_value, n: int = 2):
-    from align.rewards import RewardFunction, compute_rewards
+    from rewards.runner import RewardFunction, compute_rewards
 
     function = RewardFunction("my_reward", lambda prompts, completions, **kw: return_value)
     return compute_rewards([function], ["p"] * n, ["c"] * n, {}, [[1]] * n)
 
 
 def load_rewards(*args, **kwargs):
-    from align.rewards import load_reward_functions
+    from rewards.runner import load_reward_functions
 
     return load_reward_functions(*args, **kwargs)
 
@@ -62,7 +62,7 @@ def case_missing_answer_column(tmp):
 
 
 def case_empty_dataset(tmp):
-    from align.trainers.prompts import PromptStream
+    from align.sources.prompts import PromptStream
 
     return lambda: PromptStream([], seed=0)
 
@@ -74,14 +74,14 @@ def case_missing_dataset_file(tmp):
 
 
 def case_prompt_longer_than_context(tmp):
-    from align.trainers.prompts import check_prompt_lengths
+    from align.sources.prompts import check_prompt_lengths
 
     return lambda: check_prompt_lengths([[1] * 4000], [{"prompt": "a very long prompt"}], max_tokens=256, context=4096)
 
 
 def case_chat_prompts_without_chat_template(tmp):
     from align.models import load_tokenizer, tiny_model_path
-    from align.trainers.prompts import encode_prompt
+    from align.sources.prompts import encode_prompt
 
     tokenizer = load_tokenizer(str(tiny_model_path(str(tmp / "cache"))))
     tokenizer.chat_template = None
@@ -105,7 +105,7 @@ def _checkpoint(tmp):
     import torch
     from accelerate import Accelerator
 
-    from align.trainers.checkpoint import save_checkpoint
+    from align.training.checkpoint import save_checkpoint
 
     acc = Accelerator(cpu=True)
     model, opt = acc.prepare(torch.nn.Linear(3, 2), torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1))
@@ -114,7 +114,7 @@ def _checkpoint(tmp):
 
 
 def case_corrupt_checkpoint(tmp):
-    from align.trainers.checkpoint import load_checkpoint
+    from align.training.checkpoint import load_checkpoint
 
     acc, path = _checkpoint(tmp)
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -122,7 +122,7 @@ def case_corrupt_checkpoint(tmp):
 
 
 def case_corrupt_trainer_state(tmp):
-    from align.trainers.checkpoint import load_checkpoint
+    from align.training.checkpoint import load_checkpoint
 
     acc, path = _checkpoint(tmp)
     (path / "trainer_state.json").write_text('{"step": 1,')
@@ -130,7 +130,7 @@ def case_corrupt_trainer_state(tmp):
 
 
 def case_partial_checkpoint(tmp):
-    from align.trainers.checkpoint import find_checkpoint
+    from align.training.checkpoint import find_checkpoint
 
     acc, path = _checkpoint(tmp)
     (path / "trainer_state.json").unlink()
@@ -138,13 +138,13 @@ def case_partial_checkpoint(tmp):
 
 
 def case_resume_checkpoint_folder_missing(tmp):
-    from align.trainers.checkpoint import find_checkpoint
+    from align.training.checkpoint import find_checkpoint
 
     return lambda: find_checkpoint(tmp, str(tmp / "checkpoints" / "step-000009"))
 
 
 def case_disk_full_while_checkpointing(tmp):
-    from align.trainers.checkpoint import save_checkpoint
+    from align.training.checkpoint import save_checkpoint
 
     acc, good = _checkpoint(tmp)
 
@@ -158,14 +158,14 @@ def case_disk_full_while_checkpointing(tmp):
 
 
 def case_zero_json_does_not_parse(tmp):
-    from align.trainers.distributed import check_deepspeed_json
+    from align.runtime.distributed import check_deepspeed_json
 
     path = write(tmp / "zero3.json", '{"zero_optimization": {"stage": 3},}')
     return lambda: check_deepspeed_json(path)
 
 
 def case_reward_column_missing(tmp):
-    from align.rewards import compute_rewards
+    from rewards.runner import compute_rewards
 
     functions = load_rewards(["math_accuracy"])
     return lambda: compute_rewards(functions, ["p"], ["c"], {"gold": ["1"]}, [[1]])
@@ -251,7 +251,7 @@ def test_bad_input_is_one_line_naming_culprit_and_fix(name, make, expected, tmp_
     with pytest.raises(Exception) as info:
         call()
     error = info.value
-    assert isinstance(error, user_error_types()), f"{type(error).__name__} would print a traceback: {error}"
+    assert isinstance(error, UserError), f"{type(error).__name__} would print a traceback: {error}"
     message = str(error)
     assert "\n" not in message, message
     for part in expected:
@@ -263,7 +263,7 @@ def test_there_are_at_least_thirty_cases():
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_cleans_up(tmp_path):
-    from align.trainers.checkpoint import CheckpointError, find_checkpoint
+    from align.training.checkpoint import CheckpointError, find_checkpoint
 
     call = case_disk_full_while_checkpointing(tmp_path)
     before = find_checkpoint(tmp_path, "latest")

@@ -1,7 +1,8 @@
 """`python -m align explain|eval`, in process."""
 
-from align.eval import main as evaluate, pass_at_k
-from align.explain import main as explain
+from align.cli.eval import main as evaluate
+from align.training.evaluation import pass_at_k
+from align.cli.explain import main as explain
 
 
 def test_explain_prints_batch_arithmetic_and_active_options(cache_dir):

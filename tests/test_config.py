@@ -2,7 +2,8 @@
 
 import pytest
 
-from align.config import Config, ConfigError, all_keys, config_to_yaml, load_config, validate
+from align.config import Config, ConfigError, all_keys, config_to_yaml
+from align.algorithms import load_config, validate
 
 
 def one_line_error(argv) -> str:

@@ -1,8 +1,8 @@
 """Held-out evaluation splits its numbers by family and by the aux_helps column (GCPO's signals)."""
 
 from align.data.geometry import make_geometry_dataset
-from align.eval import evaluate_engine
-from align.rewards import load_reward_functions
+from align.training.evaluation import evaluate_engine
+from rewards.runner import load_reward_functions
 from align.rollout.base import Completion
 from align.config import RolloutConfig
 

@@ -13,9 +13,12 @@ from align.algos.kl import kl_estimate, kl_penalty_rewards
 from align.algos.logprobs import token_logprobs, token_logprobs_from_hidden
 from align.algos.losses import clipped_pg_token_loss, grpo_loss, logprob_mismatch_metrics, tis_weights
 from align.algos.salt import salt_graph_stats, salt_step_advantages, steps_to_tokens
+from align.algos.surrogates import SURROGATES, Surrogate
 
 __all__ = [
     "AGG_MODES",
+    "SURROGATES",
+    "Surrogate",
     "GroupBatch",
     "MicroBatch",
     "Totals",

@@ -21,7 +21,7 @@ memorised answers (with pools of 6-16 problems per split, two families stayed at
 angles in the two-angle families are multiples of 5, in the one-angle families any whole degree,
 rectangle sides 1-19; the four-angle family keeps multiples of 10 (its pool is large already).
 Each written step is one arithmetic operation, which the tiny character-level model learns in its
-warm start (align/models/warm_start.py drills every such step), while composing two of them
+warm start (align/demo/warm_start.py drills every such step), while composing two of them
 silently stays hard.
 
 Splits: whether a problem is in "test" (held out), "sft" (the warm start's supervised data) or

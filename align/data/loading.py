@@ -26,6 +26,8 @@ from typing import Any
 
 import datasets
 
+from align.errors import UserError
+
 TaskBuilder = Callable[..., datasets.Dataset]
 
 # Built-in tasks by name. A task builder takes (split, *, cache_dir, [location], **options) and returns a Dataset.
@@ -39,7 +41,7 @@ _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".cs
 _modules_loaded = False
 
 
-class DatasetSourceError(ValueError):
+class DatasetSourceError(UserError, ValueError):
     """A dataset source that cannot be loaded, or loads without the columns training needs. One-line message."""
 
 

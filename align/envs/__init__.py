@@ -8,19 +8,15 @@ episode. The API itself is documented in `align/envs/api.py`.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
+from align.config.plugins import import_object
 from align.envs.api import EnvError, Environment, GuardedEnv, normalise_text
 
 __all__ = ["ENVIRONMENTS", "EnvError", "Environment", "GuardedEnv", "load_environment_class", "make_environment",
            "normalise_text", "environment_tasks"]
 
-# Built-in environments: name -> "module:Class" (imported on first use).
-ENVIRONMENTS = {"grid": "align.envs.grid:GridEnv"}
+# Built-in environments: name -> "module:Class".
+ENVIRONMENTS = {"grid": "align.envs.grid:GridEnv"}  # a spec like a user's, imported on first use
 
 
 def load_environment_class(spec: str) -> type:
@@ -35,43 +31,12 @@ def load_environment_class(spec: str) -> type:
             raise EnvError(f"unknown env.name={spec!r}: {hint}registered: {', '.join(sorted(ENVIRONMENTS))}; "
                            "or give your own as 'path/to/file.py:Class'")
         spec = ENVIRONMENTS[spec]
-    location, _, attr = spec.rpartition(":")
-    if location.endswith(".py") or "/" in location:
-        module = _import_file(location, spec)
-    else:
-        try:
-            module = importlib.import_module(location)
-        except ModuleNotFoundError as err:
-            raise EnvError(f"env.name={spec!r}: module {location!r} is not importable; use 'path/to/file.py:Class'") from err
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise EnvError(f"env.name={spec!r}: {module.__name__} has no attribute {attr!r}")
+    cls = import_object(spec, "env.name", EnvError)
     missing = [m for m in ("reset", "step") if not callable(getattr(cls, m, None))]
     if missing:
-        raise EnvError(f"env.name={spec!r}: {attr} has no {' or '.join(missing)}() method; an environment needs "
+        raise EnvError(f"env.name={spec!r}: {cls.__name__} has no {' or '.join(missing)}() method; an environment needs "
                        "reset(task) -> str and step(action) -> (observation, reward, done)")
     return cls
-
-
-def _import_file(location: str, spec: str):
-    path = Path(location).expanduser().resolve()
-    if not path.is_file():
-        raise EnvError(f"env.name={spec!r}: file {str(path)!r} does not exist")
-    # A module name derived from the full path keeps two files with the same stem apart.
-    name = f"_align_user_env_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise EnvError(f"env.name={spec!r}: cannot import {str(path)!r} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # before exec, so dataclasses inside the file find their module
-    try:
-        module_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def make_environment(cls: type, options: dict, spec: str):

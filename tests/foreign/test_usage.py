@@ -9,7 +9,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from align.config import Config, all_keys
-from align.usage import field_docs, full_help
+from align.cli.usage import field_docs, full_help
 
 ROOT = Path(__file__).resolve().parents[2]
 

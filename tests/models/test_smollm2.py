@@ -15,7 +15,7 @@ import torch
 from align.models import ModelLoadError, apply_lora, load_model, load_tokenizer, resolve_model_path
 from align.rollout import SamplingSettings
 from align.rollout.probe import mean_abs_difference, model_logprobs
-from align.trainers.prompts import encode_prompt
+from align.sources.prompts import encode_prompt
 
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
 

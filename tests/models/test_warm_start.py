@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from align.data.geometry import FAMILIES, generate_geometry_rows
-from align.models import load_model, load_tokenizer, resolve_model_path
-from align.models.warm_start import (
+from align.demo import resolve_model_path
+from align.models import load_model, load_tokenizer
+from align.demo.warm_start import (
     WarmStartConfig,
     accumulate_batch_loss,
     arithmetic_facts,
@@ -128,9 +129,9 @@ def test_bad_option_is_named(cache_dir):
 
 
 def test_builtin_name_resolves_to_the_warm_start(fast_build, cache_dir, monkeypatch):
-    import align.models.warm_start as warm_start
+    import align.demo
 
-    monkeypatch.setattr(warm_start, "geometry_warm_start_path",
+    monkeypatch.setitem(align.demo.BUILDERS, "tiny-geometry",
                         lambda cache, seed=0: build_geometry_warm_start(cache, seed=seed, **FAST))
     assert resolve_model_path("tiny-geometry", cache_dir) == str(fast_build)
     assert resolve_model_path("tiny-geometry@0", cache_dir) == str(fast_build)
@@ -217,7 +218,7 @@ def test_default_warm_start_constructs_usefully_where_the_task_says_aux_helps(ca
 
 
 def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, monkeypatch):
-    import align.models.warm_start as warm_start
+    import align.demo.warm_start as warm_start
 
     shipped_dir = tmp_path / "shipped"
     monkeypatch.setattr(warm_start, "SHIPPED_DIR", shipped_dir)
@@ -239,7 +240,7 @@ def test_shipped_weights_are_loaded_instead_of_training(fast_build, tmp_path, mo
 
 
 def test_a_shipped_file_that_does_not_fit_is_a_loud_error(tmp_path, monkeypatch):
-    import align.models.warm_start as warm_start
+    import align.demo.warm_start as warm_start
     from safetensors.torch import save_file
 
     monkeypatch.setattr(warm_start, "SHIPPED_DIR", tmp_path / "shipped")
@@ -259,7 +260,7 @@ def test_training_from_code_reproduces_the_shipped_weights(tmp_path):
     different weights, so there the check is what the models do: held-out greedy accuracy alike."""
     from safetensors import safe_open
 
-    from align.models.warm_start import build_fingerprint, shipped_weights_path
+    from align.demo.warm_start import build_fingerprint, shipped_weights_path
 
     path = shipped_weights_path(WarmStartConfig())
     # A change to the warm-start recipe or the task changes the key and needs a new shipped file.

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from align.rewards import compute_rewards, load_reward_functions, reward_metrics
+from rewards.runner import compute_rewards, load_reward_functions, reward_metrics
 from rewards import workers
 from rewards.geometry import aux_construction, check_aux_statements, evaluate_expression
 from rewards.math import math_accuracy
@@ -73,8 +73,8 @@ def test_aux_parser_still_accepts_ordinary_constructions():
 
 
 def test_trainer_metrics_report_the_timeouts_of_the_step_once():
-    from align.config import load_config
-    from align.trainers.grpo import GRPO
+    from align.algorithms import load_config
+    from align.algorithms.grpo import GRPO
 
     cfg = load_config(["recipe=grpo_math", "reward.functions=[math_accuracy]", "reward.weights=null",
                        "reward.options.math_accuracy.timeout_s=1.0"])  # fmt: skip

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from align.rewards import compute_rewards, load_reward_functions
+from rewards.runner import compute_rewards, load_reward_functions
 from rewards.context import ModelReward, ModelRewardError, RewardContext, bind_model_rewards
 from rewards.models import RewardModel, RunningMoments
 from rewards.registry import get_reward_function

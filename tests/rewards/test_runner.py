@@ -1,4 +1,4 @@
-"""align.rewards: loading specs, TRL's calling convention and nansum rule, one-line errors, timeouts, async."""
+"""rewards.runner: loading specs, TRL's calling convention and nansum rule, one-line errors, timeouts, async."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from align.rewards import RewardFunction, RewardFunctionError, compute_rewards, load_reward_functions, reward_metrics
+from rewards.runner import RewardFunction, RewardFunctionError, compute_rewards, load_reward_functions, reward_metrics
 
 
 def run(functions, completions, columns=None, prompts=None, ids=None, **kwargs):

@@ -22,9 +22,9 @@ def make_trainer(cache_dir: str, run_dir: Path, *overrides: str, sleep_mode: boo
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from align.config import load_config
-    from align.train import build_algorithm
-    from align.trainers.base import Trainer
+    from align.algorithms import load_config
+    from align.cli.train import build_algorithm
+    from align.training.loop import Trainer
 
     cfg = load_config(["recipe=grpo_math", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=[1.0]",
                        "train.batch_size=8", "rollout.num_generations=4", "rollout.max_tokens=8", "data.options.size=32",
@@ -157,7 +157,8 @@ def test_sleep_mode_with_expandable_segments_on_a_vllm_that_asserts(tiny_path, m
 
 
 def test_sleep_mode_and_tensor_parallel_are_config_errors_here():
-    from align.config import ConfigError, load_config
+    from align.config import ConfigError
+    from align.algorithms import load_config
 
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="rollout.sleep_mode=true .* needs a CUDA GPU"):

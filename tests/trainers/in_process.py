@@ -14,9 +14,9 @@ QUICK = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{REWARDS_FILE}:di
 def make_trainer(cache_dir: str, run_dir: Path, *overrides: str):
     from accelerate.state import AcceleratorState, GradientState
 
-    from align.config import load_config
-    from align.train import build_algorithm, make_accelerator
-    from align.trainers.base import Trainer
+    from align.algorithms import load_config
+    from align.cli.train import build_algorithm, make_accelerator
+    from align.training.loop import Trainer
 
     AcceleratorState._reset_state(True)  # each test gets a fresh accelerator (a process-wide singleton)
     GradientState._reset_state()

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from align import algos
-from align.config import ConfigError, load_config
+from align.config import ConfigError
+from align.algorithms import load_config
 from align.data import DatasetSourceError
-from align.rewards import RewardFunctionError
+from rewards.runner import RewardFunctionError
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
@@ -40,8 +41,8 @@ RECIPES = {
 def make_trainer(tmp_path, cache_dir, *args: str):
     from accelerate import Accelerator
 
-    from align.trainers import algorithm_class
-    from align.trainers.base import Trainer
+    from align.algorithms import algorithm_class
+    from align.training.loop import Trainer
 
     cfg = load_config([*COMMON, *args, f"model.cache_dir={cache_dir}", f"log.run_dir={tmp_path / 'run'}"])
     return Trainer(cfg, Accelerator(cpu=True), algorithm_class(cfg.algo)(cfg), tmp_path / "run")
@@ -129,7 +130,7 @@ def test_grao_without_the_reference_column_names_it(tmp_path, cache_dir):
 
 
 def test_grao_judge_outside_minus_one_zero_one_names_the_completion(tmp_path):
-    from align.trainers.grao import GRAO
+    from align.algorithms.grao import GRAO
 
     judge = tmp_path / "judge.py"
     judge.write_text("def half(prompts, completions, reference, **kw):\n    return [1.0, 0.5][: len(completions)]\n")
@@ -144,7 +145,7 @@ def test_grao_judge_outside_minus_one_zero_one_names_the_completion(tmp_path):
 def test_grao_unjudged_samples_are_left_out_and_counted_not_fatal(tmp_path):
     """An LLM judge's unparseable verdict is None: that sample gets advantage 0 and stays out of its
     group's statistics, the share is logged, and the run goes on (issue 17)."""
-    from align.trainers.grao import GRAO
+    from align.algorithms.grao import GRAO
 
     judge = tmp_path / "judge.py"
     judge.write_text("def some(prompts, completions, reference, **kw):\n"
@@ -164,7 +165,7 @@ def test_grao_unjudged_samples_are_left_out_and_counted_not_fatal(tmp_path):
 
 
 def test_grao_llm_judge_defaults_to_the_pairwise_template_and_refuses_pointwise():
-    from align.trainers.grao import GRAO
+    from align.algorithms.grao import GRAO
 
     algo = GRAO(load_config(["recipe=grao_geometry", "model.name=tiny", "grao.judge=judge:self"]))
     assert algo.judge.fn.options["template"] == "pairwise"
@@ -175,7 +176,7 @@ def test_grao_llm_judge_defaults_to_the_pairwise_template_and_refuses_pointwise(
 
 
 def test_grao_reward_options_for_neither_the_judge_nor_a_logged_function_are_an_error():
-    from align.trainers.grao import GRAO
+    from align.algorithms.grao import GRAO
 
     with pytest.raises(ConfigError, match="reward.options has 'judge:other'.*neither grao.judge") as err:
         GRAO(load_config(["recipe=grao_geometry", "grao.judge=judge:self",
@@ -213,7 +214,7 @@ def _micro(group_size: int, **extra):
 @pytest.mark.parametrize("algo, key, value", [("grao", "beta", 0.9), ("grao", "lam", 0.1), ("copg", "beta", 0.7)])
 def test_section_keys_change_the_loss(algo, key, value):
     """grao.beta, grao.lam and copg.beta reach the loss (each recipe key does something)."""
-    from align.trainers import algorithm_class
+    from align.algorithms import algorithm_class
 
     recipe = {"grao": "grao_geometry", "copg": "copg_geometry"}[algo]
     extra = dict(answer_logp=-torch.rand(2, 4), answer_mask=torch.ones(2, 4), answer_advantages=torch.tensor([1.0, -0.5]))

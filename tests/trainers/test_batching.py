@@ -4,9 +4,9 @@ import torch
 
 from align import algos
 from align.models import load_model
-from align.trainers.batching import completion_logits, pad_sequences, token_budget_groups
-from align.trainers.prompts import PromptStream
-from align.trainers.shaping import informative_groups, overlong_penalty
+from align.runtime.batching import completion_logits, pad_sequences, token_budget_groups
+from align.sources.prompts import PromptStream
+from align.sources.shaping import informative_groups, overlong_penalty
 
 
 def test_padded_logprobs_equal_unpadded_forward(tiny_path):

@@ -11,8 +11,8 @@ import torch
 from accelerate import Accelerator
 
 from align.models import apply_lora, load_model, load_tokenizer
-from align.trainers import checkpoint as ckpt
-from align.trainers.checkpoint import CheckpointError, export_hf, find_checkpoint, load_checkpoint, save_checkpoint
+from align.training import checkpoint as ckpt
+from align.training.checkpoint import CheckpointError, export_hf, find_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _linear_setup(seed: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from align.trainers.checkpoint import find_checkpoint
+from align.training.checkpoint import find_checkpoint
 from tests.trainers.test_train_e2e import QUICK, ROOT, deterministic, read_metrics
 
 pytestmark = pytest.mark.slow  # three training launches: ~2-4 minutes on 2 cores

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from align.config import load_config
-from align.trainers.gcpo import GCPO
+from align.algorithms import load_config
+from align.algorithms.gcpo import GCPO
 
 PROMPT = [{"role": "user", "content": "Triangle ABC: A=30, B=130. Find angle C."}]
 AUX_RIGHT = "<think><aux>S=30+130=160</aux>C=180-160</think><answer>20</answer>"

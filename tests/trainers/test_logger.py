@@ -9,9 +9,9 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from align.trainers.logger import RunLogger
-from align.trainers.plots import default_panels, metric_series, moving_average, plot_metrics, read_metrics
-from align.trainers.report import Signal
+from align.telemetry.logger import RunLogger
+from align.telemetry.plots import default_panels, metric_series, moving_average, plot_metrics, read_metrics
+from align.telemetry.report import Signal
 
 
 def _steps(n: int) -> list[dict[str, float]]:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from align.config import ConfigError, load_config, validate
-from align.train import build_algorithm
-from align.trainers.base import Trainer
-from align.trainers.checkpoint import find_checkpoint
-from align.trainers.numerics import TrainingDivergedError
+from align.config import ConfigError
+from align.algorithms import load_config, validate
+from align.cli.train import build_algorithm
+from align.training.loop import Trainer
+from align.training.checkpoint import find_checkpoint
+from align.runtime.numerics import TrainingDivergedError
 from tests.trainers.test_train_e2e import QUICK, read_metrics
 
 

@@ -18,7 +18,8 @@ import torch
 
 from align import algos
 from align.algos import GroupBatch
-from align.config import ConfigError, load_config
+from align.config import ConfigError
+from align.algorithms import load_config
 from tests.trainers.test_algorithms import make_trainer, padded, unpadded_logp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def _toy_batch(steps, rewards):
 
 @pytest.mark.parametrize("override", [[], ["salt.history=null"]])
 def test_salt_token_advantages_merge_shared_steps(override):
-    from align.trainers.salt import SALT
+    from align.algorithms.salt import SALT
 
     cfg = load_config(["recipe=salt_grid", *override])
     algo = SALT(cfg)
@@ -133,7 +134,7 @@ def test_salt_token_advantages_merge_shared_steps(override):
 
 
 def test_salt_base_and_dedup_change_the_advantages():
-    from align.trainers.salt import SALT
+    from align.algorithms.salt import SALT
 
     steps = [[("s0", "e"), ("s0", "e")], [("s0", "e"), ("s1", "w")], [("s2", "n")]]
     batch, _ = _toy_batch(steps, [1.0, 0.0, 0.0])

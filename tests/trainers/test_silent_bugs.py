@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from align.trainers.precision import training_precision
-from align.trainers.seeds import derived_seed
+from align.runtime.precision import training_precision
+from align.runtime.seeds import derived_seed
 from tests.trainers.in_process import make_trainer
 
 
@@ -48,7 +48,7 @@ def test_precision_plan():
 
 # 3. temperature: the trainer's logprobs are of softmax(z / T), the distribution that was sampled.
 def test_trainer_logprobs_are_of_the_tempered_distribution(cache_dir, tmp_path):
-    from align.trainers.batching import completion_logits, pad_sequences
+    from align.runtime.batching import completion_logits, pad_sequences
 
     trainer = make_trainer(cache_dir, tmp_path, "rollout.temperature=0.7")
     seqs = pad_sequences([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], [0, 1], trainer.tokenizer.pad_token_id)

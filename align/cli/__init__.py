@@ -1,0 +1,1 @@
+"""The command line: train, eval, explain, sample and --help (main.py dispatches)."""

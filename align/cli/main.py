@@ -1,0 +1,25 @@
+"""`python -m align train|eval|explain|sample key=value ...` (also installed as the `align` command)."""
+
+from __future__ import annotations
+
+import sys
+
+from align.cli import eval as evaluate
+from align.cli import explain, sample, train
+from align.cli.usage import USAGE, full_help, help_section, wants_help
+from align.errors import exit_on_user_error
+
+COMMANDS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "explain": lambda argv: print(explain.main(argv))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        with exit_on_user_error():
+            print(full_help(help_section(argv), argv))
+        return
+    if not argv or argv[0] not in COMMANDS:
+        print(USAGE + "\n\n`python -m align --help` lists the recipes and every key.", file=sys.stderr)
+        sys.exit(2)
+    with exit_on_user_error():
+        COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,222 @@
+"""Recipe YAML + `key=value` overrides -> one validated `Config`.
+
+A recipe (`recipes/NAME.yaml` or a path) overrides some defaults; command-line `key=value` pairs
+override the recipe. Unknown keys, wrong types and impossible combinations are one-line
+`ConfigError`s that name the key (and the closest valid key for a typo). omegaconf does the merging
+and type checks; TRL's and verl's names are translated first (aliases.py).
+
+This layer knows no algorithm: the caller passes an `AlgorithmCatalog` that says which section an
+`algo=` value brings (align.algorithms.load_config passes the registry). The checks here are the
+ones every algorithm shares; each algorithm checks its own section in its `validate(cfg)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from align.config.aliases import TABLE, suggest_key, translate_overrides, translate_tree
+from align.config.schema import (
+    CHOICES,
+    RECIPES_DIR,
+    AlgorithmSection,
+    Config,
+    ConfigError,
+    RolloutConfig,
+    _get,
+    all_keys,
+    config_class,
+)
+
+FREE_FORM = ("data.options", "reward.options")  # dict-valued keys whose sub-keys belong to the task, not the schema
+
+
+class AlgorithmCatalog(Protocol):
+    """What the loader needs to know of the algorithms, supplied by the layer that has them."""
+
+    def section(self, algo: str) -> AlgorithmSection | None:
+        """The config section `algo` brings (None: none); an unknown name raises ConfigError."""
+
+    def section_owner(self, name: str) -> str | None:
+        """The registered algorithm whose section is called `name`, if any (for a clear error)."""
+
+
+def find_recipe(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(
+        f"recipe '{name}' not found" + (f"; did you mean '{hint[0]}'?" if hint else "")
+        + f" (built-in recipes: {', '.join(known)}; or pass a path to a .yaml file)"
+    )
+
+
+class _Keys:
+    """The keys a run of one algorithm accepts, and the one-line error for any other."""
+
+    def __init__(self, schema: type, section: AlgorithmSection | None, algo: str, catalog: AlgorithmCatalog):
+        self.keys = set(all_keys(schema))
+        self.free = FREE_FORM + ((section.name,) if section is not None and section.schema is None else ())
+        self.algo, self.catalog = algo, catalog
+
+    def known(self, key: str) -> bool:
+        return key in self.keys or key.startswith(tuple(k + "." for k in self.free))
+
+    def unknown(self, key: str, where: str = "") -> ConfigError:
+        owner = self.catalog.section_owner(key.split(".", 1)[0])
+        if owner is not None and owner != self.algo:
+            return ConfigError(f"'{key}'{where} is an option of algo={owner}, and this run is algo={self.algo}; "
+                               f"remove it, or set algo={owner}")
+        # near-identical spellings only: never a different concept
+        match = suggest_key(key, sorted(self.keys) + list(TABLE))
+        hint = f"; did you mean '{match}'?" if match else "; `python -m align --help` lists every key"
+        return ConfigError(f"unknown config key '{key}'{where}{hint}")
+
+
+def _algo_of(argv: list[str], recipe_tree: dict) -> str:
+    """`algo=` from the command line, else from the recipe, else the schema's default."""
+    given = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "algo"]
+    return given[-1] if given else str(recipe_tree.get("algo", Config.algo))
+
+
+def requested_algo(argv: list[str]) -> str:
+    """The `algo` that `recipe=NAME` and `algo=` among `argv` ask for (before any loading)."""
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
+    tree = OmegaConf.to_container(OmegaConf.load(find_recipe(recipe))) if recipe else {}
+    return _algo_of(argv, tree or {})
+
+
+def load_config(argv: list[str], catalog: AlgorithmCatalog) -> Config:
+    """Build the run config from `recipe=NAME` and `key=value` arguments (recipe optional).
+
+    The config is not yet validated against the algorithm; align.algorithms.load_config does both."""
+    recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
+    argv = [a for a in argv if not a.startswith("recipe=")]
+    for item in argv:
+        if "=" not in item:
+            raise ConfigError(f"argument '{item}' is not key=value (e.g. train.steps=10)")
+    path = find_recipe(recipe) if recipe else None
+    recipe_tree = OmegaConf.to_container(OmegaConf.load(path)) if path else {}
+    algo = _algo_of(argv, recipe_tree or {})
+    section = catalog.section(algo)
+    schema = config_class(section)
+    keys = _Keys(schema, section, algo, catalog)
+    overrides = translate_overrides(argv, keys.known)  # TRL/verl names, before any suggestion
+    for item in overrides:
+        if not keys.known(item.split("=", 1)[0]):
+            raise keys.unknown(item.split("=", 1)[0])
+    layers = []
+    if path:
+        recipe_tree = _without_other_sections(recipe_tree, path, keys)
+        recipe_cfg = OmegaConf.create(translate_tree(recipe_tree, keys.known, keys.free))
+        flat = [k for k in _flatten(OmegaConf.to_container(recipe_cfg)) if not keys.known(k)]
+        if flat:
+            raise keys.unknown(flat[0], f" in {path}")
+        layers.append(recipe_cfg)
+        layers.append(OmegaConf.create({"recipe": Path(recipe).stem}))
+    try:
+        layers.append(OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"bad value for '{key}': {reason}") from None
+    return cfg
+
+
+def _without_other_sections(tree: dict, path: Path, keys: _Keys) -> dict:
+    """A recipe run with another algorithm (`recipe=salt_grid algo=grpo`) keeps everything but the
+    recipe's own algorithm's section, which does not act on this run (said once, not silently)."""
+    kept = {}
+    for name, value in tree.items():
+        owner = keys.catalog.section_owner(name)
+        if owner is not None and owner != keys.algo:
+            print(f"align: {path.name}: the '{name}' section is algo={owner}'s; this run is algo={keys.algo}, "
+                  "so it is left out", file=sys.stderr)
+            continue
+        kept[name] = value
+    return kept
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix.rstrip(".")]
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + str(k)]
+    return out
+
+
+def validate_common(cfg: Config, world_size: int = 1) -> None:
+    """The combinations no algorithm can run, each a one-line error naming the key(s) and the fix."""
+    for key, options in CHOICES.items():
+        if _get(cfg, key) not in options:
+            raise ConfigError(f"'{key}' is '{_get(cfg, key)}'; choose one of {', '.join(options)}")
+    g, batch = cfg.rollout.num_generations, cfg.train.batch_size
+    if g < 1:
+        raise ConfigError(f"rollout.num_generations must be >= 1, got {g}")
+    if g == 1 and cfg.loss.baseline != "none":
+        raise ConfigError(
+            f"rollout.num_generations=1 with algo={cfg.algo} loss.baseline={cfg.loss.baseline}: a group of one is its own "
+            "baseline, so every advantage is 0 and nothing is learned; use rollout.num_generations>=2 (e.g. 8)"
+        )
+    if batch < g or batch % g:
+        raise ConfigError(
+            f"train.batch_size={batch} is not a multiple of rollout.num_generations={g}; "
+            f"use e.g. train.batch_size={max(1, round(batch / g)) * g}"
+        )
+    prompts = batch // g
+    if prompts % world_size:
+        raise ConfigError(
+            f"train.batch_size={batch} gives {prompts} prompts per step, not divisible by {world_size} processes; "
+            f"use train.batch_size={math.lcm(prompts, world_size) * g}"
+        )
+    if cfg.loss.agg == "seq_sum_const" and cfg.rollout.max_tokens < 1:
+        raise ConfigError("loss.agg=seq_sum_const needs rollout.max_tokens >= 1 (it is the constant length)")
+    if cfg.loss.kl_in_reward and cfg.loss.beta == 0:
+        raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(
+            f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0 "
+            "(greedy decoding has no exploration and no sampling distribution to correct for); use e.g. 1.0"
+        )
+    if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
+        raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
+    _validate_rollout_device(cfg.rollout)
+    if cfg.train.max_bad_updates < 1:
+        raise ConfigError(f"train.max_bad_updates must be >= 1 (consecutive NaN/inf updates before stopping), got {cfg.train.max_bad_updates}")
+    if cfg.rollout.source == "offline" and cfg.log.eval_every and not cfg.data.eval_source:
+        raise ConfigError("rollout.source=offline with log.eval_every needs data.eval_source (held-out prompts, e.g. geometry)")
+    if cfg.env.max_turns is not None and cfg.env.max_turns < 1:
+        raise ConfigError(f"env.max_turns={cfg.env.max_turns}: must be >= 1 (or null for the environment's own)")
+    if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
+        raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def _validate_rollout_device(r: RolloutConfig) -> None:
+    if r.tensor_parallel_size != 1:
+        # Each rank generates its own prompts; a TP group would need them gathered per group first.
+        raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} is not supported yet (one colocated "
+                          "engine per GPU); set rollout.tensor_parallel_size=1 and use ZeRO-3 for models that need more GPUs")
+    if r.sleep_mode:
+        import torch  # heavy: only when sleep mode is asked for
+
+        if not torch.cuda.is_available():
+            raise ConfigError("rollout.sleep_mode=true frees GPU memory and needs a CUDA GPU (vLLM has no sleep mode "
+                              "on CPU); set rollout.sleep_mode=false")
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,188 @@
+"""rollout.source=generate: G completions per prompt sampled by the engine from the current policy,
+scored by the algorithm; DAPO's overlong penalty and dynamic sampling."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+
+import torch
+
+from align.algorithms.base import Scores
+from align.algos import GroupBatch
+from align.rollout import SamplingSettings
+from align.runtime.seeds import derived_seed
+from align.sources.base import Collected, RolloutSource
+from align.sources.prompts import PromptStream, check_prompt_lengths, encode_prompt
+from align.sources.shaping import informative_groups, overlong_penalty
+from rewards.context import model_rewards, reward_functions_of
+
+
+def encode_answer(tokenizer, text: str) -> list[int]:
+    """Token ids of a reference answer as the policy would produce it: the text, then EOS."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+@dataclass
+class _Drawn:
+    """One generated and scored prompt group, with its place in the global draw."""
+
+    round: int
+    position: int  # place in the round's global draw
+    row: dict
+    completions: list  # G `Completion`s
+    rewards: torch.Tensor  # [G] after shaping
+    valid: torch.Tensor  # [G]
+    components: dict[str, torch.Tensor]  # name -> [G]
+    informative: bool  # rewards not all equal (dynamic sampling keeps these)
+
+
+class GenerationSource(RolloutSource):
+    context: int | None = None  # the engine's context length (set_context)
+    """Single-turn generation: this rank's prompts -> engine.generate(n=G) -> algorithm.score."""
+
+    uses_engine = True
+
+    def __init__(self, cfg, algorithm, engine, tokenizer, dataset, accelerator):
+        self.cfg, self.algo, self.engine, self.tokenizer, self.acc = cfg, algorithm, engine, tokenizer, accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.answer_column = getattr(algorithm, "reference_column", None) if algorithm.needs.reference_answer else None
+        if self.answer_column and self.answer_column not in dataset.column_names:
+            from align.data import DatasetSourceError
+
+            raise DatasetSourceError(
+                f"algo={algorithm.name} needs a reference-answer column {self.answer_column!r}; data.source="
+                f"{cfg.data.source!r} has {', '.join(dataset.column_names)}; set {cfg.algo}.reference_column=<one of them>"
+            )
+        self.prompts = PromptStream(dataset, cfg.train.seed, self.rank, self.world)
+
+    def set_context(self, tokens: int | None) -> None:
+        self.context = tokens  # prompt + max_tokens must fit
+
+    def state_dict(self) -> dict:
+        return self.prompts.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts.load_state_dict(state)
+
+    def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
+        """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
+
+        Seeds are hashes (trainers/seeds.py): no two requests of a run share a random stream, whatever
+        the rank, refill round or step.
+        """
+        r, seed = self.cfg.rollout, self.cfg.train.seed
+        prompt_ids = [encode_prompt(self.tokenizer, row["prompt"]) for row in rows]
+        if self.context is not None:  # an engine would fail mid-run or silently truncate
+            check_prompt_lengths(prompt_ids, rows, r.max_tokens, self.context)
+        sampling = SamplingSettings(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                                    top_k=r.top_k, stop=list(r.stop), seed=derived_seed(seed, step, round_, self.rank))
+        if not r.seed_per_prompt:
+            return self.engine.generate(prompt_ids, g, sampling)
+        # Each prompt seeded by its global position: the same completions on any number of processes.
+        return [self.engine.generate([ids], g, replace(sampling, seed=derived_seed(seed, step, round_, -1, pos)))[0]
+                for ids, pos in zip(prompt_ids, positions)]
+
+    def _score(self, step: int, rows: list[dict], groups, g: int):
+        flat = [c for group in groups for c in group]
+        prompts = [row["prompt"] for row in rows for _ in range(g)]
+        chat = isinstance(rows[0]["prompt"], list)
+        completions = [[{"role": "assistant", "content": c.text}] if chat else c.text for c in flat]
+        columns = {k: [row[k] for row in rows for _ in range(g)] for k in rows[0] if k != "prompt"}
+        scores = self.algo.score(prompts, completions, columns, [c.token_ids for c in flat], g,
+                                 trainer_state=SimpleNamespace(global_step=step))
+        return flat, scores
+
+    def collect(self, step: int, n_prompts: int, timers: dict[str, float]) -> Collected:
+        """Generate and score this rank's share of the step's `n_prompts` prompts.
+
+        With dynamic sampling (DAPO), groups whose rewards are all equal carry no policy gradient:
+        they are dropped and more prompts are drawn, for up to `dynamic_sampling_max_rounds` rounds;
+        if that is not enough, dropped groups fill the rest so the batch keeps its size. Refills are
+        decided over the GLOBAL batch (every rank draws its share of the same global shortfall) and
+        the kept groups are then dealt out in global draw order, so every rank walks the same prompt
+        stream and the batch does not depend on the number of processes.
+        """
+        lc, g = self.cfg.loss, self.cfg.rollout.num_generations
+        rounds = lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1
+        drawn: list[_Drawn] = []
+        need, generated_tokens = n_prompts, 0
+        logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
+        for round_ in range(rounds):
+            t0 = time.perf_counter()
+            rows, positions = self.prompts.next_share(need)
+            groups = self._generate(step, rows, positions, g, round_) if rows else []
+            timers["generate"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if rows:
+                flat, scores = self._score(step, rows, groups, g)
+                generated_tokens += sum(len(c.token_ids) for c in flat)
+                lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32).view(-1, g)
+                rewards = scores.rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens, lc.overlong_buffer,
+                                                            lc.overlong_penalty)
+                informative = informative_groups(rewards, scores.valid)
+                for key, value in scores.logged.items():
+                    logged[key].append(value)
+                for i, row in enumerate(rows):
+                    components = {name: values[i] for name, values in scores.components.items()}
+                    drawn.append(_Drawn(round_, positions[i], row, groups[i], rewards[i], scores.valid[i], components,
+                                        bool(informative[i])))
+            else:  # other ranks score this round: model rewards may run collectives (rewards/context.py)
+                for reward in model_rewards(reward_functions_of(self.algo)):
+                    reward.idle()
+            timers["reward"] += time.perf_counter() - t0
+            if not lc.dynamic_sampling:
+                break
+            kept = self._sum_over_ranks(sum(d.informative for d in drawn))
+            if kept >= n_prompts:
+                break
+            need = n_prompts - kept
+        total = self._sum_over_ranks(len(drawn))
+        zero_std = total - self._sum_over_ranks(sum(d.informative for d in drawn))
+        if lc.dynamic_sampling:
+            drawn = self._deal_kept_groups(drawn, n_prompts)
+        flat = [c for d in drawn for c in d.completions]
+        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
+        # Reward statistics of the batch that is trained on (not of dropped groups).
+        kept_scores = Scores(torch.stack([d.rewards for d in drawn]), torch.stack([d.valid for d in drawn]),
+                             {name: torch.stack([d.components[name] for d in drawn]) for name in drawn[0].components})
+        metrics = self.algo.batch_metrics(kept_scores)
+        metrics |= {key: sum(values) / len(values) for key, values in logged.items()}
+        metrics |= {
+            "zero_std_frac": zero_std / max(total, 1),
+            "completion_len/mean": lengths.mean().item(),
+            "completion_len/max": lengths.max().item(),
+            "truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat),
+            "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
+            "weight_version": float(flat[0].weight_version),
+        }
+        batch = GroupBatch(
+            prompt_ids=[d.completions[0].prompt_ids for d in drawn],
+            completion_ids=[c.token_ids for c in flat],
+            rewards=kept_scores.rewards, valid=kept_scores.valid,
+            truncated=torch.tensor([c.finish_reason == "length" for c in flat]).view(-1, g),
+            engine_logprobs=[c.logprobs for c in flat],
+            answer_ids=[encode_answer(self.tokenizer, d.row[self.answer_column]) for d in drawn] if self.answer_column else None,
+            components=kept_scores.components,
+        )
+        return Collected(batch, metrics, [d.row for d in drawn], flat)
+
+    def _sum_over_ranks(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        return int(self.acc.reduce(torch.tensor(value, device=self.acc.device), "sum").item())
+
+    def _deal_kept_groups(self, drawn: list[_Drawn], n_prompts: int) -> list[_Drawn]:
+        """The step batch: the first `n_prompts` informative groups in global draw order (then dropped
+        ones, if rounds ran out), and this rank's contiguous share of it."""
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            drawn = gather_object(drawn)
+        ordered = sorted(drawn, key=lambda d: (d.round, d.position))
+        batch = ([d for d in ordered if d.informative] + [d for d in ordered if not d.informative])[:n_prompts]
+        local = n_prompts // self.world
+        return batch[self.rank * local : (self.rank + 1) * local]

@@ -1,0 +1,81 @@
+"""Safe resume: a run continues only with the config it was started with, and keeps its own files.
+
+`resume=latest` (or a checkpoint folder) compares the run's saved `config.yaml` with the new config.
+Keys that differ are refused in one line naming them, unless `resume_force=true`; then they are
+printed and the run continues. Keys that may change between the two halves of a run without
+changing what is learned (how long it runs, where and how often it logs) are not compared.
+
+The resumed run writes its config as `config.resume-<time>.yaml` beside the original, which stays.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from align.config import Config, ConfigError
+
+# Keys that may differ between a run and its continuation.
+NOT_COMPARED = ("recipe", "resume", "resume_force", "log.", "train.steps", "train.max_minutes", "model.cache_dir", "eval.")
+CONFIG_NAME = "config.yaml"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= _flat(v, f"{prefix}{k}.")
+    return out
+
+
+def config_differences(saved_yaml: str, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every compared key whose value changed."""
+    from omegaconf import OmegaConf
+
+    saved = _flat(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
+    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return [(k, saved[k], v) for k, v in new.items()
+            if k in saved and saved[k] != v and not k.startswith(NOT_COMPARED) and k not in NOT_COMPARED]
+
+
+def check_resume(cfg: Config, run_dir: Path, say=print) -> Path | None:
+    """The checkpoint this run resumes from (None: a fresh start), after the config comparison.
+
+    Raises ConfigError naming the differing keys (unless cfg.resume_force), and when a fresh run
+    would write into a folder that already holds a run.
+    """
+    from align.training.checkpoint import find_checkpoint
+
+    checkpoint = find_checkpoint(run_dir, cfg.resume) if cfg.resume else None
+    if checkpoint is None:
+        if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+            hint = "resume=latest to continue it" if not cfg.resume else "it has no complete checkpoint to resume"
+            raise ConfigError(f"log.run_dir={run_dir} already holds a run ({hint}); choose another log.run_dir")
+        return None
+    saved_path = checkpoint.parent.parent / CONFIG_NAME
+    if not saved_path.exists():
+        say(f"resume: {saved_path} is missing; the config of the resumed run cannot be compared")
+        return checkpoint
+    diffs = config_differences(saved_path.read_text(), cfg)
+    if diffs:
+        listed = ", ".join(f"{k} ({_short(old)} there, {_short(new)} now)" for k, old, new in diffs)
+        if not cfg.resume_force:
+            raise ConfigError(
+                f"resume={cfg.resume}: {checkpoint} was trained with a different config: {listed}; "
+                "drop resume to start a new run, or resume_force=true to continue with the new values"
+            )
+        say(f"resume_force=true: continuing {checkpoint} with changed keys: {listed}")
+    return checkpoint
+
+
+def config_path(run_dir: Path) -> Path:
+    """Where this run writes its config: config.yaml, or beside it when the folder already has one."""
+    first = run_dir / CONFIG_NAME
+    return first if not first.exists() else run_dir / f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
