@@ -34,7 +34,7 @@ class Needs:
     whole_groups: every micro-batch holds whole groups, because the loss couples the members of a
         group (CoPG's pairwise loss, GRAO's per-prompt y term).
     token_advantages: advantages differ per token (SALT's step advantages) instead of one per completion;
-        the algorithm then has a `token_advantages(batch) -> (batch, metrics)` method (trainers/salt.py).
+        the algorithm then has a `token_advantages(batch) -> (batch, metrics)` method (algorithms/salt.py).
     importance_correction: the loss has an importance ratio to pi_old; the loop computes pi_old
         (a separate pass when the batch is reused) and truncated importance-sampling weights
         against the engine's log-probs. False: no pi_old pass, no TIS.

@@ -1,6 +1,6 @@
 """SALT (ALGORITHMS.md section 5): GRPO's loss with step-level advantages from the trajectory graph.
 
-The episode source (trainers/episodes.py) hands the loop G trajectories per task with their steps
+The episode source (sources/episodes.py) hands the loop G trajectories per task with their steps
 (state_key, action_key) and the step of every token. SALT computes the base trajectory advantages
 (`salt.base`: GRPO's normalised or RLOO's leave-one-out), then, per group, replaces each action's
 advantage by the mean over the trajectories that traverse the same edge

@@ -111,10 +111,10 @@ def clipped_pg_token_loss(
 @dataclass(frozen=True)
 class Surrogate:
     fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    summary: str  # one line for `explain`; {eps_low}, {eps_high}, {ratio_level} are filled from the loss config
+    summary: str  # one line for `explain`; {low}, {high} (the clip bounds) and any loss.* key are filled in
 
 
 SURROGATES: dict[str, Surrogate] = {
-    "clip": Surrogate(clipped_pg_token_loss, "PPO clipped surrogate, ratio clipped to [1-{eps_low}, 1+{eps_high}] "
+    "clip": Surrogate(clipped_pg_token_loss, "PPO clipped surrogate, ratio clipped to [{low:g}, {high:g}] "
                                              "({ratio_level}-level ratio)"),
 }

@@ -324,7 +324,7 @@ def translate_overrides(argv: list[str], is_known: Callable[[str], bool]) -> lis
             continue
         mapping = translate_pair(key, yaml.safe_load(raw) if raw else raw)
         if mapping is None:
-            out.append(item)  # unknown: config.py reports it (with a near-spelling suggestion)
+            out.append(item)  # unknown: load.py reports it (with a near-spelling suggestion)
             continue
         pairs = [f"{k}={raw if (v is not None and _same(v, raw)) else _dump(v)}" for k, v in mapping.items()]
         (broad if len(mapping) > 1 else out).extend(pairs)
@@ -353,7 +353,7 @@ def translate_tree(tree: dict, is_known: Callable[[str], bool], free_form: tuple
             else:
                 mapping = translate_pair(key, v)
                 if mapping is None:
-                    flat[key] = v  # left for config.py's unknown-key error
+                    flat[key] = v  # left for load.py's unknown-key error
                 else:
                     (broad if len(mapping) > 1 else flat).update(mapping)
 

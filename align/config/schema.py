@@ -144,7 +144,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup from 0 over this many optimizer updates
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     max_grad_norm: float = 1.0  # clip the gradient norm
-    max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (trainers/numerics.py)
+    max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (runtime/numerics.py)
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     seed: int = 0  # model init, data order and sampling seeds
 

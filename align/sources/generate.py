@@ -71,7 +71,7 @@ class GenerationSource(RolloutSource):
     def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
         """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
 
-        Seeds are hashes (trainers/seeds.py): no two requests of a run share a random stream, whatever
+        Seeds are hashes (runtime/seeds.py): no two requests of a run share a random stream, whatever
         the rank, refill round or step.
         """
         r, seed = self.cfg.rollout, self.cfg.train.seed

@@ -81,7 +81,7 @@ class Trainer:
         m = cfg.model
         self.model_path = resolve_model_path(m.name, m.cache_dir)
         self.tokenizer = load_tokenizer(self.model_path)
-        # fp32 master weights + bf16 autocast for full fine-tuning (see trainers/precision.py)
+        # fp32 master weights + bf16 autocast for full fine-tuning (see runtime/precision.py)
         self.precision = training_precision(self.dtype, lora=cfg.lora.enabled,
                                             deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
         model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
