@@ -1,6 +1,6 @@
 """What an algorithm is to the loop: what it needs, its config section, and four methods.
 
-The loop (`base.py`) asks an algorithm's `needs` which phases to run, and calls
+The loop (`align/training/loop.py`) asks an algorithm's `needs` which phases to run, and calls
 
     score(prompts, completions, columns, completion_ids, group_size) -> Scores   rewards [P,G]
     batch_metrics(scores) -> {name: value}                            reward statistics to log
