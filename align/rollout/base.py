@@ -216,13 +216,15 @@ class RolloutEngine(ABC):
         engine_lp, trainer_lp = self._probe_logprobs(model)
         diff = mean_abs_difference(engine_lp, trainer_lp)
         ceiling = self.probe_tolerance if self._tolerance_given else MAX_CALIBRATED_DIFF.get(self.dtype, self.probe_tolerance)
+        failure = None
         if not diff <= ceiling:
             why = "probe_tolerance" if self._tolerance_given else "the most two kernels of one model disagree"
-            raise WeightSyncError(
+            failure = (
                 f"before any update the engine and the trainer already differ by {diff:.3g} on the probe ({self.dtype}), "
                 f"above {ceiling:g} ({why}): they do not hold the same weights (engine built from another checkpoint "
                 "or dtype?)" + ("; or raise rollout.probe_tolerance" if self._tolerance_given else "")
             )
+        raise_if_any_rank_failed(failure)
         if not self._tolerance_given:
             self.probe_tolerance = max(self.probe_tolerance, CALIBRATION_FACTOR * diff)
         self.calibrated_diff = diff
@@ -256,13 +258,15 @@ class RolloutEngine(ABC):
         """
         engine_lp, trainer_lp = self._probe_logprobs(model)
         diff = mean_abs_difference(engine_lp, trainer_lp)
-        if not diff <= self.probe_tolerance:  # also catches nan
-            self._fail(model, f"probe logprob difference {diff:.3g} > tolerance {self.probe_tolerance:g} ({self.dtype})")
         n = len(self._probe.sequences)
         now = ProbeState(engine_lp[:n], trainer_lp[:n], mean_abs_difference(engine_lp[:n], trainer_lp[:n]))
-        stale = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
-        if stale:
-            self._fail(model, stale)
+        if not diff <= self.probe_tolerance:  # also catches nan
+            reason = f"probe logprob difference {diff:.3g} > tolerance {self.probe_tolerance:g} ({self.dtype})"
+        else:
+            reason = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
+        # Every rank verifies its own engine; a failure on one must stop all of them here, not leave
+        # the others to wait in the next collective until the NCCL timeout.
+        raise_if_any_rank_failed(self._failure(model, reason) if reason else None)
         self._last_probe = now
         return diff
 
@@ -297,10 +301,15 @@ class RolloutEngine(ABC):
                         f"({to_new:.3g}; the update moved the probe by {moved:.3g}): it is (partly) stale")
         return None
 
-    def _fail(self, model, reason: str) -> None:
+    def _failure(self, model, reason: str) -> str:
+        """The one-line message of a failed sync, with the tensors that explain it where found."""
         trainer = dict(merged_named_tensors(model))
-        detail = describe_mismatch(self._expected_names, self._sent_checksums, trainer, self._engine_tensors(set(trainer)))
-        raise WeightSyncError(f"weight sync v{self.weight_version} failed: {reason}; {detail}")
+        # Under ZeRO-3 the local parameters are empty partitions: comparing them with what was sent
+        # would report every tensor as changed, so the trainer side is left out of the diagnosis.
+        partitioned = any(getattr(p, "ds_numel", None) is not None and p.numel() == 0 for p in model.parameters())
+        detail = describe_mismatch(self._expected_names, self._sent_checksums, None if partitioned else trainer,
+                                   self._engine_tensors(set(trainer)))
+        return f"weight sync v{self.weight_version} failed: {reason}; {detail}"
 
     def _probe_logprobs(self, model) -> tuple[list[list[float]], list[list[float]]]:
         """(engine, trainer) logprobs: the probe sequences teacher-forced, then greedy continuations.
@@ -330,6 +339,24 @@ class RolloutEngine(ABC):
     def _greedy_prompts(self) -> list[list[int]]:
         """What the probe's greedy check continues: each whole probe sequence."""
         return [list(p) + list(c) for p, c in self._probe.sequences]
+
+
+def raise_if_any_rank_failed(message: str | None) -> None:
+    """Raise WeightSyncError on every rank when any rank's check failed (`message` is this rank's
+    failure or None). Collective when torch.distributed runs with more than one process: every rank
+    must call it at the same point. The first failing rank's message is raised everywhere."""
+    messages = [message]
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        messages = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(messages, message)
+    failed = [(rank, m) for rank, m in enumerate(messages) if m]
+    if not failed:
+        return
+    rank, first = failed[0]
+    if len(messages) == 1:
+        raise WeightSyncError(first)
+    others = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
+    raise WeightSyncError(f"rank {rank}{others}: {first}")
 
 
 def iter_named(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

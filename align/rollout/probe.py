@@ -108,12 +108,18 @@ def _names(names: Sequence[str], limit: int = 8) -> str:
 
 @torch.no_grad()
 def describe_mismatch(expected: set[str], sent: Mapping[str, tuple[float, float]],
-                      trainer: Mapping[str, torch.Tensor], engine: Mapping[str, torch.Tensor]) -> str:
+                      trainer: Mapping[str, torch.Tensor] | None, engine: Mapping[str, torch.Tensor]) -> str:
     """Name the tensors that explain a failed sync, most direct evidence first.
 
     expected: checkpoint names the engine holds; sent: checksums of the last load; trainer: the
-    trainer's tensors now; engine: tensors read back from the engine (any subset, checkpoint names).
+    trainer's tensors now, or None where they are not local (ZeRO-3 partitions); engine: tensors
+    read back from the engine (any subset, checkpoint names).
     """
+    if trainer is None:
+        not_sent = sorted(expected - set(sent))
+        found = f"not sent in the last load: {_names(not_sent)}; " if not_sent else ""
+        return (f"{found}the trainer's tensors are ZeRO-3 partitions, so they were not compared with the "
+                f"{len(sent)} tensors sent")
     findings = []
     not_sent = sorted((expected | set(trainer)) - set(sent))
     if not_sent:

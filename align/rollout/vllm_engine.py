@@ -11,16 +11,21 @@ Sampling is exactly what `SamplingSettings` says: the checkpoint's generation_co
 
 Sleep mode (GPU only) follows vLLM's recipe for RL weight updates: `sleep()` is level 2 (weights and
 KV cache discarded), and the next weight load wakes the engine in two halves around it: empty the
-trainer's cached blocks, wake the weights, load, wake the KV cache. `wake()` without a load is an
-error: level 2 kept no weights to wake up to.
+trainer's cached blocks, wake the weights, load, empty the cache again, wake the KV cache. `wake()`
+without a load is an error: level 2 kept no weights to wake up to. Only one engine per process may
+use it (vLLM's sleep-mode allocator is process-wide): a judge's engine is built without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Iterable
+import random
+import weakref
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from align.rollout.base import Completion, RolloutEngine, SamplingSettings, check_prompts
@@ -75,18 +80,80 @@ def check_sleep_mode_supported(vllm) -> None:
     """One-line errors for the sleep-mode set-ups vLLM cannot run (instead of an assert deep in it)."""
     if _on_cpu():
         raise ValueError("rollout.sleep_mode=true needs a CUDA GPU (vLLM has no sleep mode on CPU); set rollout.sleep_mode=false")
-    import importlib.util
-
-    # vLLM's sleep-mode allocator asserted on expandable segments until it learnt to switch them off
-    # around its own pool (the same release that added vllm.device_allocator.alloc_conf).
-    try:
-        handles_expandable = importlib.util.find_spec("vllm.device_allocator.alloc_conf") is not None
-    except ImportError:
-        handles_expandable = False
-    if _expandable_segments_on() and not handles_expandable:
+    if _expandable_segments_on() and _allocator_refuses_expandable_segments():
         raise ValueError(
             f"rollout.sleep_mode=true with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM {vllm.__version__}'s "
             "sleep-mode allocator does not support expandable segments; unset it, or upgrade vLLM"
+        )
+
+
+def _allocator_refuses_expandable_segments() -> bool:
+    """Whether this vLLM's sleep-mode allocator asserts on expandable segments, found by building a
+    throwaway CuMemAllocator under the current environment (older releases assert in its __init__;
+    0.32 switches the setting off around its own pool). The constructor touches no device memory."""
+    try:
+        from vllm.device_allocator.cumem import CuMemAllocator
+    except Exception:  # noqa: BLE001 - no allocator module: vLLM itself refuses sleep mode then
+        return False
+    probe = CuMemAllocator.__new__(CuMemAllocator)
+    try:
+        CuMemAllocator.__init__(probe)
+    except AssertionError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _trainer_rng_kept() -> Iterator[None]:
+    """vLLM reseeds the whole process when it builds an engine (its worker calls set_random_seed:
+    Python, NumPy, torch and every GPU). The trainer's streams are put back afterwards, so building
+    an engine (or a judge's second one) never changes the trainer's next random draws."""
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def _seeded_call(seed: int) -> Iterator[None]:
+    """The process's unseeded-request streams seeded for one call, then restored.
+
+    Both must be seeded: vLLM's V1 model runner (the CPU build) samples unseeded requests from
+    torch's global generators, the V2 runner (CUDA with Triton, vllm/config/vllm.py
+    use_v2_model_runner) draws each request's seed from NumPy's global generator when the request
+    is added (v1/worker/gpu/sample/states.py). The engine runs in this process, so both happen
+    inside the call; the n children of a request are separate requests with their own draws.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(np_state)
+
+
+# VLLMEngines built with sleep mode that are still alive. vLLM's sleep-mode allocator is one object
+# per process (device_allocator/cumem.py, CuMemAllocator.get_instance): sleep(level=2) of one engine
+# discards every allocation in its pool, another engine's weights and KV cache included, and that
+# engine's wake_up maps the memory back without reloading it.
+_SLEEP_MODE_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_one_sleeping_engine() -> None:
+    live = [e for e in _SLEEP_MODE_ENGINES if "_llm" in e.__dict__]
+    if live:
+        raise ValueError(
+            "a second vLLM engine with sleep mode in one process: vLLM's sleep-mode allocator is process-wide, "
+            "so either engine's sleep would discard the other's weights; build this one with enable_sleep_mode=False"
         )
 
 
@@ -130,6 +197,7 @@ class VLLMEngine(RolloutEngine):
         on_cpu = _on_cpu()
         if enable_sleep_mode:
             check_sleep_mode_supported(vllm)
+            check_one_sleeping_engine()
         self._sleep_enabled = enable_sleep_mode
         self._asleep = False
         kwargs: dict = dict(
@@ -158,7 +226,10 @@ class VLLMEngine(RolloutEngine):
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
-        self._llm = vllm.LLM(**kwargs)
+        with _trainer_rng_kept():
+            self._llm = vllm.LLM(**kwargs)
+        if enable_sleep_mode:
+            _SLEEP_MODE_ENGINES.add(self)
         if on_cpu:
             # The in-process CPU worker drops torch to 1 thread and replaces torch.set_num_threads
             # with a no-op for the whole process: the trainer beside it would train on one core.
@@ -191,12 +262,9 @@ class VLLMEngine(RolloutEngine):
         if sampling.seed is None:  # the engine's own stream (LLM(seed=...), one per rank)
             outputs = self._llm.generate(requests, params, use_tqdm=False)
         else:
-            # The engine runs in this process, and unseeded requests draw from torch's global
-            # generators: seeding those for the call makes it reproducible (as HFEngine does)
-            # while every request stays on the batched sampling path.
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(sampling.seed)
+            # Seeding the process's streams for the call (not each request) makes it reproducible,
+            # as HFEngine does, while every request stays on V1's batched sampling path.
+            with _seeded_call(sampling.seed):
                 outputs = self._llm.generate(requests, params, use_tqdm=False)
         return [[self._completion(prompt, out) for out in request.outputs] for prompt, request in zip(prompts, outputs)]
 
@@ -244,6 +312,9 @@ class VLLMEngine(RolloutEngine):
         # (a ZeRO-3 gather, one module at a time) into the engine's weights.
         self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
         if waking:
+            # The layerwise reload materialises layers in fresh memory that the caching allocator
+            # keeps after reload_weights returns; hand it back before the KV cache is mapped again.
+            torch.cuda.empty_cache()
             self._llm.wake_up(tags=["kv_cache"])
             self._asleep = False
         self._llm.reset_prefix_cache()

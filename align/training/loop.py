@@ -151,6 +151,10 @@ class Trainer:
         kind = "hf" if isinstance(self.engine, HFEngine) else "vllm"
         if kind == "hf":
             max_model_len = None  # transformers' generate has no preallocated context
+        else:
+            # Never sleep mode: the policy engine's level-2 sleep would discard this engine's weights
+            # too (one sleep-mode allocator per process); VLLMEngine refuses a second one.
+            overrides = {"enable_sleep_mode": False, **overrides}
         with outside_zero3_init(self.acc):
             return self._make_engine(model_path, kind, max_model_len, **overrides)
 

@@ -5,22 +5,31 @@ GPU. The fake `LLM` records its constructor arguments and every call (generate, 
 collective_rpc, reset_prefix_cache, plus torch.cuda.empty_cache) in one ordered log, and behaves
 like vLLM where a wrong call order would show:
 
-- it really samples, from a transformers copy of the checkpoint, with vLLM's semantics (n samples per
-  request, processed logprobs after temperature / top-k / top-p, greedy = raw logprobs, prompt
-  logprobs for scoring), drawing from torch's global generator as vLLM does for unseeded requests;
-- `sleep(level=2)` discards the weights (NaN) and the KV cache; `wake_up(tags=["weights"])` maps
+- it really samples, from a transformers copy of the checkpoint in the engine's dtype (bf16 logits
+  for dtype="bfloat16"), with vLLM's semantics (n samples per request, processed logprobs after
+  temperature / top-k / top-p, greedy = raw logprobs, prompt logprobs for scoring);
+- it seeds the way vLLM 0.32's V2 model runner does on CUDA (v1/worker/gpu/sample/states.py): an
+  unseeded request draws its seed from NumPy's global generator when it is added, and the n
+  children of a request are requests of their own (seed + index when seeded,
+  v1/engine/parallel_sampling.py); torch's global generator plays no part;
+- building an `LLM` reseeds the whole process (Python, NumPy, torch), as vLLM's worker does;
+- the sleep-mode allocator is one per process: `sleep(level=2)` of any engine discards the weights
+  (NaN) and KV cache of every engine built with enable_sleep_mode; `wake_up(tags=["weights"])` maps
   weights again without their values; generating before `wake_up(tags=["kv_cache"])` raises;
-- `collective_rpc("reload_weights", kwargs={"weights_iterator": it})` copies the tensors in and
-  records, per tensor, its device and dtype, and the iterator's type (a list would mean the
+- `collective_rpc("reload_weights", kwargs={"weights_iterator": it})` copies the tensors in the way
+  vLLM's load_weights does (a tied lm_head is skipped: the engine's output layer is its embedding)
+  and records, per tensor, its device and dtype, and the iterator's type (a list would mean the
   trainer materialised the whole model).
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import types
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 __version__ = "0.32.0"
@@ -87,7 +96,12 @@ class LLM:
         LOG.append(Call("LLM", dict(kwargs)))
         INSTANCES.append(self)
         self.kwargs = kwargs
-        self.model = load_model(kwargs["model"]).eval()
+        seed = kwargs.get("seed", 0)
+        random.seed(seed)  # vLLM's worker: set_random_seed(model_config.seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.model = load_model(kwargs["model"], kwargs.get("dtype", "float32")).eval()
+        self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
         self.tokenizer = load_tokenizer(kwargs["model"])
         self.eos = {self.tokenizer.eos_token_id}
         self.weights_state = "loaded"  # loaded | discarded | mapped (awake, values garbage)
@@ -115,6 +129,10 @@ class LLM:
             logp = self.model(torch.tensor([prompt])).logits[0].float().log_softmax(-1)
             steps = [None] + [{tok: Logprob(float(logp[i - 1, tok]))} for i, tok in enumerate(prompt) if i > 0]
             return RequestOutput([], steps)
+        # V2: one seed per child request, drawn from NumPy when the request carries none
+        seeds = [p.seed + i if p.seed is not None else int(np.random.randint(-2**63, 2**63 - 1, dtype=np.int64))
+                 for i in range(p.n)]
+        generators = [torch.Generator().manual_seed(s % 2**63) for s in seeds]
         rows = torch.tensor([prompt] * p.n)
         tokens: list[list[int]] = [[] for _ in range(p.n)]
         logprobs: list[list[float]] = [[] for _ in range(p.n)]
@@ -122,7 +140,10 @@ class LLM:
         for _ in range(p.max_tokens):
             logits = _processed(self.model(rows).logits[:, -1].float(), p)
             logp = logits.log_softmax(-1)
-            nxt = logits.argmax(-1) if p.temperature == 0 else torch.multinomial(logp.exp(), 1)[:, 0]
+            if p.temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.stack([torch.multinomial(logp[i].exp(), 1, generator=g)[0] for i, g in enumerate(generators)])
             for i in range(p.n):
                 if not done[i]:
                     tokens[i].append(int(nxt[i]))
@@ -152,6 +173,8 @@ class LLM:
             state = self.model.state_dict()
             for name, tensor in iterator:
                 record["tensors"].append((name, tensor.device, tensor.dtype))
+                if name == "lm_head.weight" and self.tied:
+                    continue  # vLLM's load_weights skips it: the tied output layer is the embedding
                 state[name].copy_(tensor)
             self.weights_state = "loaded"
         LOG.append(Call("collective_rpc", record))
@@ -164,27 +187,45 @@ class LLM:
     @torch.no_grad()
     def sleep(self, level: int = 1, mode: str = "abort") -> None:
         LOG.append(Call("sleep", {"level": level}))
-        if level == 2:
-            for param in self.model.parameters():
-                param.fill_(float("nan"))  # level 2 keeps no copy of the weights
-            self.weights_state = "discarded"
-        self.kv_awake = False
+        # One allocator per process: every sleep-mode engine's memory is in its pool.
+        for llm in [i for i in INSTANCES if i.kwargs.get("enable_sleep_mode")] or [self]:
+            if level == 2:
+                for param in llm.model.parameters():
+                    param.fill_(float("nan"))  # level 2 keeps no copy of the weights
+                llm.weights_state = "discarded"
+            llm.kv_awake = False
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
         LOG.append(Call("wake_up", {"tags": tags}))
         tags = tags or ["weights", "kv_cache"]
-        if "weights" in tags and self.weights_state == "discarded":
-            self.weights_state = "mapped"
-        if "kv_cache" in tags:
-            self.kv_awake = True
+        for llm in [i for i in INSTANCES if i.kwargs.get("enable_sleep_mode")] or [self]:
+            if "weights" in tags and llm.weights_state == "discarded":
+                llm.weights_state = "mapped"
+            if "kv_cache" in tags:
+                llm.kv_awake = True
         return self.kv_awake
 
     def apply_model(self, func):
         return [func(self.model)]
 
 
-def install(monkeypatch, version: str = __version__) -> types.ModuleType:
-    """Make `import vllm` return this module (at `version`) and VLLMEngine see a GPU; returns the module."""
+class CuMemAllocator:
+    """vllm.device_allocator.cumem.CuMemAllocator's constructor: releases before vLLM learnt to switch
+    expandable segments off around its pool asserted on them here (`asserts_on_expandable`)."""
+
+    asserts_on_expandable = False
+
+    def __init__(self) -> None:
+        import os
+
+        if type(self).asserts_on_expandable:
+            assert "expandable_segments:True" not in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), (
+                "Expandable segments are not compatible with memory pool.")
+
+
+def install(monkeypatch, version: str = __version__, allocator_asserts: bool = False) -> types.ModuleType:
+    """Make `import vllm` return this module (at `version`) and VLLMEngine see a GPU; returns the module.
+    allocator_asserts: the sleep-mode allocator refuses expandable segments (older vLLM)."""
     import align.rollout.vllm_engine as vllm_engine
 
     module = sys.modules[__name__]
@@ -194,6 +235,11 @@ def install(monkeypatch, version: str = __version__) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, "vllm", module)
     for name in [n for n in sys.modules if n.startswith("vllm.")]:  # the real package's submodules, if imported
         monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(CuMemAllocator, "asserts_on_expandable", allocator_asserts)
+    cumem = types.ModuleType("vllm.device_allocator.cumem")
+    cumem.CuMemAllocator = CuMemAllocator
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator", types.ModuleType("vllm.device_allocator"))
+    monkeypatch.setitem(sys.modules, "vllm.device_allocator.cumem", cumem)
     monkeypatch.setattr(vllm_engine, "_on_cpu", lambda: False)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: LOG.append(Call("empty_cache")))
     return module

@@ -79,8 +79,9 @@ def test_sleep_wake_and_load_order(two_steps):
     _, _, steps, metrics = two_steps
     memory = [(c.name, c.args.get("level") or c.args.get("tags") or c.args.get("method")) for c in steps
               if c.name in ("sleep", "empty_cache", "wake_up", "collective_rpc", "reset_prefix_cache")]
+    # the cache is emptied before each wake: the reload's layer copies are cached until the KV cache maps again
     one_step = [("sleep", 2), ("empty_cache", None), ("wake_up", ["weights"]), ("collective_rpc", "reload_weights"),
-                ("wake_up", ["kv_cache"]), ("reset_prefix_cache", None)]
+                ("empty_cache", None), ("wake_up", ["kv_cache"]), ("reset_prefix_cache", None)]
     assert memory == one_step * 2
     # rollouts come before the sleep; the probe's generates after the KV cache is back
     names = [c.name for c in steps]
@@ -147,13 +148,89 @@ def test_old_vllm_is_refused_up_front(tiny_path, monkeypatch):
 
 
 def test_sleep_mode_with_expandable_segments_on_a_vllm_that_asserts(tiny_path, monkeypatch):
-    fake_vllm.install(monkeypatch)  # the fake has no vllm.device_allocator.alloc_conf: an older allocator
+    fake_vllm.install(monkeypatch, allocator_asserts=True)  # an older allocator
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from align.rollout import VLLMEngine
 
     with pytest.raises(ValueError, match="expandable_segments:True.*unset it, or upgrade vLLM"):
         VLLMEngine(tiny_path, enable_sleep_mode=True)
     assert not fake_vllm.INSTANCES  # refused before vLLM starts
+
+
+def test_expandable_segments_are_judged_by_the_allocator_not_a_module(tiny_path, monkeypatch):
+    # Issue 26 #8: an allocator that handles expandable segments is not refused, whatever modules exist
+    # (the fake has no vllm.device_allocator.alloc_conf, which the old check took for "asserts").
+    fake_vllm.install(monkeypatch, allocator_asserts=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    from align.rollout import VLLMEngine
+
+    VLLMEngine(tiny_path, enable_sleep_mode=True).close()
+    assert len(fake_vllm.INSTANCES) == 1
+
+
+# ---- what vLLM 0.32 does on CUDA that the CPU wheel does not (issue 26) ---------------------------
+def test_seeded_calls_reproduce_under_v2_seeding(tiny_path, monkeypatch):
+    # V2 draws unseeded requests' seeds from NumPy: seeding torch alone left same-seed calls different.
+    fake_vllm.install(monkeypatch)
+    import numpy as np
+
+    from align.rollout import SamplingSettings, VLLMEngine
+
+    engine = VLLMEngine(tiny_path)
+    sampling = SamplingSettings(max_tokens=6, seed=11)
+    ids = lambda out: [c.token_ids for group in out for c in group]  # noqa: E731
+    first = ids(engine.generate([[5, 6, 7], [8, 9]], 3, sampling))
+    np.random.rand(5)  # whatever the process drew in between
+    assert ids(engine.generate([[5, 6, 7], [8, 9]], 3, sampling)) == first
+    assert ids(engine.generate([[5, 6, 7], [8, 9]], 3, SamplingSettings(max_tokens=6, seed=12))) != first
+    # seed_per_prompt's promise: a prompt seeded alone samples the same whatever else is in the call
+    alone = ids(engine.generate([[5, 6, 7]], 3, sampling))
+    assert alone == ids(engine.generate([[5, 6, 7]], 3, sampling)) and alone == first[:3]
+    state = np.random.get_state()[1].copy()
+    engine.generate([[5, 6]], 2, sampling)
+    assert (np.random.get_state()[1] == state).all()  # the caller's NumPy stream is untouched
+
+
+def test_building_an_engine_leaves_the_trainers_random_draws_unchanged(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch)  # like vLLM's worker, the fake LLM reseeds the process
+    import random
+
+    import numpy as np
+
+    from align.rollout import VLLMEngine
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    expected = draws()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    VLLMEngine(tiny_path, seed=7).close()
+    assert draws() == expected
+
+
+def test_one_sleep_mode_engine_per_process(tiny_path, monkeypatch):
+    fake_vllm.install(monkeypatch)
+    from align.rollout import SamplingSettings, VLLMEngine
+
+    policy = VLLMEngine(tiny_path, enable_sleep_mode=True)
+    with pytest.raises(ValueError, match="second vLLM engine with sleep mode in one process.*enable_sleep_mode=False"):
+        VLLMEngine(tiny_path, enable_sleep_mode=True)
+    judge = VLLMEngine(tiny_path)  # outside the sleep-mode pool: the policy's sleep leaves it whole
+    policy.sleep()
+    assert judge.generate([[5, 6]], 1, SamplingSettings(max_tokens=3, temperature=0.0))[0][0].token_ids
+    policy.close()
+    VLLMEngine(tiny_path, enable_sleep_mode=True).close()  # a closed engine frees the pool for another
+
+
+def test_a_judge_engine_is_built_without_sleep_mode(cache_dir, tmp_path, tiny_path, monkeypatch):
+    # recipes/grao_hh.yaml pairs a sleeping policy engine with a judge's: the judge's must stay out of the pool
+    fake_vllm.install(monkeypatch)
+    trainer = make_trainer(cache_dir, tmp_path / "run", sleep_mode=True)
+    judge = trainer._make_reward_engine(tiny_path)
+    assert fake_vllm.LOG[0].args["enable_sleep_mode"] is True
+    assert [c.args["enable_sleep_mode"] for c in fake_vllm.LOG if c.name == "LLM"][-1] is False
+    judge.close()
 
 
 def test_sleep_mode_and_tensor_parallel_are_config_errors_here():
@@ -187,6 +264,12 @@ def test_installed_vllm_has_the_reload_and_sampling_api():
     assert "processed_logprobs" in typing.get_args(LogprobsMode)
     assert set(inspect.signature(vllm.LLM.wake_up).parameters) >= {"tags"}
     assert "level" in inspect.signature(vllm.LLM.sleep).parameters
-    import importlib.util
+    import os
 
-    assert importlib.util.find_spec("vllm.device_allocator.alloc_conf") is not None  # expandable segments handled
+    from align.rollout.vllm_engine import _allocator_refuses_expandable_segments
+
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"], saved = "expandable_segments:True", os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    try:
+        assert not _allocator_refuses_expandable_segments()  # 0.32's allocator handles expandable segments
+    finally:
+        os.environ.pop("PYTORCH_CUDA_ALLOC_CONF") if saved is None else os.environ.__setitem__("PYTORCH_CUDA_ALLOC_CONF", saved)
