@@ -105,9 +105,10 @@ def _allocator_refuses_expandable_segments() -> bool:
 
 @contextlib.contextmanager
 def _trainer_rng_kept() -> Iterator[None]:
-    """vLLM reseeds the whole process when it builds an engine (its worker calls set_random_seed:
-    Python, NumPy, torch and every GPU). The trainer's streams are put back afterwards, so building
-    an engine (or a judge's second one) never changes the trainer's next random draws."""
+    """The process's random streams (Python, NumPy, torch, every GPU) as they were before the block.
+
+    vLLM reseeds all of them when it builds an engine (its worker calls set_random_seed), and
+    `_seeded_call` seeds them for one call: either way the trainer's next draws stay the same."""
     py, np_state, cpu = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
@@ -130,15 +131,10 @@ def _seeded_call(seed: int) -> Iterator[None]:
     is added (v1/worker/gpu/sample/states.py). The engine runs in this process, so both happen
     inside the call; the n children of a request are separate requests with their own draws.
     """
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    np_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            yield
-    finally:
-        np.random.set_state(np_state)
+    with _trainer_rng_kept():
+        torch.manual_seed(seed)  # every device's generator, all restored on the way out
+        np.random.seed(seed % 2**32)
+        yield
 
 
 # VLLMEngines built with sleep mode that are still alive. vLLM's sleep-mode allocator is one object
@@ -149,8 +145,7 @@ _SLEEP_MODE_ENGINES: weakref.WeakSet = weakref.WeakSet()
 
 
 def check_one_sleeping_engine() -> None:
-    live = [e for e in _SLEEP_MODE_ENGINES if "_llm" in e.__dict__]
-    if live:
+    if any("_llm" in engine.__dict__ for engine in _SLEEP_MODE_ENGINES):  # close() drops _llm
         raise ValueError(
             "a second vLLM engine with sleep mode in one process: vLLM's sleep-mode allocator is process-wide, "
             "so either engine's sleep would discard the other's weights; build this one with enable_sleep_mode=False"

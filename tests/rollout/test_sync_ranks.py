@@ -67,8 +67,7 @@ def test_zero3_partitions_are_not_reported_as_changed(tiny_path):
     engine.close()
 
 
-@pytest.mark.parametrize("world", [1])
-def test_one_process_raises_without_a_rank_prefix(world):
+def test_one_process_raises_without_a_rank_prefix():
     from align.rollout import WeightSyncError
     from align.rollout.base import raise_if_any_rank_failed
 
