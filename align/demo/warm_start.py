@@ -54,6 +54,7 @@ import operator
 import os
 import re
 import time
+import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -365,11 +366,29 @@ def ship_warm_start(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
+# CPU features that change which kernels torch/oneDNN pick for the same capability level.
+_KERNEL_FLAGS = ("avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
 def build_fingerprint() -> str:
-    """The torch build and CPU kernel family a warm start was trained with: on the same ones a
-    rebuild from code is bit-identical (one thread, fixed seeds); elsewhere reductions may sum in
-    another order and 600 steps amplify that, so only the trained model's behaviour can match."""
-    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+    """The torch build, CPU model and kernel features a warm start was trained with: on the same
+    ones a rebuild from code is bit-identical (one thread, fixed seeds); elsewhere reductions may
+    sum in another order and 1200 steps amplify that, so only the trained model's behaviour can
+    match. The capability level alone ("AVX512") was not enough: two machines reporting it built
+    different bits from the same code."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model name platform gives
+        pass
+    features = "+".join(f for f in _KERNEL_FLAGS if f in flags) or "none"
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {model}, {features}"
 
 
 def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
