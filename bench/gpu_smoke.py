@@ -1,22 +1,25 @@
 """GPU smoke check of the training path in bf16: rollouts, trainer logprobs, loss, step, verified sync.
 
-    python bench/gpu_smoke.py [--model qwen2-40m] [--lora] [--steps 3]
+    python bench/gpu_smoke.py [--engine hf|vllm] [--model qwen2-40m] [--lora] [--steps 3]
 
-First it measures the probe difference at weight version 0 (engine and trainer both hold the
+`--engine vllm` samples with align's colocated VLLMEngine (the path `rollout.engine=vllm` trains
+on) and logs which vLLM model runner is active (V2 on CUDA with Triton, seeded differently from
+V1); where vLLM is not installed it prints one line saying so and exits 0. First it measures the probe difference at weight version 0 (engine and trainer both hold the
 checkpoint) and exits with status 1 when it exceeds the per-dtype default tolerance
 (DEFAULT_PROBE_TOLERANCE, calibrated HF against HF), so a lent GPU answers whether that constant
 holds for its kernels. tests/test_gpu_smoke.py runs it on CPU at a tiny shape so it cannot rot.
 
-Needs only torch, transformers, peft and accelerate (what a bare GPU box has): it drives the same
+The HF mode needs only torch, transformers, peft and accelerate (what a bare GPU box has): it drives the same
 pieces the loop uses (HFEngine, pad_sequences/completion_logits, align.algos.grpo_loss,
 sync_from) without the config/data/reward layers, with a synthetic reward (digit fraction).
-Prints one JSON line per step: engine/trainer logprob mismatch in bf16, probe difference, loss,
-step time, peak memory.
+Prints one JSON line per step: engine/trainer logprob mismatch in bf16, probe difference after the
+update, how many engine tensors the sync compared bit for bit, loss, step time, peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -36,6 +39,7 @@ def main() -> None:
     from align.runtime.batching import completion_logits, pad_sequences
 
     parser = argparse.ArgumentParser()
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--model", default="qwen2-40m")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
@@ -54,12 +58,25 @@ def main() -> None:
     model = load_model(path, dtype, device)
     if args.lora:
         model = apply_lora(model, r=16, alpha=32)
-    engine = HFEngine(path, dtype=dtype, device=device, seed=0)
+    if args.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            print("skipped: --engine vllm needs vLLM, which is not installed here (pip install 'align[vllm-cuda]')")
+            return
+        from align.rollout.vllm_engine import VLLMEngine
+
+        max_len = min(1024, getattr(model.config, "max_position_embeddings", 1024))
+        engine = VLLMEngine(path, dtype=dtype, seed=0, max_model_len=max_len, max_num_seqs=args.prompts * args.g)
+        import vllm
+
+        runner = {"vllm": vllm.__version__, "model_runner": engine.model_runner}
+    else:
+        engine = HFEngine(path, dtype=dtype, device=device, seed=0)
+        runner = {}
     tolerance = DEFAULT_PROBE_TOLERANCE[dtype] if args.tolerance is None else args.tolerance
     diff_v0 = engine.calibrate(model)
-    print(json.dumps({"check": "probe_diff_at_version_0", "device": device, "dtype": dtype, "model": args.model,
-                      "lora": args.lora, "probe_diff_v0": diff_v0, "tolerance": tolerance,
-                      "ok": diff_v0 <= tolerance}), flush=True)
+    print(json.dumps({"check": "probe_diff_at_version_0", "engine": args.engine, **runner, "device": device,
+                      "dtype": dtype, "model": args.model, "lora": args.lora, "probe_diff_v0": diff_v0,
+                      "tolerance": tolerance, "ok": diff_v0 <= tolerance}), flush=True)
     if not diff_v0 <= tolerance:
         sys.exit(f"probe difference at weight version 0 is {diff_v0:.3g} > tolerance {tolerance:g} ({dtype}): "
                  "DEFAULT_PROBE_TOLERANCE is too tight for this machine's kernels")
@@ -93,7 +110,8 @@ def main() -> None:
             "step": step, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": dtype,
             "model": args.model, "lora": args.lora, "loss": round(loss.item(), 5),
             "engine_trainer_abs_logp_diff": round(mismatch.item(), 5), "probe_diff": round(report.probe_diff, 5),
-            "weight_version": report.weight_version, "gen_s": round(t_gen, 2),
+            "weight_version": report.weight_version, "tensors_compared": list(engine.tensors_checked),
+            "engine": args.engine, "gen_s": round(t_gen, 2),
             "step_s": round(time.perf_counter() - t0, 2), "gen_tok_s": round(sum(len(c.token_ids) for c in flat) / t_gen),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         }), flush=True)

@@ -1,6 +1,7 @@
-"""Workload W1 on one GPU, self-contained (no network, no vLLM): align's GRPO step vs TRL's.
+"""Workload W1 on one GPU, self-contained (no network): align's GRPO step vs TRL's.
 
     PYTHONPATH=$PWD python bench/gpu_w1.py                       # Qwen2.5-0.5B shape, on the GPU
+    PYTHONPATH=$PWD python bench/gpu_w1.py --engine vllm         # both sides generate with colocated vLLM
     PYTHONPATH=$PWD python bench/gpu_w1.py --shape tiny          # the same code at a toy size (CPU test)
     PYTHONPATH=$PWD python bench/gpu_w1.py --learn smollm2-135m-instruct --minutes 10   # learning curve
 
@@ -12,7 +13,8 @@ which no part of the step reads (the reward looks at token ids).
 16 prompts of 64 tokens x G=8 completions x 256 new tokens (a random model almost never samples
 EOS, so every completion runs to the limit and both sides do identical work). align's step runs on
 its HF engine with a verified sync, TRL's GRPOTrainer on its HF generation; the steps alternate
-(bench/step_vs_trl.py). Reported per side: median step time, phases, generation tokens/s and the
+(bench/step_vs_trl.py); with `--engine vllm` align's VLLMEngine against TRL's colocated vLLM
+(`use_vllm=True, vllm_mode="colocate"`), a one-line skip where vLLM is not installed. Reported per side: median step time, phases, generation tokens/s and the
 train phase's model FLOPs utilisation (6 x params x tokens / time / peak), against the measured
 bf16 matmul peak and, for known GPUs, the datasheet's dense bf16 peak.
 
@@ -24,6 +26,7 @@ accuracy measured before and every `--eval-every` steps; the goal is +20 points 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -102,7 +105,7 @@ def step_benchmark(args) -> dict:
     measured, sheet, name = peak_flops(device, quick=args.shape == "tiny")
     batch = args.prompts * args.G
     align_runner = AlignRunner([
-        "algo=grpo", f"model.name={model_dir}", "model.dtype=bfloat16", "rollout.engine=hf",
+        "algo=grpo", f"model.name={model_dir}", "model.dtype=bfloat16", f"rollout.engine={args.engine}",
         f"data.source={data}", "data.eval_split=train", f"reward.functions=[{Path(__file__).resolve()}:parity_reward]",
         f"rollout.num_generations={args.G}", f"rollout.max_tokens={args.max_tokens}", f"train.batch_size={batch}",
         "train.lr=1e-6", "loss.beta=0.0", f"train.steps={args.warmup + args.steps + 1}",
@@ -121,6 +124,7 @@ def step_benchmark(args) -> dict:
         max_grad_norm=1.0, optim="adamw_torch", beta=0.0, loss_type="grpo", scale_rewards="group", temperature=1.0,
         top_p=1.0, top_k=0, bf16=True, gradient_checkpointing=False, logging_steps=1, seed=0, disable_dropout=True,
         dataloader_num_workers=0, disable_tqdm=True,
+        **(dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3) if args.engine == "vllm" else {}),
     ), str(model_dir), dataset, [parity_reward])
     result = compare(align_runner, trl_runner, args.steps, args.warmup, measured)
     trl_runner.close()
@@ -145,7 +149,8 @@ def learning_curve(args) -> dict:
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_w1-learn-")) / "run"
     model = resolve_model_path(args.learn, args.cache_dir)
     started = time.time()
-    train_main(["recipe=grpo_smollm2", "log.console=false", f"model.name={model}", "rollout.engine=hf", f"train.max_minutes={args.minutes}",
+    train_main(["recipe=grpo_smollm2", "log.console=false", f"model.name={model}", f"rollout.engine={args.engine}",
+                f"train.max_minutes={args.minutes}",
                 "train.steps=100000", f"log.eval_every={args.eval_every}", "log.save_every=0", "log.tensorboard=false",
                 f"log.run_dir={run_dir}", *args.align_override])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -159,6 +164,7 @@ def learning_curve(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="what both sides generate with")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=256)
@@ -175,6 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        print("skipped: --engine vllm needs vLLM, which is not installed here (pip install 'align[vllm-cuda]')")
+        return {"skipped": "vllm not installed", "args": vars(args)}
+    if args.engine == "vllm" and not args.learn and not torch.cuda.is_available():
+        # TRL's colocated LLM is built without enforce_eager, so vLLM compiles it, which the CPU
+        # build cannot do once align's eager CPU engine switched dynamo off in this process.
+        sys.exit("--engine vllm compares against TRL's colocated vLLM, which needs a CUDA GPU; use --engine hf on CPU")
     result = learning_curve(args) if args.learn else step_benchmark(args)
     default = RESULTS / ("gpu_w1_learn.json" if args.learn else f"gpu_w1_{args.shape}.json")
     write(result, args.out or default)

@@ -18,8 +18,10 @@ from align.errors import UserError
 from align.models import merged_named_tensors
 from align.rollout.probe import (
     Probe,
+    bit_dtype,
+    bit_sum,
+    bit_sums,
     describe_mismatch,
-    device_checksum,
     make_probe,
     mean_abs_difference,
     model_logprobs,
@@ -124,10 +126,11 @@ class RolloutEngine(ABC):
     _probe: Probe
     _weight_version: int = 0
     _expected_names: set[str]
-    _sent_checksums: dict[str, tuple[float, float]]
+    _sent_sums: dict[str, int]  # bit sums in the engine dtype of what the last load sent (see probe.bit_sum)
     _last_probe: ProbeState | None = None  # the last verified version (or the calibration at version 0)
     calibrated_diff: float | None = None  # probe difference at weight version 0 (see `calibrate`)
     _tolerance_given: bool = False
+    tensors_checked: tuple[int, int] = (0, 0)  # (judged, read back) engine tensors in the last verify
 
     # ---- what each engine implements -------------------------------------------------------
     @abstractmethod
@@ -146,6 +149,15 @@ class RolloutEngine(ABC):
     @abstractmethod
     def _engine_tensors(self, names: set[str]) -> dict[str, torch.Tensor]:
         """Read back whichever of `names` the engine holds in checkpoint layout (for diagnosis only)."""
+
+    def _engine_bit_sums(self, dtype: torch.dtype) -> dict[str, int]:
+        """`bit_sum` of each tensor the engine computes with, under the engine's own names; {} where it
+        cannot read them back (then only the probe judges a sync)."""
+        return {}
+
+    def _engine_name(self, name: str) -> str:
+        """The engine tensor a checkpoint tensor is loaded into (several load into one fused tensor)."""
+        return name
 
     def sleep(self) -> None:
         """Release accelerator memory between rollouts (no-op where unsupported)."""
@@ -174,7 +186,7 @@ class RolloutEngine(ABC):
         self._probe = make_probe(vocab_size, seed, prompt_len=prompt_len)
         self._weight_version = 0
         self._expected_names = set(expected_names)
-        self._sent_checksums = {}
+        self._sent_sums = {}
         self._last_probe = None
         self.calibrated_diff = None
 
@@ -184,12 +196,14 @@ class RolloutEngine(ABC):
         The pairs are streamed: never held all at once (a ZeRO-3 gather yields one module at a time).
         """
         sums: dict[str, torch.Tensor] = {}
+        dtype = bit_dtype(self.dtype) or torch.float32
 
         def recorded() -> Iterator[tuple[str, torch.Tensor]]:
-            # Checksums of what was really handed over (float32, on the tensor's device, read back
-            # once at the end): a failed sync can then name what is missing or changed.
+            # Bit sums of what was really handed over, rounded to the engine's dtype (on the tensor's
+            # device, read back once at the end): `verify` compares them with what the engine holds,
+            # and a failed sync can name what is missing or changed.
             for name, tensor in iter_named(named_tensors):
-                sums[name] = device_checksum(tensor)
+                sums[name] = bit_sum(tensor, dtype)
                 yield name, tensor
 
         self._before_load()
@@ -199,10 +213,9 @@ class RolloutEngine(ABC):
         by_device: dict[torch.device, list[str]] = {}
         for name, total in sums.items():
             by_device.setdefault(total.device, []).append(name)
-        self._sent_checksums = {}
+        self._sent_sums = {}
         for names in by_device.values():  # one host sync per device, not one per tensor
-            values = torch.stack([sums[n] for n in names]).tolist()
-            self._sent_checksums.update({n: (v[0], v[1]) for n, v in zip(names, values)})
+            self._sent_sums.update(zip(names, torch.stack([sums[n] for n in names]).tolist()))
         self._weight_version += 1
 
     def calibrate(self, model) -> float:
@@ -252,17 +265,21 @@ class RolloutEngine(ABC):
     def verify(self, model) -> float:
         """Probe difference between the engine and `model`; raises WeightSyncError above tolerance.
 
-        Two checks, the worse one counts: the probe sequences scored teacher-forced, and greedy
-        continuations of the whole probe sequences, which go through the generation path (and any KV
-        prefix cache the engine keeps) that rollouts use.
+        First the tensors: each one the engine computes with must hold exactly the trainer's values
+        rounded to the engine dtype (`_tensor_mismatch`), which catches one stale or missing layer
+        that moves bf16 logprobs less than the kernels' own disagreement. Then the probe, the worse
+        of two checks counting: the probe sequences scored teacher-forced, and greedy continuations
+        of the whole probe sequences, which go through the generation path (and any KV prefix cache
+        the engine keeps) that rollouts use; this also sees state outside the weights.
         """
         engine_lp, trainer_lp = self._probe_logprobs(model)
         diff = mean_abs_difference(engine_lp, trainer_lp)
         n = len(self._probe.sequences)
         now = ProbeState(engine_lp[:n], trainer_lp[:n], mean_abs_difference(engine_lp[:n], trainer_lp[:n]))
-        if not diff <= self.probe_tolerance:  # also catches nan
+        reason = self._tensor_mismatch(model)
+        if reason is None and not diff <= self.probe_tolerance:  # also catches nan
             reason = f"probe logprob difference {diff:.3g} > tolerance {self.probe_tolerance:g} ({self.dtype})"
-        else:
+        if reason is None:
             reason = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
         # Every rank verifies its own engine; a failure on one must stop all of them here, not leave
         # the others to wait in the next collective until the NCCL timeout.
@@ -301,14 +318,42 @@ class RolloutEngine(ABC):
                         f"({to_new:.3g}; the update moved the probe by {moved:.3g}): it is (partly) stale")
         return None
 
+    def _tensor_mismatch(self, model) -> str | None:
+        """Which engine tensors differ from the trainer's, compared as bit sums in the engine dtype, or None.
+
+        The reference is what the last load sent; a checkpoint tensor it did not send (a partial
+        load) is taken from the trainer's model instead, where that is local (not ZeRO-3). An engine
+        tensor is judged when all of its parts are known: the tensors the engine keeps in another
+        layout (vLLM's repacked CPU linear weights) and the parts nobody can read are left to the probe.
+        """
+        dtype = bit_dtype(self.dtype)
+        engine = self._engine_bit_sums(dtype) if dtype is not None else {}
+        if not engine:
+            return None
+        reference = dict(self._sent_sums)
+        parts: dict[str, list[str]] = {}
+        for name in self._expected_names | set(reference):
+            parts.setdefault(self._engine_name(name), []).append(name)
+        unknown = {n for target, names in parts.items() if target in engine for n in names if n not in reference}
+        if unknown and not _partitioned(model):
+            reference.update(bit_sums(((n, t) for n, t in merged_named_tensors(model) if n in unknown), dtype))
+        judged = [t for t, names in parts.items() if t in engine and all(n in reference for n in names)]
+        self.tensors_checked = (len(judged), len(engine))
+        differ = sorted(t for t in judged if sum(reference[n] for n in parts[t]) != engine[t])
+        if not differ:
+            return None
+        shown = [t if parts[t] == [t] else f"{t} (from {', '.join(sorted(parts[t]))})" for t in differ[:4]]
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        return (f"{len(differ)} of the engine's tensors do not hold the trainer's values ({self.dtype}, exact): "
+                f"{'; '.join(shown)}{more}")
+
     def _failure(self, model, reason: str) -> str:
         """The one-line message of a failed sync, with the tensors that explain it where found."""
         trainer = dict(merged_named_tensors(model))
         # Under ZeRO-3 the local parameters are empty partitions: comparing them with what was sent
         # would report every tensor as changed, so the trainer side is left out of the diagnosis.
-        partitioned = any(getattr(p, "ds_numel", None) is not None and p.numel() == 0 for p in model.parameters())
-        detail = describe_mismatch(self._expected_names, self._sent_checksums, None if partitioned else trainer,
-                                   self._engine_tensors(set(trainer)))
+        detail = describe_mismatch(self._expected_names, self._sent_sums, bit_dtype(self.dtype) or torch.float32,
+                                   None if _partitioned(model) else trainer, self._engine_tensors(set(trainer)))
         return f"weight sync v{self.weight_version} failed: {reason}; {detail}"
 
     def _probe_logprobs(self, model) -> tuple[list[list[float]], list[list[float]]]:
@@ -339,6 +384,11 @@ class RolloutEngine(ABC):
     def _greedy_prompts(self) -> list[list[int]]:
         """What the probe's greedy check continues: each whole probe sequence."""
         return [list(p) + list(c) for p, c in self._probe.sequences]
+
+
+def _partitioned(model) -> bool:
+    """Whether the model's parameters are ZeRO-3 partitions (empty locally, gathered on use)."""
+    return any(getattr(p, "ds_numel", None) is not None and p.numel() == 0 for p in model.parameters())
 
 
 def raise_if_any_rank_failed(message: str | None) -> None:

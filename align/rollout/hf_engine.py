@@ -13,7 +13,7 @@ import torch
 
 from align.models import load_model, load_tokenizer
 from align.rollout.base import Completion, RolloutEngine, SamplingSettings, check_prompts
-from align.rollout.probe import model_logprobs
+from align.rollout.probe import bit_sums, model_logprobs
 
 
 class HFEngine(RolloutEngine):
@@ -152,6 +152,9 @@ class HFEngine(RolloutEngine):
 
     def _engine_tensors(self, names: set[str]) -> dict[str, torch.Tensor]:
         return {n: t for n, t in self._model.state_dict().items() if n in names}
+
+    def _engine_bit_sums(self, dtype: torch.dtype) -> dict[str, int]:
+        return {} if self._asleep else bit_sums(self._model.state_dict().items(), dtype)
 
     # ---- memory ----------------------------------------------------------------------------
     def _check_awake(self) -> None:

@@ -1,13 +1,14 @@
 """The weight-sync probe: fixed token sequences scored by engine and trainer, and the diagnosis.
 
 Pure helpers, no engine: `make_probe` draws the sequences once from a seed, `model_logprobs` scores
-any HF/peft causal LM the way the trainer does (float32 log_softmax), and `describe_mismatch`
-turns checksums into the names of the tensors that explain a failed sync.
+any HF/peft causal LM the way the trainer does (float32 log_softmax), `bit_sum` compares tensors
+exactly as an engine stores them, and `describe_mismatch` turns those sums into the names of the
+tensors that explain a failed sync.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,28 +78,43 @@ def mean_abs_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float
     return float((flat_a - flat_b).abs().mean()) if flat_a.numel() else 0.0
 
 
-# Elements per float32 slice in checksums: a bounded temporary (64 MiB) even for a 7B embedding.
-CHECKSUM_CHUNK = 1 << 24
+# Elements per slice in bit sums: a bounded temporary (32-64 MiB) even for a 7B embedding.
+BIT_SUM_CHUNK = 1 << 24
+_BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def bit_dtype(dtype: str) -> torch.dtype | None:
+    """The torch dtype of an engine dtype name whose values `bit_sum` can compare, or None."""
+    found = getattr(torch, dtype, None)
+    return found if found in _BITS else None
 
 
 @torch.no_grad()
-def device_checksum(tensor: torch.Tensor) -> torch.Tensor:
-    """[sum, sum of squares] as a float32 tensor on the tensor's own device, accumulated over
-    float32 slices: no full-size float64 copy, and no host sync (callers gather many at once).
-    Equal tensors on the same device give equal checksums; a change almost never does."""
+def bit_sum(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Sum of the integer bit patterns of `tensor` rounded to `dtype` (int64, on its device, no host sync).
+
+    The tensor as the engine stores it, compared exactly: the cast rounds the way an engine's
+    weight loader does (copy_ into a `dtype` parameter), and an integer sum does not depend on the
+    order, so a fused parameter (vLLM's qkv_proj = q, k, v) sums to the sum of its parts and a
+    reordered copy to the same value. Any change of any element changes it, except by coincidence.
+    """
     flat = tensor.detach().reshape(-1)
-    total = torch.zeros(2, dtype=torch.float32, device=flat.device)
-    for chunk in flat.split(CHECKSUM_CHUNK):
-        c = chunk.float()
-        total[0] += c.sum()
-        total[1] += (c * c).sum()
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for chunk in flat.split(BIT_SUM_CHUNK):
+        total += chunk.to(dtype).view(_BITS[dtype]).sum(dtype=torch.int64)
     return total
 
 
-def tensor_checksum(tensor: torch.Tensor) -> tuple[float, float]:
-    """device_checksum as a pair of Python floats (one host sync)."""
-    s, sq = device_checksum(tensor).tolist()
-    return s, sq
+def bit_sums(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> dict[str, int]:
+    """{name: bit_sum} as Python ints, read back with one host sync per device."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, tensor in named:
+        total = bit_sum(tensor, dtype)
+        by_device.setdefault(total.device, []).append((name, total))
+    out: dict[str, int] = {}
+    for pairs in by_device.values():
+        out.update(zip([n for n, _ in pairs], torch.stack([t for _, t in pairs]).tolist()))
+    return out
 
 
 def _names(names: Sequence[str], limit: int = 8) -> str:
@@ -107,11 +123,11 @@ def _names(names: Sequence[str], limit: int = 8) -> str:
 
 
 @torch.no_grad()
-def describe_mismatch(expected: set[str], sent: Mapping[str, tuple[float, float]],
+def describe_mismatch(expected: set[str], sent: Mapping[str, int], dtype: torch.dtype,
                       trainer: Mapping[str, torch.Tensor] | None, engine: Mapping[str, torch.Tensor]) -> str:
     """Name the tensors that explain a failed sync, most direct evidence first.
 
-    expected: checkpoint names the engine holds; sent: checksums of the last load; trainer: the
+    expected: checkpoint names the engine holds; sent: bit sums in `dtype` of the last load; trainer: the
     trainer's tensors now, or None where they are not local (ZeRO-3 partitions); engine: tensors
     read back from the engine (any subset, checkpoint names).
     """
@@ -124,7 +140,8 @@ def describe_mismatch(expected: set[str], sent: Mapping[str, tuple[float, float]
     not_sent = sorted((expected | set(trainer)) - set(sent))
     if not_sent:
         findings.append(f"not sent in the last load: {_names(not_sent)}")
-    changed = sorted(n for n, c in sent.items() if n in trainer and tensor_checksum(trainer[n]) != c)
+    now = bit_sums(((n, trainer[n]) for n in sent if n in trainer), dtype)
+    changed = sorted(n for n, total in now.items() if total != sent[n])
     if changed:
         findings.append(f"changed in the trainer since they were sent: {_names(changed)}")
     differs = sorted(

