@@ -26,6 +26,7 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
     # One thread per run unless told otherwise: the published numbers were measured so (two runs
     # side by side on 2 cores), and results depend on the thread count's summation order.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd.append(f"train.cpu_threads={env['OMP_NUM_THREADS']}")  # align sets its threads itself otherwise
     shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to start into an old run's folder
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)

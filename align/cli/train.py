@@ -20,6 +20,7 @@ from align.cli.usage import USAGE, full_help, help_section, wants_help
 from align.config import Config, ConfigError, config_to_yaml
 from align.runtime.distributed import check_deepspeed_json, fill_deepspeed_config
 from align.runtime.precision import resolve_dtype
+from align.runtime.threads import use_cpu_threads
 from align.training.loop import Trainer
 from align.training.resume import check_resume, config_path
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(argv)
     accelerator = make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)  # again, now that the number of processes is known
+    # Before any engine or model exists: the launcher's OMP_NUM_THREADS (1 under accelerate launch) is not a choice.
+    use_cpu_threads(cfg.train.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     run_dir = resolve_run_dir(cfg, accelerator)
     cfg.log.run_dir = str(run_dir)  # the config printed and saved names the folder actually used
     say = print if accelerator.is_main_process else (lambda *a, **k: None)

@@ -195,6 +195,8 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
+    if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
+        raise ConfigError(f"train.cpu_threads must be >= 1 or null (all cores), got {cfg.train.cpu_threads}")
     if cfg.train.max_bad_updates < 1:
         raise ConfigError(f"train.max_bad_updates must be >= 1 (consecutive NaN/inf updates before stopping), got {cfg.train.max_bad_updates}")
     if cfg.rollout.source == "offline" and cfg.log.eval_every and not cfg.data.eval_source:

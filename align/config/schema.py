@@ -147,6 +147,7 @@ class TrainConfig:
     max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (runtime/numerics.py)
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     seed: int = 0  # model init, data order and sampling seeds
+    cpu_threads: int | None = None  # torch threads per process on CPU; None = this process's cores / local processes
 
 
 @dataclass

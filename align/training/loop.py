@@ -223,10 +223,11 @@ class Trainer:
         unused = self.source.unused_rows
         note = (f"; offline rows: {unused} rows beyond {g} per prompt are unused (raise rollout.num_generations)"
                 if unused else "")
+        threads = f" on {torch.get_num_threads()} CPU thread(s)" if self.acc.device.type == "cpu" else ""
         return (
             f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
             f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
-            f"{batch // g // self.world} prompts each; {c.train.updates_per_batch} update(s) per rollout batch{note}"
+            f"{batch // g // self.world} prompts each{threads}; {c.train.updates_per_batch} update(s) per rollout batch{note}"
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
