@@ -1,19 +1,24 @@
-"""`python -m align train|eval|explain|sample key=value ...` (also installed as the `align` command)."""
+"""`python -m align train|eval|explain|sample key=value ...` and `python -m align serve --model M` (also installed as the `align` command)."""
 
 from __future__ import annotations
 
 import sys
 
 from align.cli import eval as evaluate
-from align.cli import explain, sample, train
+from align.cli import explain, sample, serve, train
 from align.cli.usage import USAGE, full_help, help_section, wants_help
 from align.errors import exit_on_user_error
 
-COMMANDS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "explain": lambda argv: print(explain.main(argv))}
+COMMANDS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "explain": lambda argv: print(explain.main(argv)),
+            "serve": serve.main}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # its own flags (argparse), passed through to vLLM
+        with exit_on_user_error():
+            serve.main(argv[1:])
+        return
     if wants_help(argv):
         with exit_on_user_error():
             print(full_help(help_section(argv), argv))

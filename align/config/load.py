@@ -195,6 +195,10 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
     if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
+    _validate_servers(cfg.rollout)
+    if cfg.rollout.engine == "server" and world_size > 1:
+        raise ConfigError(f"rollout.engine=server with {world_size} training processes: one process per server run "
+                          "for now (a ZeRO-3 sender on rank 0 is not built yet); launch with --num_processes 1")
     if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
         raise ConfigError(f"train.cpu_threads must be >= 1 or null (all cores), got {cfg.train.cpu_threads}")
     if cfg.train.max_bad_updates < 1:
@@ -205,6 +209,25 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError(f"env.max_turns={cfg.env.max_turns}: must be >= 1 (or null for the environment's own)")
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def _validate_servers(r: RolloutConfig) -> None:
+    if r.engine != "server":
+        if r.servers:
+            raise ConfigError(f"rollout.servers={r.servers} is only read with rollout.engine=server; set that or drop the servers")
+        return
+    if not r.servers:
+        raise ConfigError("rollout.engine=server needs rollout.servers=[http://HOST:PORT] (start one with `python -m align serve --model M`)")
+    bad = [u for u in r.servers if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
+    if bad:
+        raise ConfigError(f"rollout.servers: {bad[0]!r} is not a URL; write it as http://HOST:PORT")
+    if len(r.servers) > 1:
+        raise ConfigError(f"rollout.servers: {len(r.servers)} servers given; one server per run for now (data-parallel "
+                          "rollouts over several servers are not built yet)")
+    if r.sleep_mode:
+        raise ConfigError("rollout.sleep_mode=true is for a colocated engine; a server keeps its own memory (set it false)")
+    if r.server_timeout_s <= 0:
+        raise ConfigError(f"rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}")
 
 
 def _validate_rollout_device(r: RolloutConfig) -> None:

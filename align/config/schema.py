@@ -60,7 +60,9 @@ class RolloutConfig:
     # weight sync (docs/OFFLINE.md has the format; CoPG only); episodes = multi-turn agent episodes in
     # the environment of the `env` section (SALT or GRPO), rewards from the environment.
     source: str = "generate"
-    engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine)
+    engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine) | server
+    servers: list[str] = field(default_factory=list)  # rollout.engine=server: the vLLM servers' URLs (python -m align serve)
+    server_timeout_s: float = 600.0  # rollout.engine=server: longest wait for one server call (generate, sync)
     num_generations: int = 8  # G: completions per prompt
     max_tokens: int = 64  # completion length limit (TRL max_completion_length)
     temperature: float = 1.0  # sampling temperature
@@ -193,7 +195,7 @@ class Config:
 CHOICES = {
     "rollout.source": ("generate", "offline", "episodes"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "rollout.engine": ("auto", "vllm", "hf"),
+    "rollout.engine": ("auto", "vllm", "hf", "server"),
     "loss.baseline": ("mean", "loo", "none"),
     "loss.scale": ("std", "batch", "none"),
     "loss.small_group": ("zero", "raw"),

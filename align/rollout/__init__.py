@@ -78,10 +78,15 @@ def choose_engine(model_path: str) -> str:
 
 
 def make_engine(kind: str, model_path: str, **kwargs) -> RolloutEngine:
-    """Build a rollout engine: kind = "vllm", "hf" or "auto" (the faster one for this model, see
-    choose_engine). With "auto", keyword arguments only the other engine takes are dropped."""
-    if kind not in ("vllm", "hf", "auto"):
-        raise ValueError(f"rollout engine '{kind}' is unknown; use vllm, hf or auto")
+    """Build a rollout engine: kind = "vllm", "hf", "auto" (the faster one for this model, see
+    choose_engine) or "server" (a vLLM server at `url=`). With "auto", keyword arguments only the
+    other engine takes are dropped."""
+    if kind not in ("vllm", "hf", "auto", "server"):
+        raise ValueError(f"rollout engine '{kind}' is unknown; use vllm, hf, auto or server")
+    if kind == "server":
+        from align.rollout.server_engine import ServerEngine
+
+        return ServerEngine(kwargs.pop("url"), model_path, **kwargs)
     from align.rollout.hf_engine import HFEngine
 
     picked = choose_engine(model_path) if kind == "auto" else kind

