@@ -144,6 +144,7 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "rollout.gpu_memory_utilization": ("engine", ("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.6")),
     "rollout.tensor_parallel_size": ("engine_or_error", ("rollout.tensor_parallel_size=2",)),
     "rollout.sleep_mode": ("engine_or_error", ("rollout.sleep_mode=true",)),
+    "rollout.servers": ("covered", ("tests/rollout/test_server.py::test_three_grpo_steps_on_the_server_every_sync_verified",)),
     "rollout.seed_per_prompt": ("run", ("rollout.seed_per_prompt=true",)),
     "loss.agg": ("run", ("loss.agg=token_mean",)),
     "loss.scale": ("run", ("loss.scale=none",)),

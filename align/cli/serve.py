@@ -59,6 +59,10 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float) -> N
     raise ConfigError(f"the vLLM server did not answer at {url} within {timeout_s:g} s; raise --startup-timeout")
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt  # runs main's `finally`, which stops the vLLM server
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m align serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a built-in name (tiny, smollm2-135m-instruct), a folder or a hub id")
@@ -87,6 +91,8 @@ def main(argv: list[str]) -> None:
         env.setdefault("TORCHDYNAMO_DISABLE", "1")  # eager CPU: no compile on the first logprob request
     url = f"http://{args.host}:{args.port}"
     process = subprocess.Popen(cmd, env=env)
+    # SIGTERM (a job scheduler, a test's terminate()) must stop the server too, not orphan it.
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         wait_until_ready(url, process, args.startup_timeout)
         print(f"serving {path} at {url}: train with rollout.engine=server 'rollout.servers=[{url}]'", flush=True)

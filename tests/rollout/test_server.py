@@ -42,8 +42,17 @@ def server(tiny_path, tmp_path_factory):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(1)
     yield f"http://127.0.0.1:{port}"
-    proc.terminate()
+    proc.terminate()  # what a job scheduler does: the vLLM server it started must go too
     proc.wait(60)
+    deadline = time.monotonic() + 60
+    while _listening(port):
+        assert time.monotonic() < deadline, "`align serve` exited but left its vLLM server running"
+        time.sleep(1)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
