@@ -64,7 +64,7 @@ def train(method: str, behaviour: str, beta: float = 0.5, pairs: int = 512, step
     target = optimum(beta)
     curve = []
     for step in range(steps + 1):
-        if step % every == 0:
+        if step % every == 0 or step == steps:
             curve.append((step, total_variation(theta.detach().softmax(0), target)))
         if step == steps:
             break

@@ -84,16 +84,19 @@ def main(argv: list[str] | None = None) -> dict:
     from align.rollout.server_engine import ServerEngine
     from align.rollout.vllm_engine import VLLMEngine
 
+    import torch
+
     path = resolve_model_path(args.model, os.path.expanduser(args.cache_dir))
     model = load_model(path)
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # what align serve defaults to
     results = {}
-    colocated = VLLMEngine(path, max_model_len=1024)
+    colocated = VLLMEngine(path, dtype=dtype, max_model_len=1024)
     colocated.calibrate(model)
     results["colocated"] = measure(colocated, model, args)
     colocated.close()
     proc, url = start_server(path, Path(tempfile.mkdtemp()) / "serve.log")
     try:
-        server = ServerEngine(url, path)
+        server = ServerEngine(url, path, dtype=dtype)
         server.attach(model)
         server.calibrate(model)
         results["server"] = measure(server, model, args)

@@ -50,8 +50,8 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float) -> N
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ConfigError(f"the vLLM server exited with status {process.returncode} before answering (its log is above)")
-        try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=5):
+        try:  # /health: not behind --api-key, which guards the /v1 routes
+            with urllib.request.urlopen(url + "/health", timeout=5):
                 return
         except OSError:
             time.sleep(1)
@@ -89,14 +89,15 @@ def main(argv: list[str]) -> None:
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
     if not torch.cuda.is_available():
         env.setdefault("TORCHDYNAMO_DISABLE", "1")  # eager CPU: no compile on the first logprob request
-    url = f"http://{args.host}:{args.port}"
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     process = subprocess.Popen(cmd, env=env)
     # SIGTERM (a job scheduler, a test's terminate()) must stop the server too, not orphan it.
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         wait_until_ready(url, process, args.startup_timeout)
         print(f"serving {path} at {url}: train with rollout.engine=server 'rollout.servers=[{url}]'", flush=True)
-        process.wait()
+        if process.wait() != 0:
+            raise ConfigError(f"the vLLM server at {url} exited with status {process.returncode} (its log is above)")
     except KeyboardInterrupt:
         pass
     finally:

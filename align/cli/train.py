@@ -102,12 +102,15 @@ def main(argv: list[str] | None = None) -> None:
             ) from error
     say(f"run folder: {run_dir}", flush=True)
     trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
-    trainer.train()
-    trainer.export(run_dir / "final")
-    accelerator.wait_for_everyone()
-    say(f"run folder: {run_dir} (metrics.jsonl, samples.jsonl, checkpoints/, final/)", flush=True)
-    # The engine goes first: vLLM tears down the process groups it created; left to its exit hook,
-    # it would do so after end_training() destroyed them and print a traceback on a clean run.
-    if trainer.engine is not None:  # offline rows without evaluation build no engine
-        trainer.engine.close()
+    try:
+        trainer.train()
+        trainer.export(run_dir / "final")
+        accelerator.wait_for_everyone()
+        say(f"run folder: {run_dir} (metrics.jsonl, samples.jsonl, checkpoints/, final/)", flush=True)
+    finally:
+        # Also after a failure: a rollout server keeps a trainer's transport until it is closed, and
+        # would refuse the resumed run. The engine goes before end_training(): vLLM tears down the
+        # process groups it created, and after end_training() destroyed them that prints a traceback.
+        if trainer.engine is not None:  # offline rows without evaluation build no engine
+            trainer.engine.close()
     accelerator.end_training()

@@ -196,9 +196,6 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
     _validate_servers(cfg.rollout)
-    if cfg.rollout.engine == "server" and world_size > 1:
-        raise ConfigError(f"rollout.engine=server with {world_size} training processes: one process per server run "
-                          "for now (a ZeRO-3 sender on rank 0 is not built yet); launch with --num_processes 1")
     if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
         raise ConfigError(f"train.cpu_threads must be >= 1 or null (all cores), got {cfg.train.cpu_threads}")
     if cfg.train.max_bad_updates < 1:

@@ -367,7 +367,7 @@ def ship_warm_start(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
 
 
 # CPU features that change which kernels torch/oneDNN pick for the same capability level.
-_KERNEL_FLAGS = ("avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16")
+_KERNEL_FLAGS = ("avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "bf16", "sve", "sve2", "i8mm")
 
 
 def build_fingerprint() -> str:
@@ -380,9 +380,10 @@ def build_fingerprint() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
+            key = key.strip()
+            if key in ("model name", "CPU part"):  # x86, aarch64
                 model = value.strip()
-            elif key.strip() == "flags":
+            elif key in ("flags", "Features"):
                 flags = set(value.split())
                 break
     except OSError:  # not Linux: the model name platform gives

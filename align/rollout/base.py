@@ -25,6 +25,7 @@ from align.rollout.probe import (
     make_probe,
     mean_abs_difference,
     model_logprobs,
+    wrap64,
 )
 
 # Mean |logp_engine - logp_trainer| over the probe tokens above which a sync counts as failed.
@@ -288,7 +289,7 @@ class RolloutEngine(ABC):
             reason = self._staleness(self._last_probe, now, PROBE_NOISE_FLOOR.get(self.dtype, 0.0))
         # Every rank verifies its own engine; a failure on one must stop all of them here, not leave
         # the others to wait in the next collective until the NCCL timeout.
-        raise_if_any_rank_failed(self._failure(model, reason) if reason else None)
+        raise_if_any_rank_failed(self._diagnosed(model, reason) if reason else None)
         self._last_probe = now
         return diff
 
@@ -344,13 +345,21 @@ class RolloutEngine(ABC):
             reference.update(bit_sums(((n, t) for n, t in merged_named_tensors(model) if n in unknown), dtype))
         judged = [t for t, names in parts.items() if t in engine and all(n in reference for n in names)]
         self.tensors_checked = (len(judged), len(engine))
-        differ = sorted(t for t in judged if sum(reference[n] for n in parts[t]) != engine[t])
+        differ = sorted(t for t in judged if wrap64(sum(reference[n] for n in parts[t])) != engine[t])
         if not differ:
             return None
         shown = [t if parts[t] == [t] else f"{t} (from {', '.join(sorted(parts[t]))})" for t in differ[:4]]
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
         return (f"{len(differ)} of the engine's tensors do not hold the trainer's values ({self.dtype}, exact): "
                 f"{'; '.join(shown)}{more}")
+
+    def _diagnosed(self, model, reason: str) -> str:
+        """`_failure`, or the plain reason if the diagnosis itself fails: an exception here, before
+        the collective in `raise_if_any_rank_failed`, would leave the other ranks waiting in it."""
+        try:
+            return self._failure(model, reason)
+        except Exception as error:  # noqa: BLE001 - the sync failed either way; say so on every rank
+            return f"weight sync v{self.weight_version} failed: {reason} (diagnosis failed: {error})"
 
     def _failure(self, model, reason: str) -> str:
         """The one-line message of a failed sync, with the tensors that explain it where found."""

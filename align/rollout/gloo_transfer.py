@@ -20,6 +20,7 @@ real collective: a worker that never receives makes the sender time out, not rep
 from __future__ import annotations
 
 import datetime
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,11 +30,22 @@ import torch.distributed as dist
 BACKEND = "align_gloo"
 
 
+def local_address_towards(host: str, port: int) -> str:
+    """This machine's address on the route to host:port (a UDP "connect" sends nothing), so that
+    gloo listens where the other end can reach it, not on whatever the hostname resolves to."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        return probe.getsockname()[0]
+
+
 def join_group(host: str, port: int, rank: int, timeout_s: float, is_master: bool):
-    """(store, two-member gloo group) over a TCPStore at host:port; the trainer hosts it (is_master)."""
-    store = dist.TCPStore(host, port, world_size=2, is_master=is_master,
-                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
-    return store, dist.ProcessGroupGloo(store, rank, 2, datetime.timedelta(seconds=timeout_s))
+    """(store, two-member gloo group) over a TCPStore at host:port, which the trainer hosts (is_master)."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size=2, is_master=is_master, timeout=timeout, wait_for_workers=False)
+    options = dist.ProcessGroupGloo._Options()
+    options._timeout = timeout
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname=local_address_towards(host, port))]
+    return store, dist.ProcessGroupGloo(store, rank, 2, options)
 
 
 class GlooSender:

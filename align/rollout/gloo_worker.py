@@ -22,10 +22,12 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self._store = self._group = None
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+        if self.parallel_config.world_size > 1:
+            raise RuntimeError("align_gloo sends to one worker: start the server with --tensor-parallel-size 1")
         if self._group is not None:
             # A second trainer (or a restarted one) would silently share or steal the transport.
-            raise RuntimeError("this vLLM server already has a trainer attached (align_gloo transport); "
-                               "one trainer per server: start another server for a second run")
+            raise RuntimeError("this vLLM server already has a trainer attached (align_gloo transport); one trainer "
+                               "per server: if that trainer is gone (a crash), restart the server")
         self._store, self._group = join_group(init_info.master_address, init_info.master_port, 1,
                                           init_info.timeout_s, is_master=False)
 
@@ -50,10 +52,15 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             raise RuntimeError("align_gloo: update_weights before init_weight_transfer_engine")
         import torch.distributed as dist
 
+        # The whole chunk first, then the load: a tensor vLLM refuses (another architecture, a bad
+        # shape) then fails the HTTP call while the sender has finished its broadcasts, instead of
+        # leaving it waiting on the next one until the timeout.
+        received = []
         for name, dtype_name, shape in zip(update_info.names, update_info.dtype_names, update_info.shapes):
             tensor = torch.empty(shape, dtype=getattr(torch, dtype_name))
             self._group.broadcast([tensor], dist.BroadcastOptions()).wait()
-            self.model.load_weights([(name, tensor.to(self.device))])
+            received.append((name, tensor))
+        self.model.load_weights([(name, tensor.to(self.device)) for name, tensor in received])
 
     def shutdown(self) -> None:
         self._store = self._group = None

@@ -78,9 +78,12 @@ def mean_abs_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float
     return float((flat_a - flat_b).abs().mean()) if flat_a.numel() else 0.0
 
 
-# Elements per slice in bit sums: a bounded temporary (32-64 MiB) even for a 7B embedding.
-BIT_SUM_CHUNK = 1 << 24
+# Elements per slice in bit sums: a bounded temporary (32 MiB of int64) even for a 7B embedding.
+BIT_SUM_CHUNK = 1 << 22
 _BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+# v + K * v^2 per element: the square term keeps opposite changes of two elements (+1 and -1 in
+# their bit patterns, which a small optimizer step makes often in bf16) from cancelling out.
+_SQUARE_WEIGHT = 2654435761
 
 
 def bit_dtype(dtype: str) -> torch.dtype | None:
@@ -89,19 +92,26 @@ def bit_dtype(dtype: str) -> torch.dtype | None:
     return found if found in _BITS else None
 
 
+def wrap64(value: int) -> int:
+    """`value` as the signed 64-bit integer torch's int64 sums wrap around to."""
+    return (value + (1 << 63)) % (1 << 64) - (1 << 63)
+
+
 @torch.no_grad()
 def bit_sum(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Sum of the integer bit patterns of `tensor` rounded to `dtype` (int64, on its device, no host sync).
+    """A checksum of `tensor` rounded to `dtype`, exact and additive (int64, on its device, no host sync).
 
-    The tensor as the engine stores it, compared exactly: the cast rounds the way an engine's
-    weight loader does (copy_ into a `dtype` parameter), and an integer sum does not depend on the
-    order, so a fused parameter (vLLM's qkv_proj = q, k, v) sums to the sum of its parts and a
-    reordered copy to the same value. Any change of any element changes it, except by coincidence.
+    Sum over elements of v + K v^2, v = the element's bit pattern as an integer, in wrapping int64
+    arithmetic. The cast rounds the way an engine's weight loader does (copy_ into a `dtype`
+    parameter); a sum does not depend on the order, so a fused parameter (vLLM's qkv_proj = q, k, v)
+    sums to the sum of its parts (`wrap64` of their total) and a reordered copy to the same value.
+    Any change of any elements changes it, except by coincidence.
     """
     flat = tensor.detach().reshape(-1)
     total = torch.zeros((), dtype=torch.int64, device=flat.device)
     for chunk in flat.split(BIT_SUM_CHUNK):
-        total += chunk.to(dtype).view(_BITS[dtype]).sum(dtype=torch.int64)
+        v = chunk.to(dtype).view(_BITS[dtype]).long()
+        total += (v + _SQUARE_WEIGHT * v * v).sum()
     return total
 
 

@@ -22,6 +22,7 @@ import json
 import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,15 @@ import torch
 
 from align.errors import UserError
 from align.models import merged_named_tensors
-from align.rollout.base import Completion, RolloutEngine, SamplingSettings, WeightSyncError, check_prompts
-from align.rollout.gloo_transfer import GlooSender, join_group
+from align.rollout.base import (
+    Completion,
+    RolloutEngine,
+    SamplingSettings,
+    WeightSyncError,
+    check_prompts,
+    raise_if_any_rank_failed,
+)
+from align.rollout.gloo_transfer import GlooSender, join_group, local_address_towards
 from align.rollout.weights import checkpoint_tensor_names
 from align.runtime.seeds import derived_seed
 
@@ -55,7 +63,7 @@ class ServerEngine(RolloutEngine):
 
     def __init__(self, url: str, model_path: str, *, dtype: str = "float32", seed: int = 0, timeout_s: float = 600.0,
                  api_key: str | None = None, probe_tolerance: float | None = None,
-                 transfer_host: str = "127.0.0.1") -> None:
+                 transfer_host: str | None = None, send_weights: bool = True) -> None:
         from transformers import AutoConfig
 
         self.url, self._timeout, self._api_key, self._seed = url.rstrip("/"), timeout_s, api_key, seed
@@ -63,15 +71,27 @@ class ServerEngine(RolloutEngine):
         if not models:
             raise ServerError(f"rollout server {self.url} serves no model")
         self._model_id = models[0]["id"]
-        self._max_model_len = int(models[0].get("max_model_len") or 1 << 30)
+        self.max_model_len = int(models[0].get("max_model_len") or 1 << 30)  # the server's context
         try:
             self._request("GET", "/is_paused")
         except ServerError as error:
             raise ServerError(f"rollout server {self.url} has no RL endpoints ({error}); start it with "
                               "`python -m align serve` or set VLLM_SERVER_DEV_MODE=1 for `vllm serve`") from None
         self._check_tokenizer(model_path)
-        # The transport: the server's worker joins a gloo group whose store this process hosts. Its
-        # init call blocks until both ends are in, so it runs in a thread while this side joins.
+        vocab = AutoConfig.from_pretrained(model_path).vocab_size
+        self._init_probe(vocab_size=vocab, seed=seed, dtype=dtype, probe_tolerance=probe_tolerance,
+                         expected_names=checkpoint_tensor_names(model_path),
+                         prompt_len=min(144, self.max_model_len - 16))
+        self._sender = None
+        if send_weights:
+            # The server's worker connects back to this address: the one on this machine's route to it.
+            where = urllib.parse.urlsplit(self.url)
+            self._connect_sender(transfer_host or local_address_towards(where.hostname, where.port or 80))
+
+    def _connect_sender(self, transfer_host: str) -> None:
+        """Open the transport. The server's worker joins a gloo group whose store this process hosts;
+        its init call blocks until both ends are in, so the two run at once."""
+        timeout_s = self._timeout
         port = _free_port(transfer_host)
         init_info = {"master_address": transfer_host, "master_port": port, "timeout_s": timeout_s}
         errors = self._open_transport(init_info, lambda: GlooSender(transfer_host, port, timeout_s))
@@ -79,10 +99,6 @@ class ServerEngine(RolloutEngine):
             hint = "" if "already has a trainer attached" in str(errors[0]) else (
                 " (was it started with --weight-transfer-config '{\"backend\": \"align_gloo\"}'? `python -m align serve` adds it)")
             raise ServerError(f"could not open the weight transport: {errors[0]}{hint}")
-        vocab = AutoConfig.from_pretrained(model_path).vocab_size
-        self._init_probe(vocab_size=vocab, seed=seed, dtype=dtype, probe_tolerance=probe_tolerance,
-                         expected_names=checkpoint_tensor_names(model_path),
-                         prompt_len=min(144, self._max_model_len - 16))
 
     def _check_tokenizer(self, model_path: str) -> None:
         """The server must turn text into the trainer's token ids (rewards decode them, stop strings
@@ -126,7 +142,14 @@ class ServerEngine(RolloutEngine):
         """Both ends of the rendezvous at once; a server that refuses fails at once, not after the
         sender waited out its timeout (its thread is then left to time out on its own)."""
         opened: list = []
-        joining = threading.Thread(target=lambda: opened.append(make_sender()), daemon=True)
+
+        def join() -> None:
+            try:
+                opened.append(make_sender())
+            except Exception as error:  # noqa: BLE001 - reported below (a taken port, a refused connection)
+                opened.append(error)
+
+        joining = threading.Thread(target=join, daemon=True)
         joining.start()
         try:
             self._request("POST", "/init_weight_transfer_engine", {"init_info": init_info})
@@ -138,11 +161,14 @@ class ServerEngine(RolloutEngine):
             stand_in.start()
             joining.join(35.0)
             for sender in opened:
-                sender.close()
+                if isinstance(sender, GlooSender):
+                    sender.close()
             return [error]
         joining.join(self._timeout)
         if not opened:
             return [TimeoutError(f"the server's worker did not join the transport within {self._timeout:g} s")]
+        if isinstance(opened[0], Exception):
+            return [opened[0]]
         self._sender = opened[0]
         return []
 
@@ -176,6 +202,8 @@ class ServerEngine(RolloutEngine):
             "top_p": sampling.top_p, "top_k": sampling.top_k or -1, "stop": list(sampling.stop), "logprobs": 0,
             "return_token_ids": True, "skip_special_tokens": True,
         }
+        if not prompts:
+            return []
         if sampling.seed is None:  # the server's own stream: one request for all prompts
             return self._sample({**payload, "prompt": [list(p) for p in prompts]}, prompts, n)
         # A request's seed seeds each of its prompts alike (their samples would repeat each other):
@@ -219,20 +247,39 @@ class ServerEngine(RolloutEngine):
         # A server keeps whatever the last run left in it: load the trainer's weights as version 0
         # (what TRL's server mode does before its first generation). A model of another
         # architecture or vocabulary fails here, in vLLM's load_weights.
+        self._weight_version = -1  # so that the server records this load as version 0
         self.load_weights(merged_named_tensors(model) if named_tensors is None else named_tensors)
-        self._weight_version = 0
 
     def calibrate(self, model) -> float:
         try:
             return super().calibrate(model)
         except WeightSyncError as error:
-            raise WeightSyncError(f"rollout server {self.url}: {error}; a server keeps the weights of the last run that "
-                                  "trained against it: restart `python -m align serve` for a new run") from None
+            raise WeightSyncError(f"rollout server {self.url}: {error}; the trainer's weights were just loaded into it, so "
+                                  f"check that the server computes in the trainer's engine dtype ({self.dtype}: "
+                                  f"`python -m align serve --dtype {self.dtype}`)") from None
 
     def _before_load(self) -> None:
-        self._warm_probe()  # the probe prompts in the server's prefix cache, to catch a missed reset
+        if self._sender is not None:  # another rank's request would wait on this rank's pause below
+            self._warm_probe()  # the probe prompts in the server's prefix cache, to catch a missed reset
 
     def _load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """The sending rank pushes; every other rank only walks the tensors (under ZeRO-3 each one is
+        a collective gather). All return together, after the server resumed, and all raise if the
+        push failed: no rank probes a half-loaded server or waits in a collective for a failed one."""
+        failure = None
+        if self._sender is None:
+            for _ in named_tensors:
+                pass
+        else:
+            try:
+                self._push(named_tensors)
+            except ServerError as error:
+                failure = str(error)
+                for _ in named_tensors:  # the other ranks are still gathering: keep in step with them
+                    pass
+        raise_if_any_rank_failed(failure)
+
+    def _push(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         # Nothing is in flight between align's calls ("wait" loses nothing if a request is); the
         # cache is reset after the load below, not by the pause (vLLM deprecates clear_cache there).
         self._request("POST", "/pause?mode=wait&clear_cache=false", {})
@@ -255,7 +302,7 @@ class ServerEngine(RolloutEngine):
 
     def close(self) -> None:
         sender = self.__dict__.pop("_sender", None)
-        if sender is None:
+        if sender is None:  # not this rank's transport, or closed already
             return
         try:
             self._request("POST", "/shutdown_weight_transfer_engine", {})

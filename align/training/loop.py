@@ -109,9 +109,13 @@ class Trainer:
         if source.uses_engine or cfg.log.eval_every:  # offline rows need an engine only to evaluate
             with outside_zero3_init(accelerator):  # the engine keeps a full copy of the weights
                 self.engine = self._make_engine()
-            self.engine.attach(self.acc.unwrap_model(self.model), named_tensors=sync_named_tensors(self.acc, self.model))
-            if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
-                self.engine.calibrate(self.acc.unwrap_model(self.model))
+            try:
+                self.engine.attach(self.acc.unwrap_model(self.model), named_tensors=sync_named_tensors(self.acc, self.model))
+                if cfg.rollout.verify_sync:  # the probe difference before any update sets the sync tolerance
+                    self.engine.calibrate(self.acc.unwrap_model(self.model))
+            except BaseException:
+                self.engine.close()  # a server would otherwise keep this run's transport and refuse the next
+                raise
         # Reward models and judges load now, on this device, beside this engine (rewards/context.py).
         self.model_rewards = bind_model_rewards(reward_functions_of(self.algo), RewardContext(
             device=accelerator.device, dtype=self.dtype, accelerator=accelerator, policy_engine=self.engine,
@@ -143,8 +147,9 @@ class Trainer:
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
         kind = kind or r.engine
+        # Every rank samples from the server; rank 0 alone sends it the weights.
         server = dict(url=r.servers[0] if r.servers else None, timeout_s=r.server_timeout_s,
-                      api_key=os.environ.get("ALIGN_SERVER_API_KEY"))
+                      api_key=os.environ.get("ALIGN_SERVER_API_KEY"), send_weights=self.acc.is_main_process)
         specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}, "server": server}[kind]
         return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})
 
@@ -163,7 +168,9 @@ class Trainer:
             return self._make_engine(model_path, kind, max_model_len, **overrides)
 
     def _max_model_len(self) -> int:
-        return min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))
+        limit = min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))
+        served = getattr(getattr(self, "engine", None), "max_model_len", None)  # a server's, set where it started
+        return min(limit, served) if served else limit
 
     def _resume(self, resume: str) -> None:
         path = find_checkpoint(self.run_dir, resume)

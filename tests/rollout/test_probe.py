@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from align.rollout.probe import bit_sum, bit_sums, describe_mismatch, make_probe, mean_abs_difference
+from align.rollout.probe import bit_sum, bit_sums, describe_mismatch, make_probe, mean_abs_difference, wrap64
 
 
 def test_probe_is_fixed_by_its_seed():
@@ -22,10 +22,12 @@ def test_mean_abs_difference_by_hand():
 
 
 def test_bit_sum_by_hand_and_in_the_engine_dtype():
+    from align.rollout.probe import _SQUARE_WEIGHT as K
+
     t = torch.tensor([1.0, -2.0, 3.0])
     # bf16 bit patterns 0x3F80, 0xC000 (-16384 as int16), 0x4040
-    assert int(bit_sum(t, torch.bfloat16)) == 0x3F80 - 16384 + 0x4040
-    assert int(bit_sum(t, torch.float32)) == sum(int(v) for v in t.view(torch.int32))
+    assert int(bit_sum(t, torch.bfloat16)) == sum(v + K * v * v for v in (0x3F80, -16384, 0x4040))
+    assert int(bit_sum(t, torch.float32)) == wrap64(sum(int(v) + K * int(v) ** 2 for v in t.view(torch.int32)))
     # a change below bf16's resolution is no change for a bf16 engine; fp32 sees it
     nudged = torch.tensor([1.0, -2.0, 3.0001])
     assert bit_sum(nudged, torch.bfloat16) == bit_sum(t, torch.bfloat16)
@@ -33,16 +35,28 @@ def test_bit_sum_by_hand_and_in_the_engine_dtype():
     assert bit_sum(torch.tensor([1.0, -2.0, 3.02]), torch.bfloat16) != bit_sum(t, torch.bfloat16)
 
 
+def test_opposite_changes_of_two_elements_do_not_cancel():
+    """One optimizer step in bf16 moves many elements by one unit in the last place, up and down:
+    a plain sum of bit patterns missed such a stale tensor now and then."""
+    t = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.bfloat16)
+    bits = t.view(torch.int16).clone()
+    bits[0] += 1
+    bits[3] -= 1
+    moved = bits.view(torch.bfloat16)
+    assert int(moved.view(torch.int16).long().sum()) == int(t.view(torch.int16).long().sum())  # what cancelled
+    assert bit_sum(moved, torch.bfloat16) != bit_sum(t, torch.bfloat16)
+
+
 def test_bit_sums_of_parts_add_up_to_the_fused_tensor_in_any_order():
     """What lets the sync compare vLLM's fused qkv_proj with the q, k, v the trainer sent."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(n, 8, generator=gen) for n in (8, 4, 4))
-    parts = bit_sums([("q", q), ("k", k), ("v", v)], torch.bfloat16)
-    fused = torch.cat([q, k, v]).to(torch.bfloat16)
-    assert sum(parts.values()) == int(bit_sum(fused, torch.bfloat16))
-    assert int(bit_sum(fused.flip(0).t().contiguous(), torch.bfloat16)) == sum(parts.values())
-    stale = torch.cat([q, k, v * 1.1]).to(torch.bfloat16)
-    assert int(bit_sum(stale, torch.bfloat16)) != sum(parts.values())
+    for dtype in (torch.bfloat16, torch.float32):  # float32: v^2 wraps around int64, on both sides alike
+        parts = wrap64(sum(bit_sums([("q", q), ("k", k), ("v", v)], dtype).values()))
+        fused = torch.cat([q, k, v]).to(dtype)
+        assert parts == int(bit_sum(fused, dtype))
+        assert int(bit_sum(fused.flip(0).t().contiguous(), dtype)) == parts
+        assert int(bit_sum(torch.cat([q, k, v * 1.1]), dtype)) != parts
 
 
 def test_describe_mismatch_names_the_culprits():

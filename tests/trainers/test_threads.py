@@ -27,11 +27,14 @@ def test_cores_are_shared_among_the_node_processes():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs torch's threads are left alone")
 def test_an_explicit_count_changes_the_threads():
     before = torch.get_num_threads()
+    real = torch.set_num_threads
+    torch.set_num_threads = lambda n: None  # what vLLM's in-process CPU worker leaves behind
     try:
         assert use_cpu_threads(1, 1) == 1 and torch.get_num_threads() == 1
         assert use_cpu_threads(None, 1) == available_cores() == torch.get_num_threads()
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads = real
+        torch._C.set_num_threads(before)
 
 
 def test_bad_thread_count_is_a_config_error():
