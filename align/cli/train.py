@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:  # a run needs at least a recipe: never start 100 steps on an untrained model by accident
         print(USAGE + "\n\n`python align/train.py --help` lists the recipes and every key.", file=sys.stderr)
         sys.exit(2)
-    cfg = load_config(argv)
+    cfg = load_config(argv, int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's process count
     accelerator = make_accelerator(cfg)
     validate(cfg, accelerator.num_processes)  # again, now that the number of processes is known
     # Before any engine or model exists: the launcher's OMP_NUM_THREADS (1 under accelerate launch) is not a choice.

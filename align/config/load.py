@@ -196,6 +196,10 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
     _validate_servers(cfg.rollout)
+    if cfg.rollout.engine == "server" and len(cfg.rollout.servers) > world_size:
+        raise ConfigError(f"rollout.servers: {len(cfg.rollout.servers)} servers for {world_size} training process(es); "
+                          "rank r samples from server r mod N, so give at most one server per process "
+                          "(launch more processes, or drop servers)")
     if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
         raise ConfigError(f"train.cpu_threads must be >= 1 or null (all cores), got {cfg.train.cpu_threads}")
     if cfg.train.max_bad_updates < 1:
@@ -218,9 +222,6 @@ def _validate_servers(r: RolloutConfig) -> None:
     bad = [u for u in r.servers if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
     if bad:
         raise ConfigError(f"rollout.servers: {bad[0]!r} is not a URL; write it as http://HOST:PORT")
-    if len(r.servers) > 1:
-        raise ConfigError(f"rollout.servers: {len(r.servers)} servers given; one server per run for now (data-parallel "
-                          "rollouts over several servers are not built yet)")
     if r.sleep_mode:
         raise ConfigError("rollout.sleep_mode=true is for a colocated engine; a server keeps its own memory (set it false)")
     if r.server_timeout_s <= 0:

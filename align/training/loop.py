@@ -147,9 +147,11 @@ class Trainer:
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
         kind = kind or r.engine
-        # Every rank samples from the server; rank 0 alone sends it the weights.
-        server = dict(url=r.servers[0] if r.servers else None, timeout_s=r.server_timeout_s,
-                      api_key=os.environ.get("ALIGN_SERVER_API_KEY"), send_weights=self.acc.is_main_process)
+        # Rank r samples from server r mod N (data-parallel rollouts: each rank has its own prompts);
+        # the lowest rank on each server, rank r < N, sends it the weights.
+        servers = r.servers or [None]
+        server = dict(url=servers[self.rank % len(servers)], timeout_s=r.server_timeout_s,
+                      api_key=os.environ.get("ALIGN_SERVER_API_KEY"), send_weights=self.rank < len(servers))
         specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}, "server": server}[kind]
         return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})
 

@@ -31,6 +31,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_path, tmp_path_factory):
+    yield from _serve(tiny_path, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def second_server(tiny_path, tmp_path_factory):
+    yield from _serve(tiny_path, tmp_path_factory)
+
+
+def _serve(tiny_path, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log, "w") as out:
@@ -151,6 +160,30 @@ def test_an_unreachable_server_is_one_line(tiny_path):
         ServerEngine(f"http://127.0.0.1:{_free_port()}", tiny_path, timeout_s=5)
 
 
+def test_a_server_that_stops_answering_fails_within_the_timeout(tiny_path):
+    """A server that hangs (here: a port that accepts and never replies) is a one-line error after
+    rollout.server_timeout_s, never a hang."""
+    from align.rollout.server_engine import ServerEngine, ServerError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        start = time.monotonic()
+        with pytest.raises(ServerError, match=r"unreachable on /v1/models .*rollout.server_timeout_s=2 long enough"):
+            ServerEngine(f"http://127.0.0.1:{silent.getsockname()[1]}", tiny_path, timeout_s=2)
+        assert time.monotonic() - start < 10
+
+
+def test_a_server_that_dies_mid_run_is_one_line(engine, monkeypatch):
+    from align.rollout import SamplingSettings
+    from align.rollout.server_engine import ServerError
+
+    with monkeypatch.context() as m:  # undone before the fixture detaches from the real server
+        m.setattr(engine, "url", f"http://127.0.0.1:{_free_port()}")  # nothing listens there any more
+        with pytest.raises(ServerError, match="unreachable on /v1/completions"):
+            engine.generate([[5, 6]], 2, SamplingSettings(max_tokens=4, seed=1))
+
+
 def test_a_second_trainer_on_one_server_is_refused(engine, server, tiny_path):
     from align.rollout.server_engine import ServerEngine, ServerError
 
@@ -183,8 +216,10 @@ def test_config_errors_name_the_key():
         load_config(["rollout.servers=[http://127.0.0.1:1]"])
     with pytest.raises(ConfigError, match="'localhost:8000' is not a URL"):
         load_config(["rollout.engine=server", "rollout.servers=[localhost:8000]"])
-    with pytest.raises(ConfigError, match="one server per run for now"):
-        load_config(["rollout.engine=server", "rollout.servers=[http://a:1,http://b:1]"])
+    two = ["rollout.engine=server", "rollout.servers=[http://a:1,http://b:1]", "train.batch_size=16"]
+    with pytest.raises(ConfigError, match="2 servers for 1 training process"):
+        load_config(two)
+    load_config(two, world_size=2)
     validate(load_config(["rollout.engine=server", "rollout.servers=[http://a:1]", "train.batch_size=16"]), 2)
 
 
@@ -197,7 +232,7 @@ def test_serve_refuses_a_public_host_without_the_explicit_flag():
 
 # ---- the training loop on a server ----------------------------------------------------------
 def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], steps: int) -> list[dict]:
-    cmd = [str(BIN / "accelerate"), "launch", *launcher, "align/train.py", "recipe=grpo_math",
+    cmd = [*launcher, "align/train.py", "recipe=grpo_math",
            "model.name=tiny", f"model.cache_dir={cache_dir}", "rollout.engine=server", f"rollout.servers=[{server}]",
            f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null", f"train.steps={steps}", "train.batch_size=8",
            "rollout.num_generations=4", "rollout.max_tokens=8", "train.lr=1e-3", "log.console=false",
@@ -212,15 +247,25 @@ def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], st
 def test_two_zero3_processes_against_one_server(server, cache_dir, tmp_path):
     """Rank 0 sends the module-by-module gather, rank 1 walks it in step; both sample from the server
     and both verify every sync."""
-    rows = train_on(server, cache_dir, tmp_path / "zero3", ["--config_file", "launch/zero3.yaml", "--num_processes", "2",
-                                                            "--main_process_port", str(_free_port())], steps=2)
+    rows = train_on(server, cache_dir, tmp_path / "zero3", [str(BIN / "accelerate"), "launch", "--config_file", "launch/zero3.yaml",
+                                                            "--num_processes", "2", "--main_process_port", str(_free_port())],
+                    steps=2)
+    assert [r["sync/weight_version"] for r in rows] == [1, 2]
+    assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_two_processes_each_on_its_own_server(server, second_server, cache_dir, tmp_path):
+    """Data-parallel rollouts: rank r samples from server r and sends it the weights; both verify."""
+    rows = train_on(f"{server},{second_server}", cache_dir, tmp_path / "two", [str(BIN / "torchrun"), "--nproc_per_node", "2",
+                                                                            "--master_port", str(_free_port())], steps=2)
     assert [r["sync/weight_version"] for r in rows] == [1, 2]
     assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
 
 
 def test_three_grpo_steps_on_the_server_every_sync_verified(server, cache_dir, tiny_path, tmp_path):
     run_dir = tmp_path / "run"
-    rows = train_on(server, cache_dir, run_dir, ["--num_processes", "1", "--cpu"], steps=3)
+    rows = train_on(server, cache_dir, run_dir, [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu"], steps=3)
     assert [r["sync/weight_version"] for r in rows] == [1, 2, 3]
     assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
     from safetensors.torch import load_file
