@@ -41,7 +41,9 @@ def vllm_command(model_path: str, host: str, port: int, dtype: str, max_model_le
            "--weight-transfer-config", json.dumps({"backend": BACKEND}),
            "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"]
     if not torch.cuda.is_available():
-        cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(kv_cache_mb << 20)]
+        # Whole prefills: vLLM 0.32's CPU worker crashes on a seeded request whose prefill is split
+        # over scheduler steps ("CPU Generator does not use offset"), as the colocated engine avoids too.
+        cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(kv_cache_mb << 20), "--no-enable-chunked-prefill"]
     return cmd + extra
 
 

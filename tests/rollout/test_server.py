@@ -115,6 +115,16 @@ def test_a_seeded_call_reproduces_and_its_prompts_do_not_share_draws(engine):
     assert first[:2] != first[2:]  # the same prompt twice in one call: its own seed each time
 
 
+def test_a_large_seeded_batch_does_not_crash_the_cpu_server(engine):
+    """More prompt tokens than one scheduler step takes: with chunked prefill a seeded request's
+    prefill is split, which vLLM 0.32's CPU worker dies on (the README main job hit it)."""
+    from align.rollout import SamplingSettings
+
+    prompts = [[3 + (i * 7 + j) % 90 for j in range(120)] for i in range(96)]
+    out = engine.generate(prompts, 2, SamplingSettings(max_tokens=4, seed=3))
+    assert len(out) == 96 and all(len(c.token_ids) >= 1 for g in out for c in g)
+
+
 # ---- faults: each fails the sync loudly ------------------------------------------------------
 def _load_with(engine, monkeypatch, transform):
     """Route the sync's tensors through `transform` (a faulty transport)."""
