@@ -66,7 +66,7 @@ class ServerEngine(RolloutEngine):
                  transfer_host: str | None = None, send_weights: bool = True) -> None:
         from transformers import AutoConfig
 
-        self.url, self._timeout, self._api_key, self._seed = url.rstrip("/"), timeout_s, api_key, seed
+        self.url, self._timeout, self._api_key = url.rstrip("/"), timeout_s, api_key
         models = self._request("GET", "/v1/models").get("data") or []
         if not models:
             raise ServerError(f"rollout server {self.url} serves no model")
