@@ -176,3 +176,14 @@ def test_staleness_judges_only_updates_beyond_the_dtype_noise():
     assert "closer to the pre-update" in RolloutEngine._staleness(before, moved_a_little, PROBE_NOISE_FLOOR["float32"])
     unchanged = ProbeState(engine=[[-1.0, -2.0]], trainer=[[-1.01, -2.01]], diff=0.01)
     assert "did not change at all" in RolloutEngine._staleness(before, unchanged, PROBE_NOISE_FLOOR["bfloat16"])
+
+
+def test_a_per_tensor_check_that_cannot_run_fails_the_sync_on_every_rank(hf_engine, base_model, monkeypatch):
+    """An exception there would be raised before the collective in raise_if_any_rank_failed and
+    leave the other ranks waiting in it: it becomes the sync's one-line failure instead."""
+    def broken(dtype):
+        raise RuntimeError("apply_model is not available in this engine")
+
+    monkeypatch.setattr(hf_engine, "_engine_bit_sums", broken)
+    with pytest.raises(WeightSyncError, match="the per-tensor check could not run .*apply_model is not available"):
+        hf_engine.sync_from(base_model)
