@@ -34,7 +34,8 @@ def use_cpu_threads(requested: int | None, local_processes: int) -> int | None:
     if torch.cuda.is_available():
         return None
     threads = cpu_threads(requested, local_processes, available_cores())
-    # torch._C's, not torch.set_num_threads: vLLM's in-process CPU worker replaces the latter with
-    # a no-op for the whole process (v1/worker/cpu_worker.py), and a count asked for must hold.
-    torch._C.set_num_threads(threads)
+    if threads != torch.get_num_threads():  # leave torch's thread pools alone when nothing changes
+        # torch._C's, not torch.set_num_threads: vLLM's in-process CPU worker replaces the latter
+        # with a no-op for the whole process (v1/worker/cpu_worker.py), and a count asked for must hold.
+        torch._C.set_num_threads(threads)
     return threads
