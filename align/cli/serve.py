@@ -28,6 +28,7 @@ import torch
 
 from align.config import ConfigError
 from align.demo import resolve_model_path
+from align.errors import UserError
 from align.rollout.gloo_transfer import BACKEND
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -51,14 +52,14 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float) -> N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ConfigError(f"the vLLM server exited with status {process.returncode} before answering (its log is above)")
+            raise UserError(f"the vLLM server exited with status {process.returncode} before answering (its log is above)")
         try:  # /health: not behind --api-key, which guards the /v1 routes
             with urllib.request.urlopen(url + "/health", timeout=5):
                 return
         except OSError:
             time.sleep(1)
     process.terminate()
-    raise ConfigError(f"the vLLM server did not answer at {url} within {timeout_s:g} s; raise --startup-timeout")
+    raise UserError(f"the vLLM server did not answer at {url} within {timeout_s:g} s; raise --startup-timeout")
 
 
 def _interrupted(signum, frame) -> None:
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> None:
         wait_until_ready(url, process, args.startup_timeout)
         print(f"serving {path} at {url}: train with rollout.engine=server 'rollout.servers=[{url}]'", flush=True)
         if process.wait() != 0:
-            raise ConfigError(f"the vLLM server at {url} exited with status {process.returncode} (its log is above)")
+            raise UserError(f"the vLLM server at {url} exited with status {process.returncode} (its log is above)")
     except KeyboardInterrupt:
         pass
     finally:

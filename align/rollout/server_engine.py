@@ -174,7 +174,7 @@ class ServerEngine(RolloutEngine):
 
     def _in_thread(self, method: str, path: str, payload: dict, work) -> list[Exception]:
         """Run the HTTP call in a thread while `work()` runs here (the two ends of one collective);
-        the errors of both, HTTP first."""
+        the errors of either, in the order they happened."""
         errors: list[Exception] = []
 
         def call() -> None:
