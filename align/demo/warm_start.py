@@ -62,7 +62,7 @@ import torch
 
 from align.data.geometry import FAMILIES, problem_pool
 from align.models.loading import load_model, load_tokenizer
-from align.models.saving import save_pretrained_atomically
+from align.models.saving import build_once, save_pretrained_atomically
 from align.models.tiny import spec_hash, tiny_model_path
 from rewards.format import extract_answer_tag
 from rewards.geometry import answers_match, uses_aux
@@ -307,9 +307,11 @@ def build_geometry_warm_start(cache_dir: str | os.PathLike, seed: int = 0, steps
     if unknown:
         raise ValueError(f"unknown warm-start option(s) {sorted(unknown)}; valid: {sorted(WarmStartConfig.__dataclass_fields__)}")
     config = WarmStartConfig(seed=seed, steps=steps, **overrides)
-    out_dir = warm_start_path(cache_dir, config)
-    if (out_dir / "config.json").exists() and not overwrite:
-        return out_dir
+    return build_once(warm_start_path(cache_dir, config),
+                      lambda out_dir: _build_warm_start(cache_dir, config, out_dir, use_shipped), rebuild=overwrite)
+
+
+def _build_warm_start(cache_dir: str | os.PathLike, config: WarmStartConfig, out_dir: Path, use_shipped: bool) -> Path:
     base = tiny_model_path(cache_dir, config.base_preset, config.seed)
     tokenizer = load_tokenizer(str(base))
     shipped = shipped_weights_path(config)

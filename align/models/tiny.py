@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from align.models.saving import save_pretrained_atomically
+from align.models.saving import build_once, save_pretrained_atomically
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # Non-special added tokens: they survive `skip_special_tokens=True` decoding, so rewards see them.
@@ -128,6 +128,4 @@ def write_tiny_reward_model(out_dir: str | os.PathLike, preset: str = "tiny", se
 def tiny_model_path(cache_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> Path:
     """The cached folder of a built-in model, built on first use."""
     path = Path(cache_dir).expanduser() / "models" / f"{preset}-seed{seed}-{spec_hash(preset, seed)}"
-    if not (path / "config.json").exists():
-        write_tiny_model(path, preset, seed)
-    return path
+    return build_once(path, lambda out: write_tiny_model(out, preset, seed))

@@ -65,3 +65,40 @@ def test_lora_merged_view_matches_peft_and_leaves_model_unmerged(cache_dir):
 def test_gradient_checkpointing_switch(cache_dir):
     model = load_model("tiny", cache_dir=cache_dir, gradient_checkpointing=True)
     assert model.is_gradient_checkpointing
+
+
+def _slow_counting_build(out_dir, log):
+    import time
+
+    with open(log, "a") as f:
+        f.write("built\n")
+    time.sleep(0.5)  # long enough that the other process arrives while this one builds
+    out_dir.mkdir()
+    (out_dir / "config.json").write_text("{}")
+
+
+def _resolve_in_a_process(out_dir, log, seen):
+    from functools import partial
+
+    from align.models.saving import build_once
+
+    path = build_once(out_dir, partial(_slow_counting_build, log=log))
+    with open(seen, "a") as f:
+        f.write(f"{(path / 'config.json').exists()}\n")
+
+
+def test_two_processes_on_a_fresh_cache_build_a_model_once_and_both_find_it(tmp_path):
+    # Two ranks of `accelerate launch` on a fresh cache: each built the tiny model, and the second
+    # one's replace deleted the folder the first was loading ("the folder has no config.json").
+    import multiprocessing
+
+    out, log, seen = tmp_path / "models" / "m", tmp_path / "log", tmp_path / "seen"
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_resolve_in_a_process, args=(out, log, seen)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text() == "built\n"
+    assert seen.read_text() == "True\nTrue\n"
