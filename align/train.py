@@ -8,7 +8,9 @@ if __package__ in (None, ""):  # run as a script: the repository root, not align
 
 from align.cli.train import main  # noqa: E402
 from align.errors import exit_on_user_error  # noqa: E402
+from align.runtime.distributed import end_launched_process  # noqa: E402
 
 if __name__ == "__main__":
     with exit_on_user_error():
         main()
+    end_launched_process()  # a rank of a multi-process launch skips the interpreter's teardown

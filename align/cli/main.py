@@ -8,6 +8,7 @@ from align.cli import eval as evaluate
 from align.cli import explain, sample, serve, train
 from align.cli.usage import USAGE, full_help, help_section, wants_help
 from align.errors import exit_on_user_error
+from align.runtime.distributed import end_launched_process
 
 COMMANDS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "explain": lambda argv: print(explain.main(argv)),
             "serve": serve.main}
@@ -28,3 +29,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     with exit_on_user_error():
         COMMANDS[argv[0]](argv[1:])
+    end_launched_process()  # a rank of a multi-process launch skips the interpreter's teardown
