@@ -16,9 +16,10 @@ SEED_STYLES = ["-", "--", ":"]
 
 
 def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int | None = None,
-          minutes: float | None = None, eval_every: int) -> None:
+          minutes: float | None = None, eval_every: int, threads: int | None = None, cores: str | None = None) -> None:
     """One run of `recipe` into `run_dir` (replaced if it exists), for `steps` and/or `minutes`;
-    its console output goes to `<run_dir>.log`."""
+    its console output goes to `<run_dir>.log`. `threads` overrides OMP_NUM_THREADS (default 1);
+    `cores` pins the run to those CPUs (taskset's list, e.g. "0")."""
     budget = [f"train.steps={steps or 100000}"] + ([f"train.max_minutes={minutes}"] if minutes else [])
     cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}", *budget,
            f"log.eval_every={eval_every}", f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0",
@@ -26,7 +27,11 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
     # One thread per run unless told otherwise: the published numbers were measured so (two runs
     # side by side on 2 cores), and results depend on the thread count's summation order.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd.append(f"train.cpu_threads={env['OMP_NUM_THREADS']}")  # align sets its threads itself otherwise
+    if cores is not None:
+        cmd = ["taskset", "-c", cores, *cmd]
     shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to start into an old run's folder
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)

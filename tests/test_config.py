@@ -88,3 +88,23 @@ def test_task_options_are_free_form(tmp_path):
     recipe.write_text("data:\n  source: arith\n  options:\n    size: 50\n")
     cfg = load_config([f"recipe={recipe}", "data.options.seed=3"])
     assert cfg.data.options == {"size": 50, "seed": 3}
+
+
+def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_key():
+    from align.algorithms import load_config
+
+    server = ["rollout.engine=server", "rollout.servers=[http://127.0.0.1:1]"]
+    cases = {
+        "must be an integer >= 0": ["recipe=grpo_math", "rollout.max_staleness=-1"],
+        "needs an engine that generates beside the trainer: rollout.engine=server": ["recipe=grpo_math", "rollout.engine=hf",
+                                                                                     "rollout.max_staleness=1"],
+        "rollout.source=offline does not": ["recipe=copg_offline", *server, "rollout.max_staleness=1"],
+        "loss.tis_cap, which is null": ["recipe=grpo_math", *server, "rollout.max_staleness=1", "loss.tis_cap=null"],
+        "GRAO's loss has no importance ratio": ["recipe=grao_geometry", *server, "rollout.max_staleness=1"],
+        "'loss.off_policy_correction' is 'tis'": ["recipe=grpo_math", "loss.off_policy_correction=tis"],
+    }
+    for message, argv in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(argv)
+    cfg = load_config(["recipe=grpo_math", *server, "rollout.max_staleness=2", "loss.off_policy_correction=bypass"])
+    assert (cfg.rollout.max_staleness, cfg.loss.off_policy_correction) == (2, "bypass")

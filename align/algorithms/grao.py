@@ -77,6 +77,10 @@ class GRAO(GRPO):
         super().validate(cfg)
         if cfg.train.updates_per_batch != 1:
             raise ConfigError("algo=grao has no importance ratio (one update per rollout batch); set train.updates_per_batch=1")
+        if cfg.rollout.max_staleness:  # its loss is a plain policy gradient of the samples: no ratio to correct
+            raise ConfigError(f"algo=grao with rollout.max_staleness={cfg.rollout.max_staleness}: GRAO's loss has no "
+                              "importance ratio, so samples from older weights would bias it uncorrected; use "
+                              "rollout.max_staleness=0 (or algo=grpo / gcpo / copg)")
     additive_metrics = ADDITIVE_METRICS | {"j_explore", "j_imitate", "j_regulariser"}
 
     def __init__(self, cfg: Config):

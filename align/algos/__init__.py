@@ -11,7 +11,7 @@ from align.algos.gcpo import gcpo_contrastive_mask, gcpo_rewards
 from align.algos.grao import grao_advantages, grao_loss
 from align.algos.kl import kl_estimate, kl_penalty_rewards
 from align.algos.logprobs import token_logprobs, token_logprobs_from_hidden
-from align.algos.losses import clipped_pg_token_loss, grpo_loss, logprob_mismatch_metrics, tis_weights
+from align.algos.losses import clipped_pg_token_loss, grpo_loss, logprob_mismatch_metrics, off_policy_terms, tis_weights
 from align.algos.salt import salt_graph_stats, salt_step_advantages, steps_to_tokens
 from align.algos.surrogates import SURROGATES, Surrogate
 
@@ -36,6 +36,7 @@ __all__ = [
     "logprob_mismatch_metrics",
     "masked_mean",
     "masked_sum",
+    "off_policy_terms",
     "salt_graph_stats",
     "salt_step_advantages",
     "seq_logprob",

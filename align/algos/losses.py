@@ -10,7 +10,7 @@ from align.algos.aggregate import AggMode, aggregate, masked_mean
 from align.algos.kl import LOG_RATIO_LIMIT, KLKind, kl_estimate
 from align.algos.surrogates import SURROGATES, RatioLevel, clipped_pg_token_loss
 
-__all__ = ["clipped_pg_token_loss", "grpo_loss", "logprob_mismatch_metrics", "tis_weights"]
+__all__ = ["clipped_pg_token_loss", "grpo_loss", "logprob_mismatch_metrics", "off_policy_terms", "tis_weights"]
 
 
 def tis_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
@@ -25,6 +25,34 @@ def tis_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float = 
     log_ratio = (old_logp.detach() - engine_logp.detach()).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     weights = torch.exp(log_ratio).clamp(max=cap)
     return torch.where(torch.isnan(weights), torch.ones_like(weights), weights)
+
+
+def off_policy_terms(
+    correction: str, current_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pi_old, per-token weight) for samples drawn from a behaviour policy mu that may be some
+    weight versions older than the current policy (ALGORITHMS.md section 9).
+
+    current_logp: [B,T] log-probs of the sampled tokens under the weights the step starts from
+    (the "proximal" policy); behaviour_logp: [B,T] the engine's log-probs of the same tokens, as
+    sampled. The ratio of the surrogate is pi_theta / pi_old; the weight multiplies the per-token loss.
+
+    - decoupled (AReaL's decoupled PPO, arXiv 2505.24298): pi_old = the current policy, so the clip
+      trusts the region around the weights being updated; the staleness is corrected by the detached
+      weight min(pi_current / mu, cap). It is the engine-mismatch TIS weight of a synchronous run.
+    - bypass (verl's and TRL AsyncGRPO's default): pi_old = mu itself, no weight; the clip then
+      bounds pi_theta / mu, and a sample whose ratio is already outside [1-eps, 1+eps] is clipped.
+
+    A token the engine could not score (NaN) falls back to the current policy (ratio 1, weight 1).
+    """
+    check_same_shape("behaviour_logp", behaviour_logp, "current_logp", current_logp)
+    current = current_logp.detach()
+    if correction == "decoupled":
+        return current, None if cap is None else tis_weights(current, behaviour_logp, cap)
+    if correction == "bypass":
+        behaviour = behaviour_logp.detach()
+        return torch.where(torch.isnan(behaviour), current, behaviour), None
+    raise ValueError(f"off-policy correction {correction!r}: choose decoupled or bypass")
 
 
 @torch.no_grad()

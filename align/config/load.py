@@ -196,6 +196,7 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
     _validate_servers(cfg.rollout)
+    _validate_staleness(cfg)
     if cfg.rollout.engine == "server" and len(cfg.rollout.servers) > world_size:
         raise ConfigError(f"rollout.servers: {len(cfg.rollout.servers)} servers for {world_size} training process(es); "
                           "rank r samples from server r mod N, so give at most one server per process "
@@ -226,6 +227,23 @@ def _validate_servers(r: RolloutConfig) -> None:
         raise ConfigError("rollout.sleep_mode=true is for a colocated engine; a server keeps its own memory (set it false)")
     if r.server_timeout_s <= 0:
         raise ConfigError(f"rollout.server_timeout_s must be > 0 seconds, got {r.server_timeout_s}")
+
+
+def _validate_staleness(cfg: Config) -> None:
+    k = cfg.rollout.max_staleness
+    if not isinstance(k, int) or k < 0:
+        raise ConfigError(f"rollout.max_staleness={k!r}: must be an integer >= 0 (0 = synchronous, k = generate k steps ahead)")
+    if k == 0:
+        return
+    if cfg.rollout.source != "generate":
+        raise ConfigError(f"rollout.max_staleness={k} generates ahead, which rollout.source={cfg.rollout.source} does not "
+                          "(offline rows are fixed; agent episodes run in step); set rollout.max_staleness=0")
+    if cfg.rollout.engine != "server":
+        raise ConfigError(f"rollout.max_staleness={k} needs an engine that generates beside the trainer: rollout.engine=server "
+                          f"(`python -m align serve`), not {cfg.rollout.engine}, which shares the trainer's process")
+    if cfg.loss.off_policy_correction == "decoupled" and cfg.loss.tis_cap is None:
+        raise ConfigError(f"rollout.max_staleness={k} with loss.off_policy_correction=decoupled truncates the weight "
+                          "pi_current / pi_behaviour at loss.tis_cap, which is null; set loss.tis_cap (e.g. 2.0) or use bypass")
 
 
 def _validate_rollout_device(r: RolloutConfig) -> None:

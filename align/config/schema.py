@@ -63,6 +63,9 @@ class RolloutConfig:
     engine: str = "auto"  # vllm | hf | auto (the faster one for this model on this machine) | server
     servers: list[str] = field(default_factory=list)  # rollout.engine=server: the vLLM servers' URLs (python -m align serve)
     server_timeout_s: float = 600.0  # rollout.engine=server: longest wait for one server call (generate, sync)
+    # Asynchronous rollouts (rollout.engine=server): k >= 1 generates step t+k's batch while step t trains,
+    # from weights k versions old; 0 = the synchronous on-policy loop. Schedule: docs/ALGORITHMS.md section 9.
+    max_staleness: int = 0
     num_generations: int = 8  # G: completions per prompt
     max_tokens: int = 64  # completion length limit (TRL max_completion_length)
     temperature: float = 1.0  # sampling temperature
@@ -113,6 +116,9 @@ class LossConfig:
     kl_in_reward: bool = False  # -beta * k1 per token folded into the reward instead of the loss
     # Engine-vs-trainer logprob mismatch: truncated importance sampling weight cap (None = off)
     tis_cap: float | None = 2.0
+    # Samples from an older policy (rollout.max_staleness >= 1): decoupled = ratio to the current policy
+    # times the truncated weight pi_current / pi_behaviour (AReaL); bypass = ratio to the behaviour policy.
+    off_policy_correction: str = "decoupled"
     # DAPO-style options
     mask_truncated: bool = False  # completions cut at max_tokens carry no loss
     overlong_buffer: int = 0  # soft overlong penalty over the last N tokens before max_tokens
@@ -202,6 +208,7 @@ CHOICES = {
     "loss.ratio_level": ("token", "sequence"),
     "loss.agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_const"),
     "loss.kl_kind": ("k1", "k2", "k3", "k3+"),
+    "loss.off_policy_correction": ("decoupled", "bypass"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
 }
 

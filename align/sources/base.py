@@ -4,6 +4,7 @@ and never knows which one it is:
     collect(step, n_prompts, timers) -> Collected     this rank's share of the step's n_prompts groups
     state_dict() / load_state_dict(state)              the data position, saved in every checkpoint
     set_context(tokens)                                the engine's context length (sources that check prompts)
+    wait_for_generation() -> timings                   before a weight sync: generation ahead has finished
     evaluate() -> metrics | None                       a held-out evaluation of the source's own, else the loop's
     uses_engine, unused_rows                           no engine / weight sync for training; rows never trained on
 
@@ -46,6 +47,11 @@ class RolloutSource:
 
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__}.load_state_dict")
+
+    def wait_for_generation(self) -> dict[str, float]:
+        """Wait for generation still running for a later step (rollout.max_staleness >= 1); the loop
+        calls it before the engine's weights change. Returns the step's overlap timings."""
+        return {}
 
     def set_context(self, tokens: int | None) -> None:
         """The engine's context length in tokens (None: no engine); a source that encodes prompts checks them."""

@@ -14,6 +14,7 @@ from align.algorithms.base import Scores
 from align.algos import GroupBatch
 from align.rollout import SamplingSettings
 from align.runtime.seeds import derived_seed
+from align.sources.ahead import GenerateAhead
 from align.sources.base import Collected, RolloutSource
 from align.sources.prompts import PromptStream, check_prompt_lengths, encode_prompt
 from align.sources.shaping import informative_groups, overlong_penalty
@@ -58,15 +59,40 @@ class GenerationSource(RolloutSource):
                 f"{cfg.data.source!r} has {', '.join(dataset.column_names)}; set {cfg.algo}.reference_column=<one of them>"
             )
         self.prompts = PromptStream(dataset, cfg.train.seed, self.rank, self.world)
+        k, n_prompts = cfg.rollout.max_staleness, cfg.train.batch_size // cfg.rollout.num_generations
+        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(n_prompts),
+                                   lambda step, rows, positions: self._generate(step, rows, positions, cfg.rollout.num_generations, 0)
+                                   ) if k else None
 
     def set_context(self, tokens: int | None) -> None:
         self.context = tokens  # prompt + max_tokens must fit
 
     def state_dict(self) -> dict:
-        return self.prompts.state_dict()
+        state = self.prompts.state_dict()
+        if self.ahead is not None:  # the batches generated for the next k steps, every rank's (a collective)
+            state["ahead"] = self._gathered(self.ahead.state_dict())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.prompts.load_state_dict(state)
+        if self.ahead is not None:
+            per_rank = state.get("ahead", [])
+            if len(per_rank) != self.world:
+                from align.config import ConfigError
+
+                raise ConfigError(f"this checkpoint holds generated-ahead batches of {len(per_rank)} process(es); "
+                                  f"resume rollout.max_staleness={self.ahead.k} on exactly that many")
+            self.ahead.load_state_dict(per_rank[self.rank])
+
+    def wait_for_generation(self) -> dict[str, float]:
+        return self.ahead.wait() if self.ahead is not None else {}
+
+    def _gathered(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
 
     def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
         """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
@@ -111,10 +137,14 @@ class GenerationSource(RolloutSource):
         drawn: list[_Drawn] = []
         need, generated_tokens = n_prompts, 0
         logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
+        stale = 0
         for round_ in range(rounds):
             t0 = time.perf_counter()
-            rows, positions = self.prompts.next_share(need)
-            groups = self._generate(step, rows, positions, g, round_) if rows else []
+            if round_ == 0 and self.ahead is not None:  # generated while an earlier step trained
+                rows, positions, groups, stale = self._taken(step)
+            else:
+                rows, positions = self.prompts.next_share(need)
+                groups = self._generate(step, rows, positions, g, round_) if rows else []
             timers["generate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if rows:
@@ -159,6 +189,10 @@ class GenerationSource(RolloutSource):
             "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
+        if self.ahead is not None:
+            behind = [self.engine.weight_version - c.weight_version for c in flat]
+            metrics |= {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),
+                        "rollout/dropped_stale": float(stale)}
         batch = GroupBatch(
             prompt_ids=[d.completions[0].prompt_ids for d in drawn],
             completion_ids=[c.token_ids for c in flat],
@@ -169,6 +203,23 @@ class GenerationSource(RolloutSource):
             components=kept_scores.components,
         )
         return Collected(batch, metrics, [d.row for d in drawn], flat)
+
+    def _taken(self, step: int):
+        """Round 0 of `step` from the ahead queue: (rows, positions, groups, groups dropped as too stale).
+
+        Under the schedule no group is ever older than rollout.max_staleness; one that is (a checkpoint
+        of another run's queue) is never trained on: it is counted and generated again, now."""
+        ready = self.ahead.take(step)
+        rows, positions, groups = ready.rows, ready.positions, ready.groups
+        too_old = [i for i, group in enumerate(groups)
+                   if self.engine.weight_version - group[0].weight_version > self.ahead.k]
+        if too_old:
+            fresh = self._generate(step, [rows[i] for i in too_old], [positions[i] for i in too_old],
+                                   self.cfg.rollout.num_generations, 0)
+            groups = list(groups)
+            for i, group in zip(too_old, fresh):
+                groups[i] = group
+        return rows, positions, groups, len(too_old)
 
     def _sum_over_ranks(self, value: int) -> int:
         if self.world == 1:

@@ -28,6 +28,7 @@ import torch
 
 from align import algos
 from align.algos import GroupBatch, MicroBatch, Totals
+from align.algos.kl import LOG_RATIO_LIMIT
 from align.config import Config, config_to_yaml
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
@@ -270,7 +271,11 @@ class Trainer:
         metrics |= self._optimize(batch, plan)
         timers["train"] += time.perf_counter() - t0
 
-        # 5. The engine samples the next step from the new weights (verified by the probe).
+        # 5. The engine samples the next step from the new weights (verified by the probe). With
+        # rollout.max_staleness >= 1 it has been generating a later step meanwhile, from the old ones.
+        overlap = self.source.wait_for_generation()
+        if overlap:
+            timers["trainer_wait"] += overlap["trainer_wait"]
         if self.algo.needs.weight_sync:
             t0 = time.perf_counter()
             report = self._sync_engine()
@@ -279,6 +284,8 @@ class Trainer:
 
         metrics |= {f"time/{k}": v for k, v in timers.items()}
         metrics["time/step"] = sum(timers.values())
+        if overlap:  # not a phase of the trainer's step: how long the engine waited for it
+            metrics["time/engine_idle"] = overlap["engine_idle"]
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         # A few groups as the model saw them, with the rewards the advantages came from.
         samples = group_samples(self.tokenizer, collected.rows, collected.completions, batch.rewards, batch.advantages,
@@ -432,9 +439,10 @@ class Trainer:
             # Observation tokens come from the environment, not the policy: their engine "log-prob" is
             # no policy probability, so they stay out of importance correction (weight 1, no mismatch).
             engine_logp = torch.where(mask > 0, engine_logp, old_logp if old_logp is not None else logp.detach())
-        if needs.importance_correction:
-            if lc.tis_cap and engine_logp is not None:
-                is_weights = algos.tis_weights(old_logp, engine_logp, lc.tis_cap)
+        if needs.importance_correction and engine_logp is not None:
+            # The engine sampled from mu (older weights when rollout.max_staleness >= 1, and its own
+            # numerics always): pi_old and the per-token weight that correct for it (ALGORITHMS.md 9).
+            old_logp, is_weights = algos.off_policy_terms(lc.off_policy_correction, old_logp, engine_logp, lc.tis_cap or None)
         answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
                        answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
         if batch.token_advantages is not None:  # SALT: one advantage per action token
@@ -459,6 +467,10 @@ class Trainer:
         rollout_policy: dict[str, float] = defaultdict(float)
         grad_norms = []
         skipped = 0
+        # The staleness correction's weights (rollout.max_staleness >= 1), of update 0, like the mismatch.
+        corrected, weight_max = bool(cfg.rollout.max_staleness) and self.algo.needs.importance_correction, 0.0
+        if corrected:
+            rollout_policy |= {"correction/weight_mean": 0.0, "correction/clipped_frac": 0.0}
         self.model.train()
         for update in range(cfg.train.updates_per_batch):
             losses_finite = True
@@ -484,6 +496,8 @@ class Trainer:
                     if micro.engine_logp is not None:
                         trainer_logp = micro.old_logp if micro.old_logp is not None else micro.logp.detach()
                         rollout_policy["logp_mismatch"] += ((trainer_logp - micro.engine_logp).abs() * mask).sum().item()
+                    if corrected and micro.engine_logp is not None:
+                        weight_max = max(weight_max, self._correction_sums(micro, rollout_policy))
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
             grad_norms.append(float(grad_norm) if grad_norm is not None else math.nan)
             # A NaN/inf loss or gradient skips this update (align/runtime/numerics.py); too many in a row stop the run.
@@ -504,10 +518,28 @@ class Trainer:
             sums = dict(zip(names, totals.tolist()))
             tokens = max(sums.pop("tokens"), 1.0)
             out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
+        if corrected:
+            out["correction/weight_max"] = self.acc.reduce(torch.tensor(weight_max, device=self.acc.device), "max").item()
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["train/skipped_updates"] = float(skipped)
         out["micro_batches"] = float(len(micro_batches))
         return out
+
+    def _correction_sums(self, micro, sums: dict[str, float]) -> float:
+        """Adds the token sums of the staleness correction's weight pi_current / mu, and of the tokens
+        it clips, to `sums`; returns the micro-batch's largest weight. Clipped: at loss.tis_cap
+        (decoupled), or outside the ratio's clip range [1 - eps_low, 1 + eps_high] (bypass), where
+        the surrogate's gradient is zero."""
+        lc, mask = self.cfg.loss, micro.mask > 0
+        current = micro.logp.detach() if lc.off_policy_correction == "bypass" else micro.old_logp
+        weight = torch.exp((current - micro.engine_logp).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)).nan_to_num(1.0)
+        if lc.off_policy_correction == "bypass":
+            clipped = (weight < 1 - lc.eps_low) | (weight > 1 + lc.eps_high)
+        else:
+            clipped = weight >= lc.tis_cap
+        sums["correction/weight_mean"] += weight[mask].sum().item()
+        sums["correction/clipped_frac"] += clipped[mask].sum().item()
+        return weight[mask].max().item() if mask.any() else 0.0
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

@@ -241,12 +241,12 @@ def test_serve_refuses_a_public_host_without_the_explicit_flag():
 
 
 # ---- the training loop on a server ----------------------------------------------------------
-def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], steps: int) -> list[dict]:
+def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], steps: int, *extra: str) -> list[dict]:
     cmd = [*launcher, "align/train.py", "recipe=grpo_math",
            "model.name=tiny", f"model.cache_dir={cache_dir}", "rollout.engine=server", f"rollout.servers=[{server}]",
            f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null", f"train.steps={steps}", "train.batch_size=8",
            "rollout.num_generations=4", "rollout.max_tokens=8", "train.lr=1e-3", "log.console=false",
-           "log.tensorboard=false", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}"]
+           "log.tensorboard=false", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -285,3 +285,27 @@ def test_three_grpo_steps_on_the_server_every_sync_verified(server, cache_dir, t
     initial = load_model(tiny_path).state_dict()
     final = load_file(run_dir / "final" / "model.safetensors")
     assert max((t - initial[n]).abs().max().item() for n, t in final.items()) > 1e-4
+
+
+SINGLE = [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu"]
+COMPARED = ("loss", "grad_norm", "reward/mean", "completion_len/mean", "correction/weight_mean", "rollout/staleness_max")
+
+
+def test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resumes_exactly(server, cache_dir, tmp_path):
+    """rollout.max_staleness=1: step t's batch comes from the weights after step t-2 (version
+    max(0, t-1) counting steps from 1), every sync is verified, and the schedule is fixed: a second
+    run of 2 steps, resumed to 4 from its checkpoint, trains exactly the batches of the first."""
+    ahead = ["rollout.max_staleness=1"]
+    whole = train_on(server, cache_dir, tmp_path / "whole", SINGLE, 4, *ahead)
+    assert [r["weight_version"] for r in whole] == [0, 0, 1, 2]
+    assert [r["rollout/staleness_max"] for r in whole] == [0, 1, 1, 1]
+    assert all(r["rollout/dropped_stale"] == 0 and r["sync/probe_diff"] < 1e-3 for r in whole)
+    # Stale batches carry correction weights pi_current / mu well away from the on-policy step's.
+    assert all(r["correction/weight_max"] > whole[0]["correction/weight_max"] + 0.05 for r in whole[1:])
+    assert all(r["time/trainer_wait"] >= 0 and r["time/engine_idle"] >= 0 for r in whole)
+    first = train_on(server, cache_dir, tmp_path / "split", SINGLE, 2, *ahead, "log.save_every=2")
+    rest = train_on(server, cache_dir, tmp_path / "split", SINGLE, 4, *ahead, "log.save_every=2", "resume=latest")
+    split = {r["step"]: r for r in first + rest}
+    for row in whole:
+        assert {k: split[row["step"]][k] for k in COMPARED} == {k: row[k] for k in COMPARED}, row["step"]
+

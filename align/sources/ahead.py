@@ -1,0 +1,101 @@
+"""Asynchronous rollouts (rollout.max_staleness = k >= 1): the first generation round of step t+k
+runs in a background thread while step t trains, from the weights the engine holds then (those
+after step t-1). The schedule is fixed, so a seeded run is reproducible step for step
+(docs/ALGORITHMS.md section 9):
+
+    before step s0 (the first, or the resumed one): the batches of steps s0 .. s0+k-1 are ready
+        (generated now, or read back from the checkpoint)
+    step t:  take batch t; draw the prompts of step t+k and start generating them;
+             train on batch t; wait for the generation; the engine syncs to version t+1
+
+Batch t was therefore generated from version max(0, t-k): its staleness is at most k. Only the
+engine call runs in the thread: prompts are drawn in step order on the main thread, and scoring,
+refill rounds and every collective stay there too.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from align.rollout import Completion
+
+Generate = Callable[[int, list[dict], list[int]], list[list[Completion]]]  # (step, rows, positions) -> groups
+Draw = Callable[[], tuple[list[dict], list[int]]]  # this rank's rows of the next round-0 draw, with positions
+
+
+@dataclass
+class Generated:
+    """Round 0 of one step: this rank's rows, their places in the global draw, and G completions each."""
+
+    rows: list[dict]
+    positions: list[int]
+    groups: list[list[Completion]]
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "positions": self.positions, "groups": [[asdict(c) for c in g] for g in self.groups]}
+
+    @staticmethod
+    def from_json(state: dict) -> Generated:
+        return Generated(state["rows"], state["positions"], [[Completion(**c) for c in g] for g in state["groups"]])
+
+
+class GenerateAhead:
+    """Keeps the round-0 batches of the next k steps; `take(t)` hands out step t's and starts step t+k's."""
+
+    def __init__(self, k: int, draw: Draw, generate: Generate):
+        self.k, self._draw, self._generate = k, draw, generate
+        self.ready: dict[int, Generated] = {}
+        self._pending: tuple[int, Future] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-ahead")
+        self._done_at = 0.0  # when the background generation returned (time.perf_counter)
+
+    def _now(self, step: int) -> Generated:
+        rows, positions = self._draw()
+        return Generated(rows, positions, self._generate(step, rows, positions) if rows else [])
+
+    def take(self, step: int) -> Generated:
+        """Step `step`'s batch; first fills the steps up to step+k-1 that are missing (at the start)."""
+        if self._pending is not None:
+            raise RuntimeError("GenerateAhead.take: the previous step's generation was not waited for (call wait())")
+        for s in range(step, step + self.k):
+            if s not in self.ready:
+                self.ready[s] = self._now(s)
+        # Also past train.steps: the last checkpoint then holds the next k batches, and a run resumed
+        # with more steps trains exactly what one longer run would have (at the cost of k batches).
+        rows, positions = self._draw()
+        self._pending = (step + self.k, self._pool.submit(self._in_thread, step + self.k, rows, positions))
+        return self.ready.pop(step)
+
+    def _in_thread(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
+        try:
+            return Generated(rows, positions, self._generate(step, rows, positions) if rows else [])
+        finally:
+            self._done_at = time.perf_counter()
+
+    def wait(self) -> dict[str, float]:
+        """Block until the generation started by `take` is done (before the engine's weights change).
+
+        Returns the step's overlap: how long the trainer waited for the engine, and how long the
+        engine had nothing to do before the trainer came to wait (both in seconds)."""
+        if self._pending is None:
+            return {}
+        step, future = self._pending
+        self._pending = None
+        started = time.perf_counter()
+        self.ready[step] = future.result()  # an engine error is raised here, on the main thread
+        waited = time.perf_counter() - started
+        return {"trainer_wait": waited, "engine_idle": max(0.0, started - self._done_at)}
+
+    def state_dict(self) -> dict:
+        if self._pending is not None:
+            raise RuntimeError("GenerateAhead.state_dict: a generation is in flight (call wait() first)")
+        return {str(s): g.to_json() for s, g in sorted(self.ready.items())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ready = {int(s): Generated.from_json(g) for s, g in state.items()}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
