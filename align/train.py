@@ -7,8 +7,7 @@ if __package__ in (None, ""):  # run as a script: the repository root, not align
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from align.cli.train import main  # noqa: E402
-from align.errors import exit_on_user_error  # noqa: E402
-from align.runtime.distributed import end_launched_process  # noqa: E402
+from align.errors import end_launched_process, exit_on_user_error  # noqa: E402
 
 if __name__ == "__main__":
     with exit_on_user_error():

@@ -1,7 +1,8 @@
 """Asynchronous rollouts against the synchronous loop on the README's main job (recipe=gcpo_geometry).
 
     .venv/bin/python bench/async_vs_sync.py [--seeds 0 1 2] [--steps 200] [--variants sync k1 k2 colocated]
-        # table + bench/results/async_vs_sync.json + .png (held-out accuracy against steps and wall time)
+        [--set KEY=VALUE ...] [--out bench/results/async_vs_sync.json]
+        # table + the JSON + a .png beside it (held-out accuracy against steps and against wall time)
 
 Variants, each run alone on the machine:
 - sync / k1 / k2: the trainer on core 0 (one thread) and a rollout server (`python -m align serve`,
@@ -28,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._runs import metric_rows, train  # noqa: E402
+from bench._runs import SEED_STYLES, metric_rows, train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STALENESS = {"sync": 0, "k1": 1, "k2": 2}
@@ -51,22 +52,24 @@ def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Pope
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eval_every: int) -> dict:
+def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eval_every: int, overrides: list[str]) -> dict:
     started = time.time()
     if variant == "colocated":
-        train("gcpo_geometry", seed, run_dir, [], steps=steps, eval_every=eval_every, threads=2)
+        train("gcpo_geometry", seed, run_dir, overrides, steps=steps, eval_every=eval_every, threads=2)
     else:
         proc, url = start_server(model_path, run_dir.parent / f"{run_dir.name}.serve.log", core=1)
         try:
             started = time.time()  # the server's start-up is not the run's
-            extra = ["rollout.engine=server", f"rollout.servers=[{url}]", f"rollout.max_staleness={STALENESS[variant]}"]
+            extra = [*overrides, "rollout.engine=server", f"rollout.servers=[{url}]",
+                     f"rollout.max_staleness={STALENESS[variant]}"]
             train("gcpo_geometry", seed, run_dir, extra, steps=steps, eval_every=eval_every, threads=1, cores="0")
         finally:
             proc.terminate()
             proc.wait(60)
     wall = time.time() - started
     rows, evals = metric_rows(run_dir)
-    curve = [(r["step"], r["eval/accuracy"]) for r in evals]
+    evals = [r for r in evals if "eval/mean@1" in r]  # held-out accuracy, greedy (the README's figure)
+    curve = [(r["step"], r["eval/mean@1"]) for r in evals]
     times = [(r["step"], r["time"] - rows[0]["time"] + rows[0]["time/step"]) for r in evals]
     mean = lambda key: statistics.mean(r.get(key, 0.0) for r in rows)  # noqa: E731
     return {"wall_s": wall, "steps_per_hour": steps / wall * 3600, "final_accuracy": curve[-1][1], "curve": curve,
@@ -84,7 +87,7 @@ def plot(results: dict, png: Path) -> None:
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name, runs in results.items():
         for seed, r in runs.items():
-            style = ["-", "--", ":"][int(seed) % 3]
+            style = SEED_STYLES[int(seed) % len(SEED_STYLES)]
             by_step.plot(*zip(*r["curve"]), color=colors[name], linestyle=style, label=f"{name} seed {seed}")
             by_time.plot([t / 60 for _, t in r["curve_wall_s"]], [a for _, a in r["curve"]], color=colors[name], linestyle=style)
     by_step.set_xlabel("RL step")
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--variants", nargs="+", default=["sync", "k1", "k2", "colocated"],
                    choices=["sync", "k1", "k2", "colocated"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run, e.g. --set loss.dynamic_sampling=false (repeatable)")
     p.add_argument("--cache-dir", default="~/.cache/align")
     p.add_argument("--out", default=str(RESULTS / "async_vs_sync.json"))
     args = p.parse_args(argv)
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for variant in args.variants:
             loads.append(os.getloadavg()[0])
-            r = run(variant, seed, work / f"{variant}-{seed}", model_path, args.steps, args.eval_every)
+            r = run(variant, seed, work / f"{variant}-{seed}", model_path, args.steps, args.eval_every, args.set)
             results.setdefault(variant, {})[str(seed)] = r
             print(f"{variant} seed {seed}: {r['wall_s']:.0f} s, accuracy {r['final_accuracy']:.3f}", flush=True)
     sync_wall = statistics.mean(r["wall_s"] for r in results["sync"].values()) if "sync" in results else None

@@ -42,6 +42,13 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the trainer saves and stops
+    # after its step (align/runtime/stop.py) and needs its workers until then. They end with it
+    # (PR_SET_PDEATHSIG) or by the SIGKILL it sends.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inbox, outbox = sys.stdin.fileno(), sys.stdout.fileno()
     # Anything the scored code prints must not corrupt the protocol: stdout goes to stderr from here on.
     outbox = os.dup(outbox)

@@ -30,3 +30,11 @@ def test_explain_shows_the_algorithm_its_needs_and_its_own_section(cache_dir):
     assert "surrogate:" not in text and "reference 0.000 " not in text  # a reference model is loaded
     grpo = explain(["recipe=grpo_math", f"model.cache_dir={cache_dir}"])
     assert "surrogate: clip" in grpo and "phases: importance correction, weight sync" in grpo
+
+
+def test_explain_says_when_a_ratio_option_cannot_act_and_not_when_it_can(cache_dir):
+    base = ["recipe=grpo_math", f"model.cache_dir={cache_dir}", "loss.eps_high=0.28", "loss.dual_clip=3.0"]
+    inert = "loss.eps_high=0.28, loss.dual_clip=3.0 have no effect here: with train.updates_per_batch=1"
+    assert inert in explain(base)
+    assert "no effect" not in explain([*base, "train.updates_per_batch=2"])
+    assert "no effect" not in explain(["recipe=grpo_math", f"model.cache_dir={cache_dir}"])  # defaults: nothing to say

@@ -108,3 +108,16 @@ def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_
             load_config(argv)
     cfg = load_config(["recipe=grpo_math", *server, "rollout.max_staleness=2", "loss.off_policy_correction=bypass"])
     assert (cfg.rollout.max_staleness, cfg.loss.off_policy_correction) == (2, "bypass")
+
+
+def test_ratio_options_are_inert_with_one_update_unless_pi_old_is_the_behaviour_policy():
+    from align.config import inert_ratio_options
+
+    one = load_config(["recipe=grpo_math", "loss.delta=1.5"])
+    assert inert_ratio_options(one) == ("warning: loss.delta=1.5 has no effect here: with train.updates_per_batch=1 the ratio "
+                                        "pi_theta / pi_old is exactly 1 at the only update (set train.updates_per_batch > 1 "
+                                        "for it to act)")
+    assert inert_ratio_options(one, has_ratio=False) is None  # GRAO and CoPG do not read it at all
+    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "train.updates_per_batch=2"])) is None
+    # bypass: pi_old is the engine's mu, so the ratio moves even at the only update
+    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "loss.off_policy_correction=bypass"])) is None

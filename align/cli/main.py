@@ -7,8 +7,7 @@ import sys
 from align.cli import eval as evaluate
 from align.cli import explain, sample, serve, train
 from align.cli.usage import USAGE, full_help, help_section, wants_help
-from align.errors import exit_on_user_error
-from align.runtime.distributed import end_launched_process
+from align.errors import end_launched_process, exit_on_user_error
 
 COMMANDS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "explain": lambda argv: print(explain.main(argv)),
             "serve": serve.main}

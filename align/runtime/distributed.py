@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,22 +226,3 @@ def prepare_reference_model(accelerator, model: torch.nn.Module) -> torch.nn.Mod
     return engine
 
 
-
-# ------------------------------------------------------------------------------ process exit
-def end_launched_process() -> None:
-    """End a process of a multi-process launch that has finished its work: flush, then os._exit(0).
-
-    After accelerate's end_training() has destroyed the process groups, the objects DeepSpeed and
-    accelerate still reference keep their gloo threads alive (measured: 4 pt_gloo_runloop and 2
-    gloo_tcp_loop threads per rank), and they are torn down with the interpreter. There a rank
-    aborted now and then ("terminate called without an active exception", SIGABRT: about 1 run in
-    20 of a 2-process ZeRO-3 run under load, and in CI), failing a run whose model, checkpoints and
-    logs were all written. Nothing is left to do by then, so the teardown is skipped. A single
-    process (WORLD_SIZE unset or 1) exits normally.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -29,7 +30,8 @@ import torch
 from align import algos
 from align.algos import GroupBatch, MicroBatch, Totals
 from align.algos.kl import LOG_RATIO_LIMIT
-from align.config import Config, config_to_yaml
+from align.config import Config, config_to_yaml, inert_ratio_options
+from align.errors import RunStopped
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
 from align.models import apply_lora, load_model, load_tokenizer
@@ -46,6 +48,7 @@ from align.runtime.distributed import (
 )
 from align.runtime.numerics import UpdateGuard
 from align.runtime.precision import resolve_dtype, training_precision
+from align.runtime.stop import StopOnSignal
 from align.sources import ROLLOUT_SOURCES
 from align.telemetry.logger import RunLogger
 from align.telemetry.samples import group_samples
@@ -197,23 +200,38 @@ class Trainer:
         cfg, log = self.cfg, self.cfg.log
         self.logger.print_config(config_to_yaml(cfg))
         self.logger.print(self.batch_arithmetic())
+        inert = inert_ratio_options(cfg, self.algo.needs.importance_correction)
+        if inert:
+            self.logger.print(inert)
         if log.eval_every and self.start_step == 0:
             self.logger.log(0, self.evaluate())  # the starting point of every learning curve
         started = time.monotonic()
-        for step in range(self.start_step, cfg.train.steps):
-            metrics, samples = self.step(step)
-            last = step + 1 == cfg.train.steps or self._out_of_time(started)
-            if (step + 1) % log.every == 0 or last:
-                self.logger.log(step + 1, metrics)
-            if log.sample_every and (step + 1) % log.sample_every == 0:
-                self.logger.log_samples(step + 1, samples[: log.num_samples])
-            if log.eval_every and ((step + 1) % log.eval_every == 0 or last):
-                self.logger.log(step + 1, self.evaluate())
-            if (log.save_every and (step + 1) % log.save_every == 0) or last:
-                self.save(step + 1)
-            if last:
-                break
+        with StopOnSignal() as stop:
+            for step in range(self.start_step, cfg.train.steps):
+                metrics, samples = self.step(step)
+                signum = self._agreed_signal(stop.signum)  # SIGTERM / SIGINT: save after this step and stop
+                last = step + 1 == cfg.train.steps or self._out_of_time(started)
+                if (step + 1) % log.every == 0 or last or signum:
+                    self.logger.log(step + 1, metrics)
+                if log.sample_every and (step + 1) % log.sample_every == 0:
+                    self.logger.log_samples(step + 1, samples[: log.num_samples])
+                if log.eval_every and ((step + 1) % log.eval_every == 0 or last) and not signum:
+                    self.logger.log(step + 1, self.evaluate())
+                if (log.save_every and (step + 1) % log.save_every == 0) or last or signum:
+                    path = self.save(step + 1)
+                if signum:
+                    self.logger.close()
+                    raise RunStopped(f"stopped by {signal.Signals(signum).name} after step {step + 1}, checkpoint saved "
+                                     f"({path}); run the same command with resume=latest to continue", signum)
+                if last:
+                    break
         self.logger.close()
+
+    def _agreed_signal(self, signum: int) -> int:
+        """The stop signal any rank received (every rank must stop after the same step), or 0."""
+        if self.world == 1:
+            return signum
+        return int(self.acc.reduce(torch.tensor(signum, device=self.acc.device), reduction="max").item())
 
     def _out_of_time(self, started: float) -> bool:
         """train.max_minutes is a wall-clock budget; every rank must agree to stop at the same step."""
@@ -527,9 +545,9 @@ class Trainer:
 
     def _correction_sums(self, micro, sums: dict[str, float]) -> float:
         """Adds the token sums of the staleness correction's weight pi_current / mu, and of the tokens
-        it clips, to `sums`; returns the micro-batch's largest weight. Clipped: at loss.tis_cap
-        (decoupled), or outside the ratio's clip range [1 - eps_low, 1 + eps_high] (bypass), where
-        the surrogate's gradient is zero."""
+        it clips, to `sums`; returns the micro-batch's largest weight (before truncation). Clipped:
+        at loss.tis_cap (decoupled), or outside the ratio's clip range [1 - eps_low, 1 + eps_high]
+        (bypass: such a token has no gradient wherever its advantage pushes the ratio further out)."""
         lc, mask = self.cfg.loss, micro.mask > 0
         current = micro.logp.detach() if lc.off_policy_correction == "bypass" else micro.old_logp
         weight = torch.exp((current - micro.engine_logp).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)).nan_to_num(1.0)

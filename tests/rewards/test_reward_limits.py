@@ -111,3 +111,18 @@ def test_a_script_without_main_guard_works_and_a_stuck_worker_dies_with_it(tmp_p
             return
         time.sleep(0.2)
     raise AssertionError(f"reward worker {pid} outlived its trainer")
+
+
+
+def test_workers_outlive_the_ctrl_c_and_sigterm_sent_to_the_whole_process_group():
+    # The trainer saves and stops after its step on either signal; its workers must still score until then.
+    import signal
+
+    pids = set(workers.score_each(os.getpid, [()] * 2, timeout_s=10))
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    alive = {w.process.pid for w in workers._idle if w.process.poll() is None}
+    assert pids <= alive
+    assert set(workers.score_each(os.getpid, [()] * 2, timeout_s=10)) <= alive  # the same workers, none replaced
