@@ -52,8 +52,7 @@ class GenerateAhead:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-ahead")
         self._done_at = 0.0  # when the background generation returned (time.perf_counter)
 
-    def _now(self, step: int) -> Generated:
-        rows, positions = self._draw()
+    def _generated(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
         return Generated(rows, positions, self._generate(step, rows, positions) if rows else [])
 
     def take(self, step: int) -> Generated:
@@ -62,7 +61,7 @@ class GenerateAhead:
             raise RuntimeError("GenerateAhead.take: the previous step's generation was not waited for (call wait())")
         for s in range(step, step + self.k):
             if s not in self.ready:
-                self.ready[s] = self._now(s)
+                self.ready[s] = self._generated(s, *self._draw())
         # Also past train.steps: the last checkpoint then holds the next k batches, and a run resumed
         # with more steps trains exactly what one longer run would have (at the cost of k batches).
         rows, positions = self._draw()
@@ -71,7 +70,7 @@ class GenerateAhead:
 
     def _in_thread(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
         try:
-            return Generated(rows, positions, self._generate(step, rows, positions) if rows else [])
+            return self._generated(step, rows, positions)
         finally:
             self._done_at = time.perf_counter()
 
