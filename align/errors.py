@@ -46,8 +46,8 @@ def end_launched_process(status: int = 0) -> None:
     After accelerate's end_training() has destroyed the process groups, the objects DeepSpeed and
     accelerate still reference keep their gloo threads alive (measured: 4 pt_gloo_runloop and 2
     gloo_tcp_loop threads per rank), and they are torn down with the interpreter. There a rank
-    aborted now and then ("terminate called without an active exception", SIGABRT: about 1 run in
-    20 of a 2-process ZeRO-3 run under load, and in CI), failing a run whose model, checkpoints and
+    aborted now and then ("terminate called without an active exception", SIGABRT: 1 run in about
+    70 of a 2-process ZeRO-3 run under load here, and in CI), failing a run whose model, checkpoints and
     logs were all written, or turning a one-line error's status into -6. Nothing is left to do by
     then, so the teardown is skipped. A single process (WORLD_SIZE unset or 1) returns: it exits normally.
     """
