@@ -224,5 +224,3 @@ def prepare_reference_model(accelerator, model: torch.nn.Module) -> torch.nn.Mod
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()
     return engine
-
-

@@ -70,7 +70,7 @@ class GenerationSource(RolloutSource):
     def state_dict(self) -> dict:
         state = self.prompts.state_dict()
         if self.ahead is not None:  # the batches generated for the next k steps, every rank's (a collective)
-            state["ahead"] = self._gathered(self.ahead.state_dict())
+            state["ahead"] = self._gathered([self.ahead.state_dict()])
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -87,12 +87,13 @@ class GenerationSource(RolloutSource):
     def wait_for_generation(self) -> dict[str, float]:
         return self.ahead.wait() if self.ahead is not None else {}
 
-    def _gathered(self, value) -> list:
+    def _gathered(self, values: list) -> list:
+        """Every rank's `values`, concatenated in rank order (a collective when there are several)."""
         if self.world == 1:
-            return [value]
+            return values
         from accelerate.utils import gather_object
 
-        return gather_object([value])
+        return gather_object(values)
 
     def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
         """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
@@ -229,11 +230,7 @@ class GenerationSource(RolloutSource):
     def _deal_kept_groups(self, drawn: list[_Drawn], n_prompts: int) -> list[_Drawn]:
         """The step batch: the first `n_prompts` informative groups in global draw order (then dropped
         ones, if rounds ran out), and this rank's contiguous share of it."""
-        if self.world > 1:
-            from accelerate.utils import gather_object
-
-            drawn = gather_object(drawn)
-        ordered = sorted(drawn, key=lambda d: (d.round, d.position))
+        ordered = sorted(self._gathered(drawn), key=lambda d: (d.round, d.position))
         batch = ([d for d in ordered if d.informative] + [d for d in ordered if not d.informative])[:n_prompts]
         local = n_prompts // self.world
         return batch[self.rank * local : (self.rank + 1) * local]
