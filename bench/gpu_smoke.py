@@ -30,6 +30,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+VLLM_MISSING = "skipped: --engine vllm needs vLLM, which is not installed here (pip install 'align[vllm-cuda]')"
+
+
+def vllm_missing() -> bool:
+    """True (after printing the one-line skip) where vLLM is not installed; bench/gpu_w1.py shares it."""
+    if importlib.util.find_spec("vllm") is None:
+        print(VLLM_MISSING)
+        return True
+    return False
+
+
+def vllm_runtime(engine) -> dict:
+    """The vLLM release and the model runner a VLLMEngine samples with ("v2" on CUDA with Triton,
+    "v1" on the CPU build): what a figure measured on a lent GPU has to name."""
+    import vllm
+
+    return {"vllm": vllm.__version__, "model_runner": engine.model_runner}
+
+
 def main() -> None:
     from align import algos
     from align.demo import resolve_model_path
@@ -59,16 +78,13 @@ def main() -> None:
     if args.lora:
         model = apply_lora(model, r=16, alpha=32)
     if args.engine == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            print("skipped: --engine vllm needs vLLM, which is not installed here (pip install 'align[vllm-cuda]')")
+        if vllm_missing():
             return
         from align.rollout.vllm_engine import VLLMEngine
 
         max_len = min(1024, getattr(model.config, "max_position_embeddings", 1024))
         engine = VLLMEngine(path, dtype=dtype, seed=0, max_model_len=max_len, max_num_seqs=args.prompts * args.g)
-        import vllm
-
-        runner = {"vllm": vllm.__version__, "model_runner": engine.model_runner}
+        runner = vllm_runtime(engine)
     else:
         engine = HFEngine(path, dtype=dtype, device=device, seed=0)
         runner = {}

@@ -16,7 +16,11 @@ its HF engine with a verified sync, TRL's GRPOTrainer on its HF generation; the 
 (bench/step_vs_trl.py); with `--engine vllm` align's VLLMEngine against TRL's colocated vLLM
 (`use_vllm=True, vllm_mode="colocate"`), a one-line skip where vLLM is not installed. Reported per side: median step time, phases, generation tokens/s and the
 train phase's model FLOPs utilisation (6 x params x tokens / time / peak), against the measured
-bf16 matmul peak and, for known GPUs, the datasheet's dense bf16 peak.
+bf16 matmul peak and, for known GPUs, the datasheet's dense bf16 peak. Under "align_engine" (JSON)
+and in a line under the table: align's probe difference at weight version 0 and after every
+update, its tolerance, and with `--engine vllm` the vLLM release and model runner (v1/v2), as
+bench/gpu_smoke.py reports them. On CPU `--engine vllm` stops with one line (TRL's colocated vLLM
+needs CUDA); tests/test_gpu_w1.py runs align's side of it there (`align_side`, `engine_record`).
 
 Learning curve (`--learn MODEL`, e.g. smollm2-135m-instruct or a folder carried to the machine):
 `recipe=grpo_smollm2` on the built-in word problems with the HF engine for `--minutes`, held-out
@@ -26,7 +30,6 @@ accuracy measured before and every `--eval-every` steps; the goal is +20 points 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -40,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from gpu_smoke import vllm_missing, vllm_runtime  # noqa: E402
 from step_vs_trl import RESULTS, AlignRunner, TRLRunner, compare, matmul_peak, print_table, write  # noqa: E402
 
 SHAPES = {
@@ -96,6 +100,47 @@ def peak_flops(device: str, quick: bool) -> tuple[float, float | None, str]:
     return matmul_peak(torch.bfloat16, n=256 if quick else 2048, seconds=0.5 if quick else 3.0), None, "cpu"
 
 
+def engine_record(engine, kind: str) -> dict:
+    """What align's engine measures, kept up to date: the probe difference at weight version 0
+    (`calibrate`, at construction) and after every update (each `sync_from` appends its report),
+    the tolerance they are held to, and for vLLM its release and model runner (bench/gpu_smoke.py)."""
+    record = {"engine": kind, **(vllm_runtime(engine) if kind == "vllm" else {}),
+              "probe_diff_v0": engine.calibrated_diff, "probe_tolerance": engine.probe_tolerance, "after_update": []}
+    sync_from = engine.sync_from
+
+    def recording_sync_from(*a, **kw):
+        report = sync_from(*a, **kw)
+        record["after_update"].append({"weight_version": report.weight_version, "probe_diff": report.probe_diff})
+        return report
+
+    engine.sync_from = recording_sync_from
+    return record
+
+
+def engine_line(record: dict) -> str:
+    """The record as the line printed under the table."""
+    runner = f" {record['vllm']} (model runner {record['model_runner']})" if "model_runner" in record else ""
+    after = ", ".join(f"v{u['weight_version']} {u['probe_diff']:.3g}" for u in record["after_update"]) or "none"
+    v0 = "not measured (rollout.verify_sync=false)" if record["probe_diff_v0"] is None else f"{record['probe_diff_v0']:.3g}"
+    return (f"align engine {record['engine']}{runner}: probe difference at version 0 {v0}, "
+            f"after updates {after} (tolerance {record['probe_tolerance']:.3g})")
+
+
+def align_side(args, model_dir: Path, data: Path, tmp: Path) -> tuple[AlignRunner, dict]:
+    """align's runner for the workload and its engine's record (see engine_record)."""
+    batch = args.prompts * args.G
+    runner = AlignRunner([
+        "algo=grpo", f"model.name={model_dir}", "model.dtype=bfloat16", f"rollout.engine={args.engine}",
+        f"data.source={data}", "data.eval_split=train", f"reward.functions=[{Path(__file__).resolve()}:parity_reward]",
+        f"rollout.num_generations={args.G}", f"rollout.max_tokens={args.max_tokens}", f"train.batch_size={batch}",
+        "train.lr=1e-6", "loss.beta=0.0", f"train.steps={args.warmup + args.steps + 1}",
+        f"train.micro_batch_tokens={args.micro_batch * (args.prompt_len + args.max_tokens)}", "log.eval_every=0", "log.sample_every=0",
+        "log.save_every=0", "log.report_to=[]", "log.console=false", f"log.run_dir={tmp / 'align'}",
+        *args.align_override,
+    ])
+    return runner, engine_record(runner.trainer.engine, args.engine)
+
+
 def step_benchmark(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_w1-"))
@@ -104,15 +149,7 @@ def step_benchmark(args) -> dict:
     data = write_prompts(tmp / "prompts.jsonl", n_prompts, args.prompt_len)
     measured, sheet, name = peak_flops(device, quick=args.shape == "tiny")
     batch = args.prompts * args.G
-    align_runner = AlignRunner([
-        "algo=grpo", f"model.name={model_dir}", "model.dtype=bfloat16", f"rollout.engine={args.engine}",
-        f"data.source={data}", "data.eval_split=train", f"reward.functions=[{Path(__file__).resolve()}:parity_reward]",
-        f"rollout.num_generations={args.G}", f"rollout.max_tokens={args.max_tokens}", f"train.batch_size={batch}",
-        "train.lr=1e-6", "loss.beta=0.0", f"train.steps={args.warmup + args.steps + 1}",
-        f"train.micro_batch_tokens={args.micro_batch * (args.prompt_len + args.max_tokens)}", "log.eval_every=0", "log.sample_every=0",
-        "log.save_every=0", "log.tensorboard=false", "log.console=false", f"log.run_dir={tmp / 'align'}",
-        *args.align_override,
-    ])
+    align_runner, record = align_side(args, model_dir, data, tmp)
     from datasets import Dataset
 
     dataset = Dataset.from_json(str(data))
@@ -133,9 +170,10 @@ def step_benchmark(args) -> dict:
         for side in ("align", "trl"):
             s = result["summary"][side]
             s["train_mfu_datasheet"] = s["train_fraction_of_peak"] * measured / sheet
-    result |= {"device": name, "datasheet_bf16_flops": sheet, "args": vars(args)}
+    result |= {"device": name, "datasheet_bf16_flops": sheet, "align_engine": record, "args": vars(args)}
     print_table(result, f"W1 ({args.shape}) on {name}: {args.prompts} prompts x G={args.G} x {args.max_tokens} new "
                         f"tokens, prompt {args.prompt_len}")
+    print(engine_line(record))
     if sheet:
         print("train MFU vs datasheet: " + ", ".join(
             f"{side} {result['summary'][side]['train_mfu_datasheet']:.1%}" for side in ("align", "trl")))
@@ -151,7 +189,7 @@ def learning_curve(args) -> dict:
     started = time.time()
     train_main(["recipe=grpo_smollm2", "log.console=false", f"model.name={model}", f"rollout.engine={args.engine}",
                 f"train.max_minutes={args.minutes}",
-                "train.steps=100000", f"log.eval_every={args.eval_every}", "log.save_every=0", "log.tensorboard=false",
+                "train.steps=100000", f"log.eval_every={args.eval_every}", "log.save_every=0", "log.report_to=[]",
                 f"log.run_dir={run_dir}", *args.align_override])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["eval/mean@1"]) for r in rows if "eval/mean@1" in r]
@@ -161,7 +199,7 @@ def learning_curve(args) -> dict:
     return {"curve": curve, "gain_points": 100 * gain, "minutes": (time.time() - started) / 60, "args": vars(args)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="what both sides generate with")
@@ -180,9 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default="~/.cache/align", help="where built-in models are converted and cached")
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        print("skipped: --engine vllm needs vLLM, which is not installed here (pip install 'align[vllm-cuda]')")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.engine == "vllm" and vllm_missing():
         return {"skipped": "vllm not installed", "args": vars(args)}
     if args.engine == "vllm" and not args.learn and not torch.cuda.is_available():
         # TRL's colocated LLM is built without enforce_eager, so vLLM compiles it, which the CPU
