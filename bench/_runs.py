@@ -23,7 +23,7 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
     budget = [f"train.steps={steps or 100000}"] + ([f"train.max_minutes={minutes}"] if minutes else [])
     cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.seed={seed}", *budget,
            f"log.eval_every={eval_every}", f"log.run_dir={run_dir}", "log.console=false", "log.save_every=0",
-           "log.tensorboard=false", *extra]
+           "log.report_to=[]", *extra]
     # One thread per run unless told otherwise: the published numbers were measured so (two runs
     # side by side on 2 cores), and results depend on the thread count's summation order.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -35,6 +35,43 @@ def train(recipe: str, seed: int, run_dir: Path, extra: list[str], *, steps: int
     shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses to start into an old run's folder
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def add_variant_option(parser) -> None:
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=key=value,key=value",
+                        help="one more run per seed: the first of --algos with these overrides, named NAME "
+                             "(repeatable; e.g. --variant cispo=loss_type=cispo,epsilon_high=5)")
+
+
+def split_overrides(text: str) -> list[str]:
+    """'a=1,b=[x,y],c=2' -> ['a=1', 'b=[x,y]', 'c=2']: commas inside brackets belong to a list value."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def with_variants(algos: list[str], variants: list[str], runs: dict[str, tuple[str, list[str]]]) -> list[str]:
+    """The run names in order: `algos`, then each `--variant NAME=overrides`, added to `runs`
+    (name -> (recipe, overrides)) as the first of `algos` with the variant's overrides after its own."""
+    names = list(algos)
+    for spec in variants:
+        name, _, rest = spec.partition("=")
+        overrides = split_overrides(rest)
+        if not name or not overrides or any("=" not in o for o in overrides):
+            raise SystemExit(f"--variant {spec!r}: write NAME=key=value[,key=value...]")
+        if name in runs or name in names:
+            raise SystemExit(f"--variant {spec!r}: the name {name!r} is taken; pick another")
+        recipe, base = runs[algos[0]]
+        runs[name] = (recipe, [*base, *overrides])
+        names.append(name)
+    return names
 
 
 def prepare(out: str, merge: bool = False) -> tuple[Path, dict]:
@@ -69,10 +106,10 @@ def plot(results: dict, png: Path, ylabel: str, colors: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
+    for i, (name, runs) in enumerate(results.items()):
         for seed, summary in runs.items():
             steps, values = zip(*summary["curve"])
-            ax.plot(steps, values, label=f"{name} seed {seed}", color=colors.get(name, "gray"),
+            ax.plot(steps, values, label=f"{name} seed {seed}", color=colors.get(name, f"C{i % 10}"),
                     linestyle=SEED_STYLES[int(seed) % len(SEED_STYLES)])
     ax.set_xlabel("RL step")
     ax.set_ylabel(ylabel)

@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/learning_gcpo.py --seeds 0 1 2 --minutes 10 --eval-every 40
 
-`--algos grpo` adds plain GRPO (the baseline's recipe without its aux reward) as a third peer.
+`--algos grpo` adds plain GRPO (the baseline's recipe without its aux reward) as a third peer;
+`--variant NAME=key=value,...` adds the first of --algos with those overrides (repeatable), e.g.
+`--algos grpo --variant cispo=loss_type=cispo,epsilon_high=5` compares GRPO with CISPO.
 
 Each (recipe, seed) trains from the same warm-started tiny model for a wall-clock budget, with a
 held-out evaluation (512 problems, one sample each at temperature 1) at step 0 and every
@@ -21,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import metric_rows, prepare, save, train  # noqa: E402
+from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
 
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux", "grpo": "grpo_geometry_aux"}
 # Plain GRPO: the baseline's recipe without its aux reward (accuracy and format only).
@@ -78,15 +80,19 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["gcpo", "grpo_aux"], choices=list(RECIPES))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_gcpo.json"))
     parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
+    runs = {name: (recipe, OVERRIDES.get(name, [])) for name, recipe in RECIPES.items()}
+    names = with_variants(args.algos, args.variant, runs)
     work, results = prepare(args.out, args.merge)
     started = time.time()
-    for name in args.algos:
+    for name in names:
+        recipe, overrides = runs[name]
         for seed in args.seeds:
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, run_dir, [*OVERRIDES.get(name, []), *args.extra], steps=args.steps, minutes=None if args.steps else args.minutes,
+            train(recipe, seed, run_dir, [*overrides, *args.extra], steps=args.steps, minutes=None if args.steps else args.minutes,
                   eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 

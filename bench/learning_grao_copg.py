@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import prepare, save, train  # noqa: E402
+from bench._runs import add_variant_option, prepare, save, train, with_variants  # noqa: E402
 from bench.learning_gcpo import PLAIN_REWARDS as SCORED  # noqa: E402
 from bench.learning_gcpo import summarize  # noqa: E402
 RUNS = {
@@ -61,15 +61,20 @@ def main() -> None:
     parser.add_argument("--offline-prompts", type=int, default=512)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_grao_copg.json"))
     parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
+    runs = {name: (recipe, list(extra)) for name, (recipe, extra) in RUNS.items()}
+    names = with_variants(args.algos, args.variant, runs)
+    if args.variant and args.algos[0] == "copg_offline":
+        raise SystemExit("--variant: put an online algorithm first in --algos (copg_offline's data is made per run)")
     work, results = prepare(args.out, args.merge)
     started = time.time()
     rows = offline_rows(work / "rows.jsonl", args.offline_prompts, args.extra) if "copg_offline" in args.algos else None
     for seed in args.seeds:  # alternate algorithms within a seed: machine load hits them alike
-        for name in args.algos:
-            recipe, extra = RUNS[name]
+        for name in names:
+            recipe, extra = runs[name]
             overrides = args.extra
             if name == "copg_offline":  # the rows file is the training data: task options do not apply to it
                 extra = [f"data.source={rows}"]

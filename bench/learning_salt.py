@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import metric_rows, prepare, save, train  # noqa: E402
+from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
 
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
 COLORS = {"salt": "tab:blue", "grpo": "tab:orange"}
@@ -54,15 +54,19 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_salt.json"))
+    add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
 
+    runs = {name: (recipe, []) for name, recipe in RECIPES.items()}
+    names = with_variants(args.algos, args.variant, runs)
     work, results = prepare(args.out)
     started = time.time()
     for seed in args.seeds:
-        for name in args.algos:  # interleaved: load on a shared machine hits both algorithms alike
+        for name in names:  # interleaved: load on a shared machine hits both algorithms alike
+            recipe, overrides = runs[name]
             run_dir = work / f"{name}-seed{seed}"
-            train(RECIPES[name], seed, run_dir, args.extra, steps=args.steps, minutes=args.minutes or None,
+            train(recipe, seed, run_dir, [*overrides, *args.extra], steps=args.steps, minutes=args.minutes or None,
                   eval_every=args.eval_every)
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 

@@ -37,7 +37,7 @@ def run_once(args, rm_path: str, variant: str, run_dir: Path) -> dict:
            f"model.cache_dir={args.cache_dir}", f"reward.functions=[{spec}]", "reward.weights=[1.0]",
            f"reward.options={json.dumps(options)}", f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
            f"rollout.num_generations={args.generations}", f"rollout.max_tokens={args.max_tokens}",
-           f"rollout.engine={args.engine}", "log.tensorboard=false", "log.console=false", "log.eval_every=0",
+           f"rollout.engine={args.engine}", "log.report_to=[]", "log.console=false", "log.eval_every=0",
            f"log.run_dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"rollout.engine={args.align_engine}", f"rollout.num_generations={args.G}", f"rollout.max_tokens={args.max_tokens}",
         f"train.batch_size={batch}", f"train.lr={args.lr}", f"loss.beta={args.beta}",
         f"train.steps={args.warmup + args.steps + 1}", "log.eval_every=0", "log.sample_every=0", "log.save_every=0",
-        "log.tensorboard=false", "log.console=false", f"log.run_dir={tmp / 'align'}",
+        "log.report_to=[]", "log.console=false", f"log.run_dir={tmp / 'align'}",
         f"data.options.size={args.dataset_size}",
         # align splits by a token budget: this many full-length sequences of the workload
         f"train.micro_batch_tokens={args.micro_batch * (args.max_tokens + 96)}", *args.align_override,

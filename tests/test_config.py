@@ -114,10 +114,27 @@ def test_ratio_options_are_inert_with_one_update_unless_pi_old_is_the_behaviour_
     from align.config import inert_ratio_options
 
     one = load_config(["recipe=grpo_math", "loss.delta=1.5"])
-    assert inert_ratio_options(one) == ("warning: loss.delta=1.5 has no effect here: with train.updates_per_batch=1 the ratio "
+    assert inert_ratio_options(one) == ["warning: loss.delta=1.5 has no effect here: with train.updates_per_batch=1 the ratio "
                                         "pi_theta / pi_old is exactly 1 at the only update (set train.updates_per_batch > 1 "
-                                        "for it to act)")
-    assert inert_ratio_options(one, has_ratio=False) is None  # GRAO and CoPG do not read it at all
-    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "train.updates_per_batch=2"])) is None
+                                        "for it to act)"]
+    assert inert_ratio_options(one, has_ratio=False) == []  # GRAO and CoPG do not read it at all
+    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "train.updates_per_batch=2"])) == []
     # bypass: pi_old is the engine's mu, so the ratio moves even at the only update
-    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "loss.off_policy_correction=bypass"])) is None
+    assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "loss.off_policy_correction=bypass"])) == []
+
+
+def test_options_of_another_surrogate_are_said_to_be_inert():
+    from align.algos import SURROGATES
+    from align.config import inert_ratio_options
+
+    cfg = load_config(["recipe=grpo_math", "loss.surrogate=sapo", "loss.cispo_cap=2.0", "loss.sapo_tau_neg=3.0",
+                       "train.updates_per_batch=2"])
+    assert inert_ratio_options(cfg, True, SURROGATES["sapo"].reads) == [
+        "warning: loss.cispo_cap=2.0 has no effect here: loss.surrogate=sapo reads loss.sapo_tau_pos, loss.sapo_tau_neg, "
+        "loss.ratio_level"]
+    # VESPO's parameters act through the engine weights even at ratio 1: not said to be inert
+    vespo = load_config(["recipe=grpo_math", "loss.surrogate=vespo", "loss.vespo_k_pos=1.0"])
+    assert inert_ratio_options(vespo, True, SURROGATES["vespo"].reads) == []
+    cispo = load_config(["recipe=grpo_math", "loss.surrogate=cispo", "loss.cispo_cap=2.0"])
+    assert "loss.cispo_cap=2.0 has no effect here: with train.updates_per_batch=1" in inert_ratio_options(
+        cispo, True, SURROGATES["cispo"].reads)[0]

@@ -75,7 +75,7 @@ class Advantages:
 
 # Loss metrics that are this shard's additive share of a global quantity (summed over micro-batches
 # and ranks); every other loss metric is a mean over the shard's tokens (token-weighted average).
-ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens"})
+ADDITIVE_METRICS = frozenset({"loss", "pg_loss", "num_tokens", "entropy_bonus"})
 
 
 class Algorithm:

@@ -30,6 +30,7 @@ class CoPG(GRPO):
     name = "copg"
     section = "copg"
     config_class = CoPGConfig
+    policy_gradient_loss = False
     sources = ("generate", "offline")  # no importance ratio to pi_old: it can train from fixed rows
 
     @classmethod

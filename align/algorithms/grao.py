@@ -70,6 +70,7 @@ class GRAO(GRPO):
     name = "grao"
     section = "grao"
     config_class = GRAOConfig
+    policy_gradient_loss = False
     sources = ("generate",)
 
     @classmethod

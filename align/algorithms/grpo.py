@@ -9,13 +9,14 @@ is in `align.algos`. Hyper-parameters: the `loss` config section.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
 from align import algos
 from align.algorithms.base import Advantages, Algorithm, Needs, Scores
 from align.algos import MicroBatch
-from align.algos.surrogates import SURROGATES
+from align.algos.surrogates import CLIP_OPTIONS, SURROGATES
 from align.config import Config, ConfigError
 from rewards.registry import get_reward_function
 from rewards.runner import RewardResult, compute_rewards, load_reward_functions, reward_metrics
@@ -40,9 +41,16 @@ def check_reward_names(specs) -> None:
             get_reward_function(spec)
 
 
+def surrogate_options(lc) -> dict[str, object]:
+    """The loss.* values the active surrogate reads beyond the clip arguments (cispo_cap, sapo_tau_*...)."""
+    return {k: getattr(lc, k) for k in SURROGATES[lc.surrogate].reads if k not in CLIP_OPTIONS}
+
+
 class GRPO(Algorithm):
     name = "grpo"
     sources = ("generate", "episodes")
+    # GRAO and CoPG have losses of their own: the surrogate, token selection and entropy bonus do not apply.
+    policy_gradient_loss: ClassVar[bool] = True
     # The algorithm's own metrics (align.telemetry.report.Signal), shown in the evaluation tables
     # and metrics.png next to the held-out accuracy. Plain GRPO has none beyond reward and accuracy.
     signals: tuple = ()
@@ -64,6 +72,32 @@ class GRPO(Algorithm):
         if cfg.loss.surrogate not in SURROGATES:
             raise ConfigError(f"loss.surrogate={cfg.loss.surrogate!r} is not registered; registered surrogates: "
                               f"{', '.join(sorted(SURROGATES))} (align/algos/surrogates.py)")
+        cls._validate_policy_gradient_options(cfg)
+
+    @classmethod
+    def _validate_policy_gradient_options(cls, cfg: Config) -> None:
+        """The surrogate's own options, token selection and the entropy bonus: values the loss accepts,
+        and only for the algorithms whose loss reads them."""
+        lc = cfg.loss
+        own = {"surrogate": "clip", "top_entropy_quantile": 1.0, "entropy_coef": 0.0}
+        if not cls.policy_gradient_loss:
+            changed = [f"loss.{k}={getattr(lc, k)}" for k, default in own.items() if getattr(lc, k) != default]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)}: algo={cfg.algo} has a loss of its own that does not read "
+                                  "it; leave it at its default or use algo=grpo / gcpo / salt")
+            return
+        try:  # the surrogate's own checks, on one token: the same messages as at the first step, but now
+            one = torch.zeros(1, 1)
+            SURROGATES[lc.surrogate].fn(one, one, torch.zeros(1), mask=torch.ones(1, 1), is_weights=None,
+                                        **surrogate_options(lc))
+        except ValueError as error:
+            raise ConfigError(f"loss.{error} (loss.surrogate={lc.surrogate})") from None
+        if not 0 <= lc.top_entropy_quantile <= 1:
+            raise ConfigError(f"loss.top_entropy_quantile={lc.top_entropy_quantile}: the share of tokens kept by "
+                              "entropy, in [0, 1] (1 keeps all; 0.2 is the paper's)")
+        if lc.ref_sync and (lc.ref_sync_every < 1 or not 0 < lc.ref_sync_alpha <= 1):
+            raise ConfigError(f"loss.ref_sync_every={lc.ref_sync_every}, loss.ref_sync_alpha={lc.ref_sync_alpha}: "
+                              "the reference is mixed every N >= 1 steps with a policy share alpha in (0, 1]")
 
     @staticmethod
     def grpo_needs(cfg: Config) -> Needs:
@@ -109,6 +143,8 @@ class GRPO(Algorithm):
             mb.logp, mb.old_logp, mb.advantages, mb.mask,
             ref_logp=mb.ref_logp, beta=0.0 if c.kl_in_reward else c.beta, kl_kind=c.kl_kind, kl_clamp=c.kl_clamp,
             eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=c.dual_clip, delta=c.delta,
-            ratio_level=c.ratio_level, surrogate=c.surrogate, is_weights=mb.is_weights, agg=c.agg, const_len=self.cfg.rollout.max_tokens,
-            num_tokens=mb.totals.num_tokens, num_seqs=mb.totals.num_seqs,
+            ratio_level=c.ratio_level, surrogate=c.surrogate, surrogate_options=surrogate_options(c),
+            is_weights=mb.is_weights, pg_mask=mb.pg_mask, entropy=mb.entropy, entropy_coef=c.entropy_coef,
+            entropy_tokens=mb.totals.num_tokens if mb.totals.kept_tokens is None else mb.totals.kept_tokens,
+            agg=c.agg, const_len=self.cfg.rollout.max_tokens, num_tokens=mb.totals.num_tokens, num_seqs=mb.totals.num_seqs,
         )

@@ -126,13 +126,15 @@ class Totals:
     """Global normalisers of one optimizer step (all micro-batches on all ranks).
 
     num_tokens: loss-carrying completion tokens; num_seqs: completion rows; num_prompts: prompts;
-    num_groups: prompts with >= 2 valid members (CoPG's mean runs over these).
+    num_groups: prompts with >= 2 valid members (CoPG's mean runs over these); kept_tokens: the
+    tokens loss.top_entropy_quantile keeps in the policy gradient (None = every loss token).
     """
 
     num_tokens: float
     num_seqs: float
     num_prompts: float
     num_groups: float
+    kept_tokens: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -162,12 +164,14 @@ class MicroBatch:
     answer_logp: torch.Tensor | None = None
     answer_mask: torch.Tensor | None = None
     answer_advantages: torch.Tensor | None = None
+    pg_mask: torch.Tensor | None = None  # [B,T] tokens of the policy-gradient term (loss.top_entropy_quantile)
+    entropy: torch.Tensor | None = None  # [B,T] token entropy with grad (loss.entropy_coef)
 
     def __post_init__(self) -> None:
         if self.logp.dim() != 2:
             raise ValueError(f"MicroBatch.logp must be [B,T], got {_shape(self.logp)}")
         B, T = self.logp.shape
-        for name in ("mask", "old_logp", "engine_logp", "ref_logp", "is_weights"):
+        for name in ("mask", "old_logp", "engine_logp", "ref_logp", "is_weights", "pg_mask", "entropy"):
             _expect(name, getattr(self, name), (B, T), "MicroBatch")
         for name in ("rewards", "valid"):
             _expect(name, getattr(self, name), (B,), "MicroBatch")

@@ -93,6 +93,27 @@ def token_logprobs(
     return logp, entropy.reshape(tokens.shape)
 
 
+def token_entropy(logits: torch.Tensor, chunk_size: int = 512, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position, differentiable: logits [B,T,V] -> [B,T]
+    float32 (float64 for float64 logits), for an entropy bonus (loss.entropy_coef).
+
+    Each [chunk_size, V] block runs under activation checkpointing, so backward recomputes its
+    float32 softmax instead of keeping one per block alive (the logits themselves are kept anyway).
+    """
+    check_ndim("logits", logits, 3, "[B,T,V]")
+    check_positive("chunk_size", chunk_size)
+    check_positive("temperature", temperature)
+    dtype = _compute_dtype(logits.dtype)
+
+    def block(chunk: torch.Tensor) -> torch.Tensor:
+        return _entropy(chunk.to(dtype) / temperature)
+
+    flat = logits.reshape(-1, logits.shape[-1])
+    chunks = [checkpoint(block, chunk, use_reentrant=False) for chunk in flat.split(int(chunk_size))]
+    entropy = torch.cat(chunks) if chunks else logits.new_zeros(0, dtype=dtype)
+    return entropy.reshape(logits.shape[:2])
+
+
 def _entropy(scaled_logits: torch.Tensor) -> torch.Tensor:
     """H = logsumexp(x) - sum softmax(x) * x, per row."""
     lse = torch.logsumexp(scaled_logits, dim=-1, keepdim=True)

@@ -3,6 +3,8 @@ registered per-token surrogate (surrogates.py) plus the KL term, aggregated over
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from align.algos._checks import check_positive, check_same_shape
@@ -94,7 +96,12 @@ def grpo_loss(
     delta: float | None = None,
     ratio_level: RatioLevel = "token",
     surrogate: str = "clip",
+    surrogate_options: Mapping[str, float] | None = None,
     is_weights: torch.Tensor | None = None,
+    pg_mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    entropy_tokens: float | None = None,
     agg: AggMode = "seq_mean_token_mean",
     const_len: int | None = None,
     num_tokens: float | None = None,
@@ -102,8 +109,14 @@ def grpo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss: aggregate(surrogate + beta * KL) over the mask. All token tensors [B,T].
 
-    surrogate: a name in SURROGATES (default "clip", PPO's clipped ratio); the clip, delta,
-    dual-clip and ratio-level options go to it.
+    surrogate: a name in SURROGATES (default "clip", PPO's clipped ratio). It receives the options
+    its entry `reads`: the clip, delta, dual-clip and ratio-level arguments here, and its own
+    (e.g. cispo_cap) from `surrogate_options`.
+    pg_mask [B,T] (0/1): tokens whose policy-gradient term counts (top_entropy_quantile keeps the
+    high-entropy ones); the KL term and the normaliser still run over `mask`, as in TRL.
+    entropy [B,T] (with grad) and entropy_coef > 0: subtract entropy_coef * the mean entropy over the
+    tokens of mask * pg_mask; `entropy_tokens` is their global count (the step's, so the bonus too is an
+    additive share; None = this call's count).
 
     adv_tok: [B] or [B,T]. ref_logp is required when beta > 0. num_tokens / num_seqs are the global
     counts of the optimizer step (see `aggregate`); the returned loss is then this shard's share.
@@ -117,10 +130,17 @@ def grpo_loss(
         raise ValueError(f"beta={beta} needs ref_logp (the reference model's log-probs); pass it or set beta=0")
     if surrogate not in SURROGATES:
         raise ValueError(f"surrogate={surrogate!r} is not registered; registered: {', '.join(sorted(SURROGATES))}")
-    pg_tok, info = SURROGATES[surrogate].fn(
-        logp, old_logp, adv_tok, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, delta=delta,
-        ratio_level=ratio_level, mask=mask, is_weights=is_weights,
-    )
+    entry = SURROGATES[surrogate]
+    given = dict(eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, delta=delta, ratio_level=ratio_level)
+    unread = sorted(set(surrogate_options or {}) - set(entry.reads))
+    if unread:
+        raise ValueError(f"surrogate={surrogate!r} does not read {', '.join(unread)}; it reads {', '.join(entry.reads)}")
+    given |= dict(surrogate_options or {})
+    options = {name: given[name] for name in entry.reads if name in given}
+    pg_tok, info = entry.fn(logp, old_logp, adv_tok, mask=mask, is_weights=is_weights, **options)
+    if pg_mask is not None:
+        check_same_shape("pg_mask", pg_mask, "logp", logp)
+        pg_tok = pg_tok * pg_mask.detach()
     no_flag = torch.zeros_like(logp, dtype=torch.bool)  # a surrogate without a clip reports none
     agg_args = dict(mode=agg, const_len=const_len, num_tokens=num_tokens, num_seqs=num_seqs)
     loss_tok = pg_tok
@@ -130,6 +150,15 @@ def grpo_loss(
         loss_tok = pg_tok + beta * kl_tok
         kl_mean = masked_mean(kl_tok.detach(), mask)
     loss = aggregate(loss_tok, mask, **agg_args)
+    entropy_mean = logp.new_zeros((), dtype=torch.float32)
+    if entropy_coef:
+        if entropy is None:
+            raise ValueError(f"entropy_coef={entropy_coef} needs entropy [B,T] (with grad) of the same tokens")
+        check_same_shape("entropy", entropy, "logp", logp)
+        kept = mask if pg_mask is None else mask * pg_mask
+        bonus = aggregate(entropy, kept, mode="token_mean", num_tokens=entropy_tokens)
+        loss = loss - entropy_coef * bonus
+        entropy_mean = bonus.detach()
     with torch.no_grad():
         metrics = {
             "pg_loss": aggregate(pg_tok.detach(), mask, **agg_args),
@@ -140,4 +169,6 @@ def grpo_loss(
             "ratio_mean": masked_mean(info["ratio"], mask),
             "num_tokens": mask.bool().sum().float(),
         }
+        if entropy_coef:
+            metrics["entropy_bonus"] = entropy_mean
     return loss, metrics

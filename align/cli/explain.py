@@ -31,6 +31,7 @@ def count_parameters(cfg: Config) -> tuple[int, int, int, int]:
 
 def describe(cfg: Config, n_params: int, vocab: int, hidden: int, layers: int, dtype: str, world: int = 1) -> str:
     g, batch, lc = cfg.rollout.num_generations, cfg.train.batch_size, cfg.loss
+    reads = SURROGATES[lc.surrogate].reads
     cls = algorithm_class(cfg.algo)
     needs, section = cls(cfg).needs, cls.config_section()
     prompts = batch // g
@@ -62,10 +63,15 @@ def describe(cfg: Config, n_params: int, vocab: int, hidden: int, layers: int, d
         f"  advantages: baseline={lc.baseline}, scale={lc.scale}" + (" (Dr.GRPO)" if lc.scale == "none" else ""),
         f"  surrogate: {lc.surrogate}: " + SURROGATES[lc.surrogate].summary.format(
             low=1 - lc.eps_low, high=1 + lc.eps_high, **vars(lc))
-        + (f", dual clip {lc.dual_clip}" if lc.dual_clip else "") + (f", delta {lc.delta}" if lc.delta else "")
-        + (" (GSPO)" if lc.ratio_level == "sequence" else "") + f", aggregation {lc.agg}",
+        + (f", dual clip {lc.dual_clip}" if lc.dual_clip and "dual_clip" in reads else "")
+        + (f", delta {lc.delta}" if lc.delta and "delta" in reads else "")
+        + (" (GSPO)" if lc.ratio_level == "sequence" and "ratio_level" in reads else "") + f", aggregation {lc.agg}"
+        + (f"; policy gradient on the top {lc.top_entropy_quantile:g} of tokens by entropy" if lc.top_entropy_quantile < 1 else "")
+        + (f"; entropy bonus {lc.entropy_coef:g}" if lc.entropy_coef else ""),
         "  KL: " + ("off (no reference model loaded)" if lc.beta == 0 else
-                    f"beta={lc.beta} {lc.kl_kind} " + ("in the reward" if lc.kl_in_reward else "in the loss")),
+                    f"beta={lc.beta} {lc.kl_kind} " + ("in the reward" if lc.kl_in_reward else "in the loss"))
+        + (f"; reference moved every {lc.ref_sync_every} steps (ref = {lc.ref_sync_alpha:g} policy + "
+           f"{1 - lc.ref_sync_alpha:g} ref, TR-DPO)" if lc.ref_sync else ""),
         "  engine/trainer mismatch: " + (f"TIS, weights capped at {lc.tis_cap}" if lc.tis_cap else "uncorrected"),
         f"  dynamic sampling: {'on, up to ' + str(lc.dynamic_sampling_max_rounds) + ' rounds' if lc.dynamic_sampling else 'off'}; "
         f"overlong penalty: {'last ' + str(lc.overlong_buffer) + ' tokens' if lc.overlong_buffer else 'off'}; "
@@ -78,9 +84,8 @@ def describe(cfg: Config, n_params: int, vocab: int, hidden: int, layers: int, d
         f"  engine: weights {weights * gib:.3f} + KV cache {engine_kv * gib:.3f} GiB (rollout.kv_cache_mb on CPU;"
         f" rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} of the GPU on GPU)",
     ]
-    inert = inert_ratio_options(cfg, needs.importance_correction)
-    if inert:
-        lines.insert(lines.index("memory estimate per process (no ZeRO sharding):") - 1, "  " + inert)
+    at = lines.index("memory estimate per process (no ZeRO sharding):") - 1
+    lines[at:at] = ["  " + line for line in inert_ratio_options(cfg, needs.importance_correction, reads)]
     if not needs.importance_correction:  # the GRPO surrogate lines do not apply
         grpo_only = ("  advantages:", "  surrogate:", "  KL:", "  engine/trainer mismatch:")
         lines = [line for line in lines if not line.startswith(grpo_only)]

@@ -21,6 +21,7 @@ from align.config import Config, ConfigError, config_to_yaml
 from align.runtime.distributed import check_deepspeed_json, fill_deepspeed_config
 from align.runtime.precision import resolve_dtype
 from align.runtime.threads import use_cpu_threads
+from align.telemetry.trackers import accelerate_log_with
 from align.training.loop import Trainer
 from align.training.resume import check_resume, config_path
 
@@ -52,8 +53,10 @@ def make_accelerator(cfg: Config | None = None):
     # step_scheduler_with_optimizer=False: accelerate otherwise steps a prepared scheduler once per
     # PROCESS per optimizer step (its convention for sharded dataloaders, which align does not use),
     # so with N ranks the schedule ran N times too fast.
+    # Experiment trackers (log.report_to) go through accelerate's tracker API (align/telemetry/trackers.py).
+    log_with = accelerate_log_with(cfg.log.report_to) if cfg is not None else None
     return Accelerator(cpu=multi_cpu, deepspeed_plugin=plugin, kwargs_handlers=handlers,
-                       step_scheduler_with_optimizer=False)
+                       step_scheduler_with_optimizer=False, log_with=log_with)
 
 
 def resolve_run_dir(cfg: Config, accelerator) -> Path:

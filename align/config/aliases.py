@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from align.config.schema import CHOICES, Config, ConfigError, _get, all_keys
+from align.config.schema import CHOICES, REPORT_TO, Config, ConfigError, _get, all_keys
 
 # verl writes most actor/rollout keys under this prefix; the table lists them without it.
 VERL_PREFIX = "actor_rollout_ref."
@@ -71,7 +71,11 @@ NA = _NoEquivalent()
 
 # Value tables shared by a TRL key, a verl key and our own key (a foreign value under our key translates too).
 AGG_TRL = {"dapo": "token_mean", "bnpo": "token_mean", "grpo": "seq_mean_token_mean", "dr_grpo": "seq_sum_const",
-           "cispo": NA, "sapo": NA, "vespo": NA, "luspo": NA}
+           "luspo": "seq_mean_token_sum"}
+# TRL's loss_type names a surrogate and an aggregation at once (grpo_trainer.py _compute_loss). LUSPO
+# is PPO's clip with TRL's per-sequence token sum; the paper's setup also sets importance_sampling_level=sequence.
+LOSS_TYPE_TRL = {name: ("clip", agg) for name, agg in AGG_TRL.items()} | {
+    "cispo": ("cispo", "token_mean"), "sapo": ("sapo", "seq_mean_token_mean"), "vespo": ("vespo", "token_mean")}
 AGG_VERL = {"token-mean": "token_mean", "seq-mean-token-mean": "seq_mean_token_mean",
             "seq-mean-token-sum": "seq_mean_token_sum", "seq-mean-token-sum-norm": "seq_sum_const"}
 SCALE_TRL = {"group": "std", "true": "std", "batch": "batch", "none": "none", "false": "none"}
@@ -95,8 +99,15 @@ TABLE: dict[str, Alias] = {
     "epsilon_high": _to("loss.eps_high"),
     "delta": _to("loss.delta"),
     "importance_sampling_level": _to("loss.ratio_level", values={"token": "token", "sequence": "sequence"}),
-    "loss_type": _to("loss.agg", values=AGG_TRL, default="dapo (token_mean)",
-                     note="cispo/sapo/vespo/luspo surrogates are not implemented here"),
+    "loss_type": Alias("TRL", ("loss.surrogate", "loss.agg"), None,
+                       "a surrogate and an aggregation: " + ", ".join(f"{k} = {s} + {a}" for k, (s, a) in LOSS_TYPE_TRL.items()),
+                       lambda v: _loss_type(v), "dapo"),
+    "sapo_temperature_pos": _to("loss.sapo_tau_pos"),
+    "sapo_temperature_neg": _to("loss.sapo_tau_neg"),
+    "vespo_k_pos": _to("loss.vespo_k_pos"),
+    "vespo_lambda_pos": _to("loss.vespo_lambda_pos"),
+    "vespo_k_neg": _to("loss.vespo_k_neg"),
+    "vespo_lambda_neg": _to("loss.vespo_lambda_neg"),
     "scale_rewards": _to("loss.scale", values=SCALE_TRL),
     "mask_truncated_completions": _to("loss.mask_truncated"),
     "reward_funcs": _to("reward.functions"),
@@ -120,6 +131,10 @@ TABLE: dict[str, Alias] = {
     "dataset_test_split": _to("data.eval_split"),
     "output_dir": _to("log.run_dir"),
     "logging_steps": _to("log.every"),
+    "report_to": Alias("TRL", ("log.report_to",), None, "any of tensorboard, wandb, trackio, mlflow (offline, under the run folder); none: none",
+                       lambda v: _report_to(v, "TRL"), "none"),
+    "project": _to("log.project", default="huggingface"),
+    "run_name": _none("a run's name in the trackers is its folder: log.run_dir (output_dir)"),
     "save_steps": _to("log.save_every"),
     "save_total_limit": _to("log.keep_last"),
     "eval_steps": _to("log.eval_every"),
@@ -139,8 +154,13 @@ TABLE: dict[str, Alias] = {
     "steps_per_generation": _none(BATCH_NOTE + "; several updates on one rollout batch: train.updates_per_batch"),
     "num_train_epochs": _none("runs are counted in optimizer steps: train.steps"),
     "max_prompt_length": _none("prompts are not truncated here; filter long prompts out of the data"),
-    "top_entropy_quantile": _none("not implemented here"),
-    "entropy_coef": _none("no entropy bonus here (the entropy is logged as 'entropy')"),
+    "top_entropy_quantile": _to("loss.top_entropy_quantile", note="one threshold over the whole step's tokens "
+                                "(TRL's is per micro-batch), from the entropies of the policy the step starts from"),
+    "entropy_coef": _to("loss.entropy_coef", note="the bonus is the mean entropy over the step's loss tokens"),
+    "use_adaptive_entropy": _none("adaptive entropy control (Skywork-OR1) is not implemented; loss.entropy_coef is fixed"),
+    "sync_ref_model": _to("loss.ref_sync"),
+    "ref_model_mixup_alpha": _to("loss.ref_sync_alpha"),
+    "ref_model_sync_steps": _to("loss.ref_sync_every"),
     "multi_objective_aggregation": _none("rewards are summed with reward.weights, then normalised (TRL's sum_then_normalize)"),
     # ---- verl (Hydra keys; actor_rollout_ref. may be omitted) ----
     "actor.optim.lr": _verl("train.lr"),
@@ -158,7 +178,8 @@ TABLE: dict[str, Alias] = {
     "actor.kl_loss_type": _verl("loss.kl_kind", values=KL_VERL, default="low_var_kl (k3)"),
     "actor.use_kl_loss": _verl_none("the KL term is on when loss.beta > 0 (in the loss; loss.kl_in_reward=true puts it in the reward)"),
     "actor.grad_clip": _verl("train.max_grad_norm"),
-    "actor.entropy_coeff": _verl_none("no entropy bonus here (the entropy is logged as 'entropy')"),
+    "actor.entropy_coeff": _verl("loss.entropy_coef", note="here the bonus is always a token mean (verl aggregates it "
+                                 "with loss_agg_mode)"),
     "actor.ppo_mini_batch_size": _verl_none(BATCH_NOTE + "; one rollout batch is one optimizer step (x train.updates_per_batch)"),
     "actor.ppo_micro_batch_size_per_gpu": _verl_none(BATCH_NOTE),
     "actor.ppo_max_token_len_per_gpu": _verl("train.micro_batch_tokens"),
@@ -196,7 +217,39 @@ TABLE: dict[str, Alias] = {
     "trainer.save_freq": _verl("log.save_every"),
     "trainer.test_freq": _verl("log.eval_every"),
     "trainer.default_local_dir": _verl("log.run_dir"),
+    "trainer.logger": Alias("verl", ("log.report_to",), None, "console and file are always on here (the progress line, metrics.jsonl)",
+                            lambda v: _report_to(v, "verl"), "[console,wandb]"),
+    "trainer.project_name": _verl("log.project", default="verl_examples"),
+    "trainer.experiment_name": _verl_none("a run's name in the trackers is its folder: log.run_dir (trainer.default_local_dir)"),
 }
+
+def _loss_type(value: Any) -> dict[str, Any]:
+    text = _text(value)
+    if text not in LOSS_TYPE_TRL:
+        raise ConfigError(f"'loss_type={value}' (TRL): value not understood here; accepted: {', '.join(LOSS_TYPE_TRL)}")
+    surrogate, agg = LOSS_TYPE_TRL[text]
+    return {"loss.surrogate": surrogate, "loss.agg": agg}
+
+
+def _cispo_cap(pairs: list[tuple[str, Any]]) -> bool:
+    """Whether `epsilon_high` means CISPO's absolute cap here: TRL reads it so under loss_type=cispo."""
+    return any((k == "loss_type" or k == "loss.surrogate") and _text(v) == "cispo" for k, v in pairs)
+
+
+def _report_to(value: Any, origin: str) -> dict[str, Any]:
+    """TRL's `report_to` (a name, a list, "none" or "all") or verl's `trainer.logger` (a list) -> log.report_to."""
+    names = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        text = _text(item)
+        if text in ("none", ""):
+            continue
+        if origin == "verl" and text in ("console", "file"):  # the progress line and metrics.jsonl are always written
+            continue
+        if text == "all":
+            raise ConfigError(f"'report_to=all' ({origin}): name the trackers, e.g. log.report_to=[{','.join(REPORT_TO)}]")
+        names.append(text)
+    return {"log.report_to": names}
+
 
 def _adv_estimator(value: Any) -> dict[str, Any]:
     baselines = {"grpo": "mean", "rloo": "loo"}
@@ -212,6 +265,7 @@ VALUES_OF_OUR_KEYS: dict[str, dict[str, Any]] = {
     "loss.kl_kind": {k: v for k, v in KL_VERL.items() if v is not NA},
     "loss.scale": SCALE_TRL,
     "train.lr_schedule": SCHEDULE_TRL,
+    "log.report_to": {"none": [], **{name: [name] for name in REPORT_TO}},  # TRL's spellings: one name, or none
 }
 
 _announced: set[str] = set()
@@ -225,12 +279,15 @@ def lookup(key: str) -> tuple[str, Alias] | None:
     return None
 
 
-def translate_pair(key: str, value: Any) -> dict[str, Any] | None:
+def translate_pair(key: str, value: Any, cispo: bool = False) -> dict[str, Any] | None:
     """{our key: value} for a foreign `key=value`, or None when `key` is not foreign.
 
-    value: the parsed value (YAML scalar, list...). Raises ConfigError when the key or value has no
-    equivalent here, with what to write instead.
+    value: the parsed value (YAML scalar, list...). cispo: the same command line or recipe sets
+    loss_type=cispo, under which TRL's `epsilon_high` is CISPO's absolute cap (loss.cispo_cap), not a
+    clip bound. Raises ConfigError when the key or value has no equivalent here, with what to write instead.
     """
+    if cispo and key == "epsilon_high":
+        return _announce(key, {"loss.cispo_cap": value})
     stripped = key.removeprefix(VERL_PREFIX)
     if stripped != key and stripped in all_keys():  # verl spells some keys as we do: rollout.temperature, ...
         if stripped == "rollout.top_k" and value == -1:  # verl's "off" is -1, ours 0
@@ -313,6 +370,7 @@ def translate_overrides(argv: list[str], is_known: Callable[[str], bool]) -> lis
     given on the same command line (epsilon_high) wins whatever the order.
     """
     broad, out = [], []
+    cispo = _cispo_cap([tuple(item.split("=", 1)) for item in argv if "=" in item])
     for item in argv:
         if "=" not in item:
             out.append(item)
@@ -322,7 +380,7 @@ def translate_overrides(argv: list[str], is_known: Callable[[str], bool]) -> lis
             mapped = translate_our_value(key, raw)
             out.append(item if mapped == raw else f"{key}={_dump(mapped)}")
             continue
-        mapping = translate_pair(key, yaml.safe_load(raw) if raw else raw)
+        mapping = translate_pair(key, yaml.safe_load(raw) if raw else raw, cispo)
         if mapping is None:
             out.append(item)  # unknown: load.py reports it (with a near-spelling suggestion)
             continue
@@ -342,6 +400,8 @@ def translate_tree(tree: dict, is_known: Callable[[str], bool], free_form: tuple
     """A recipe's nested dict with foreign keys (at any depth, dotted or nested) rewritten into ours."""
     flat: dict[str, Any] = {}
     broad: dict[str, Any] = {}
+    top = [(k, v) for k, v in tree.items() if not isinstance(v, dict)]
+    cispo = _cispo_cap(top + [("loss.surrogate", (tree.get("loss") or {}).get("surrogate"))])
 
     def walk(node: Any, prefix: str) -> None:
         for k, v in node.items():
@@ -351,7 +411,7 @@ def translate_tree(tree: dict, is_known: Callable[[str], bool], free_form: tuple
             elif is_known(key):
                 flat[key] = translate_our_value(key, v)
             else:
-                mapping = translate_pair(key, v)
+                mapping = translate_pair(key, v, cispo)
                 if mapping is None:
                     flat[key] = v  # left for load.py's unknown-key error
                 else:

@@ -1,10 +1,15 @@
-"""Options a run accepts but that cannot act in it, said in one line at the start (and by `explain`).
+"""Options a run accepts but that cannot act in it, said in one line each at the start (and by `explain`).
 
-The clip range, dual clip and delta act on the ratio pi_theta / pi_old. With one update per rollout
-batch pi_old is the policy being updated, so the ratio is exactly 1 at that update and they change
-nothing: a user comparing two of them would see noise and conclude they are equal. The ratio moves
-only with train.updates_per_batch > 1, or with loss.off_policy_correction=bypass, where pi_old is the
-engine's behaviour policy (stale under rollout.max_staleness >= 1).
+Two kinds:
+- An option of another surrogate: loss.cispo_cap under loss.surrogate=clip, loss.eps_high under
+  cispo. The active surrogate's `reads` (align/algos/surrogates.py) says which keys it uses.
+- A ratio option with nothing to act on. The clip range, dual clip, delta, CISPO's cap and SAPO's
+  temperatures act on the ratio pi_theta / pi_old. With one update per rollout batch pi_old is the
+  policy being updated, so the ratio is exactly 1 at that update and they change nothing: a user
+  comparing two of them would see noise and conclude they are equal. The ratio moves only with
+  train.updates_per_batch > 1, or with loss.off_policy_correction=bypass, where pi_old is the
+  engine's behaviour policy (stale under rollout.max_staleness >= 1). VESPO's parameters are left
+  out: its weight also takes the engine's importance weights (loss.tis_cap), which move.
 """
 
 from __future__ import annotations
@@ -13,20 +18,37 @@ from dataclasses import fields
 
 from align.config.schema import Config, LossConfig
 
-RATIO_OPTIONS = ("eps_low", "eps_high", "dual_clip", "delta")
+RATIO_OPTIONS = ("eps_low", "eps_high", "dual_clip", "delta", "cispo_cap", "sapo_tau_pos", "sapo_tau_neg")
+# Every loss key some surrogate reads; the clip's are the default (the config layer cannot import the registry).
+SURROGATE_OPTIONS = RATIO_OPTIONS + ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
+CLIP_READS = ("eps_low", "eps_high", "dual_clip", "delta", "ratio_level")
 
 
-def inert_ratio_options(cfg: Config, has_ratio: bool = True) -> str | None:
-    """One warning line naming the ratio options set away from their defaults that cannot act, or None.
+def inert_ratio_options(cfg: Config, has_ratio: bool = True, reads: tuple[str, ...] = CLIP_READS) -> list[str]:
+    """Warning lines naming the loss options set away from their defaults that cannot act here.
 
     `has_ratio`: the algorithm's loss has an importance ratio (Needs.importance_correction); the
-    others (GRAO, CoPG) do not read these options at all."""
-    if not has_ratio or cfg.train.updates_per_batch > 1 or cfg.loss.off_policy_correction == "bypass":
-        return None
+    others (GRAO, CoPG) do not read these options at all. `reads`: the loss keys the active
+    surrogate reads (`SURROGATES[cfg.loss.surrogate].reads`)."""
+    if not has_ratio:
+        return []
     defaults = {f.name: f.default for f in fields(LossConfig)}
-    changed = [f"loss.{name}={getattr(cfg.loss, name)}" for name in RATIO_OPTIONS if getattr(cfg.loss, name) != defaults[name]]
-    if not changed:
-        return None
-    verb = "has" if len(changed) == 1 else "have"
-    return (f"warning: {', '.join(changed)} {verb} no effect here: with train.updates_per_batch=1 the ratio "
-            "pi_theta / pi_old is exactly 1 at the only update (set train.updates_per_batch > 1 for it to act)")
+    changed = [name for name in SURROGATE_OPTIONS if getattr(cfg.loss, name) != defaults[name]]
+    lines = []
+    unread = [name for name in changed if name not in reads]
+    if unread:
+        lines.append(f"warning: {_listed(cfg, unread)} {_verb(unread)} no effect here: loss.surrogate={cfg.loss.surrogate} "
+                     f"reads {', '.join('loss.' + k for k in reads)}")
+    idle = [name for name in changed if name in reads and name in RATIO_OPTIONS]
+    if idle and cfg.train.updates_per_batch == 1 and cfg.loss.off_policy_correction != "bypass":
+        lines.append(f"warning: {_listed(cfg, idle)} {_verb(idle)} no effect here: with train.updates_per_batch=1 the ratio "
+                     "pi_theta / pi_old is exactly 1 at the only update (set train.updates_per_batch > 1 for it to act)")
+    return lines
+
+
+def _listed(cfg: Config, names: list[str]) -> str:
+    return ", ".join(f"loss.{name}={getattr(cfg.loss, name)}" for name in names)
+
+
+def _verb(names: list[str]) -> str:
+    return "has" if len(names) == 1 else "have"

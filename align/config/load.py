@@ -25,6 +25,7 @@ from align.config.aliases import TABLE, suggest_key, translate_overrides, transl
 from align.config.schema import (
     CHOICES,
     RECIPES_DIR,
+    REPORT_TO,
     AlgorithmSection,
     Config,
     ConfigError,
@@ -35,6 +36,8 @@ from align.config.schema import (
 )
 
 FREE_FORM = ("data.options", "reward.options")  # dict-valued keys whose sub-keys belong to the task, not the schema
+# Keys that were renamed: the error says what to write now.
+RENAMED = {"log.tensorboard": "log.report_to ([tensorboard], the default, writes run_dir/tb; [] writes nothing)"}
 
 
 class AlgorithmCatalog(Protocol):
@@ -74,6 +77,8 @@ class _Keys:
         return key in self.keys or key.startswith(tuple(k + "." for k in self.free))
 
     def unknown(self, key: str, where: str = "") -> ConfigError:
+        if key in RENAMED:
+            return ConfigError(f"'{key}'{where} is now {RENAMED[key]}")
         owner = self.catalog.section_owner(key.split(".", 1)[0])
         if owner is not None and owner != self.algo:
             return ConfigError(f"'{key}'{where} is an option of algo={owner}, and this run is algo={self.algo}; "
@@ -164,6 +169,10 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
     for key, options in CHOICES.items():
         if _get(cfg, key) not in options:
             raise ConfigError(f"'{key}' is '{_get(cfg, key)}'; choose one of {', '.join(options)}")
+    for name in cfg.log.report_to:
+        if name not in REPORT_TO:
+            raise ConfigError(f"log.report_to: '{name}' is not a tracker here; choose any of {', '.join(REPORT_TO)} "
+                              "(e.g. log.report_to=[wandb,mlflow]), or none")
     g, batch = cfg.rollout.num_generations, cfg.train.batch_size
     if g < 1:
         raise ConfigError(f"rollout.num_generations must be >= 1, got {g}")

@@ -108,12 +108,26 @@ class LossConfig:
     delta: float | None = None  # cap on the unclipped ratio (two-sided clip)
     ratio_level: str = "token"  # token | sequence (GSPO)
     agg: str = "seq_mean_token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_sum_const
-    surrogate: str = "clip"  # the per-token policy-gradient surrogate, by name (align/algos/surrogates.py)
+    surrogate: str = "clip"  # the per-token policy-gradient surrogate: clip | cispo | sapo | vespo (align/algos/surrogates.py)
+    cispo_cap: float = 5.0  # cispo: absolute cap on the constant importance weight (ScaleRL's eps_max)
+    sapo_tau_pos: float = 1.0  # sapo: gate temperature where A > 0 (larger = the gate closes sooner)
+    sapo_tau_neg: float = 1.05  # sapo: gate temperature where A <= 0
+    vespo_k_pos: float = 2.0  # vespo: power k of phi(w) = e^l w^k e^(-l w) for A >= 0 (damps w < 1)
+    vespo_lambda_pos: float = 3.0  # vespo: decay l for A >= 0 (damps w > 1)
+    vespo_k_neg: float = 3.0  # vespo: k for A < 0
+    vespo_lambda_neg: float = 2.0  # vespo: l for A < 0
+    # Which tokens carry the policy gradient, and an entropy bonus
+    top_entropy_quantile: float = 1.0  # policy gradient on the top rho of tokens by entropy only (0.2: Beyond the 80/20 Rule)
+    entropy_coef: float = 0.0  # subtract coef * mean token entropy from the loss (an exploration bonus)
     # KL to a frozen reference model (skipped entirely when beta = 0)
     beta: float = 0.0
     kl_kind: str = "k3"  # k1 | k2 | k3 | k3+
     kl_clamp: float | None = 10.0  # clamp the per-token KL estimate to [-c, c] (null = off)
     kl_in_reward: bool = False  # -beta * k1 per token folded into the reward instead of the loss
+    # TR-DPO's moving reference: every ref_sync_every steps, ref = alpha * policy + (1 - alpha) * ref
+    ref_sync: bool = False  # move the reference toward the policy (needs loss.beta > 0, or CoPG)
+    ref_sync_every: int = 512  # tau: optimizer steps between two mixes
+    ref_sync_alpha: float = 0.6  # alpha: the policy's share of the new reference
     # Engine-vs-trainer logprob mismatch: truncated importance sampling weight cap (None = off)
     tis_cap: float | None = 2.0
     # Samples from an older policy (rollout.max_staleness >= 1): decoupled = ratio to the current policy
@@ -158,13 +172,20 @@ class TrainConfig:
     cpu_threads: int | None = None  # torch threads per process on CPU; None = this process's cores / local processes
 
 
+# log.report_to: the experiment trackers a run can write to (align/telemetry/trackers.py).
+REPORT_TO = ("tensorboard", "wandb", "trackio", "mlflow")
+
+
 @dataclass
 class LogConfig:
-    run_dir: str | None = None  # default: runs/<recipe>/<timestamp>
+    run_dir: str | None = None  # default: runs/<recipe>/<timestamp>; also the trackers' run name
     every: int = 1  # log metrics every N steps
     sample_every: int = 10  # write samples (prompts, all G completions) every N steps (0 = never)
     num_samples: int = 4  # prompts per sample log
-    tensorboard: bool = True  # write TensorBoard events to run_dir/tb
+    # experiment trackers, any of tensorboard (run_dir/tb) wandb trackio mlflow; [] or none: none.
+    # Offline, under run_dir, unless WANDB_MODE / TRACKIO_DIR / MLFLOW_TRACKING_URI say otherwise
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "align"  # the trackers' project (W&B / trackio project, MLflow experiment)
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 2  # checkpoints kept (older ones are deleted)
     eval_every: int = 0  # 0 = no periodic evaluation

@@ -2,6 +2,7 @@
 
 from align.models.loading import DEFAULT_CACHE_DIR, ModelLoadError, load_model, load_tokenizer, resolve_model_path
 from align.models.lora import apply_lora, is_peft_model, merged_named_tensors
+from align.models.reference import mix_into_reference
 from align.models.tiny import PRESETS, build_tokenizer, tiny_model_path, write_tiny_model
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "merged_named_tensors",
+    "mix_into_reference",
     "resolve_model_path",
     "tiny_model_path",
     "write_tiny_model",

@@ -1,5 +1,6 @@
 """What a run writes as it trains: metrics.jsonl, samples.jsonl, TensorBoard events, a rich
-progress bar with ETA, and metrics.png at the end. Only the main process writes; on other ranks
+progress bar with ETA, and metrics.png at the end; and the same metrics and samples to the
+experiment trackers of log.report_to (trackers.py). Only the main process writes; on other ranks
 every method is a no-op, so the trainer calls them unconditionally.
 
     run_dir/metrics.jsonl   one line per log() call: {"step", "time", **metrics}
@@ -16,7 +17,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -27,6 +28,9 @@ from rich.text import Text
 
 from align.telemetry.plots import plot_metrics, read_metrics
 from align.telemetry.report import Signal, eval_table, summary_table, where_to_look
+
+if TYPE_CHECKING:
+    from align.telemetry.trackers import ExperimentTrackers
 
 # Metrics shown beside the bar: label -> patterns on the key, most preferred first; the first
 # (sorted) key matching the earliest pattern is shown.
@@ -103,8 +107,10 @@ class RunLogger:
         tensorboard: bool = True,
         console: bool = True,
         signals: tuple[Signal, ...] = (),
+        trackers: ExperimentTrackers | None = None,
     ) -> None:
         self.enabled = is_main
+        self.trackers = trackers  # W&B, trackio, MLflow (log.report_to): metrics and samples go there too
         # The algorithm's own metrics (report.Signal): in the evaluation tables and in metrics.png.
         self.signals = tuple(signals)
         self._history: list[tuple[int, dict[str, float]]] = []
@@ -154,7 +160,7 @@ class RunLogger:
 
     # ------------------------------------------------------------------------------------ metrics
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record `metrics` at `step`: a JSONL line (flushed), TensorBoard scalars, and the bar.
+        """Record `metrics` at `step`: a JSONL line (flushed), TensorBoard scalars, the trackers, and the bar.
 
         A None value (nothing to report this step, e.g. an empty group) is left out.
         """
@@ -167,6 +173,8 @@ class RunLogger:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, global_step=step)
             self._writer.flush()
+        if self.trackers is not None:
+            self.trackers.log(step, values)
         if self._first_log:  # a resumed run redoes the steps after its checkpoint: forget the old ones
             self._history = [(s, v) for s, v in self._history if s < step]
         self._history.append((step, values))
@@ -203,6 +211,8 @@ class RunLogger:
         with open(self.samples_path, "a") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}, default=str) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_samples(step, samples)
         if self._console is None or not samples:
             return
         if "completions" in samples[0]:  # a prompt with its whole group (align/telemetry/samples.py)
@@ -244,7 +254,7 @@ class RunLogger:
 
     # ------------------------------------------------------------------------------------ end
     def close(self) -> None:
-        """Stop the bar, close the files and TensorBoard, and write metrics.png. Safe to call twice."""
+        """Stop the bar, close the files, TensorBoard and the trackers, and write metrics.png. Safe to call twice."""
         if not self.enabled or self.closed:
             return
         self.closed = True
@@ -252,6 +262,8 @@ class RunLogger:
         self._metrics_file.close()
         if self._writer is not None:
             self._writer.close()
+        if self.trackers is not None:
+            self.trackers.finish()
         plot_metrics(self.metrics_path, self.png_path, signals=self.signals)
         self._show(summary_table(self._history, self.signals))
         if self._console is not None:

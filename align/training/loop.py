@@ -30,11 +30,12 @@ import torch
 from align import algos
 from align.algos import GroupBatch, MicroBatch, Totals
 from align.algos.kl import LOG_RATIO_LIMIT
-from align.config import Config, config_to_yaml, inert_ratio_options
+from align.algos.surrogates import SURROGATES
+from align.config import Config, ConfigError, config_to_yaml, inert_ratio_options
 from align.errors import RunStopped
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
-from align.models import apply_lora, load_model, load_tokenizer
+from align.models import apply_lora, load_model, load_tokenizer, mix_into_reference
 from align.rollout import make_engine
 from align.runtime.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
 from align.runtime.distributed import (
@@ -45,6 +46,7 @@ from align.runtime.distributed import (
     split_to_count,
     sync_named_tensors,
     uses_deepspeed,
+    zero_stage,
 )
 from align.runtime.numerics import UpdateGuard
 from align.runtime.precision import resolve_dtype, training_precision
@@ -52,6 +54,7 @@ from align.runtime.stop import StopOnSignal
 from align.sources import ROLLOUT_SOURCES
 from align.telemetry.logger import RunLogger
 from align.telemetry.samples import group_samples
+from align.telemetry.trackers import ExperimentTrackers
 from align.training.checkpoint import export_hf, find_checkpoint, load_checkpoint, save_checkpoint
 from align.training.evaluation import eval_rewards, evaluate_engine
 from rewards.context import RewardContext, bind_model_rewards, reward_functions_of
@@ -73,6 +76,7 @@ class StepPlan:
     totals: Totals
     ref: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> reference log-probs [B, T]
     old: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> pi_old [B, T] (when not the current forward)
+    pg_mask: dict[int, torch.Tensor] = field(default_factory=dict)  # micro-batch -> top-entropy tokens [B, T] (loss.top_entropy_quantile)
 
 
 class Trainer:
@@ -103,6 +107,14 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         if self.ref_model is not None:  # under ZeRO-3 sharded like the trainer (after prepare fills the config)
             self.ref_model = prepare_reference_model(accelerator, self.ref_model)
+        if cfg.loss.ref_sync:  # TR-DPO: the reference moves, so checkpoints keep it (resume restores it)
+            if zero_stage(accelerator) >= 3:
+                raise ConfigError("loss.ref_sync=true is not supported under ZeRO-3 here (the reference is sharded in "
+                                  "its own engine); use ZeRO-2 or a single process, or loss.ref_sync=false")
+            if self.ref_model is None:
+                raise ConfigError(f"loss.ref_sync=true but algo={cfg.algo} loads no reference model here (loss.beta=0?); "
+                                  "set loss.beta > 0 or loss.ref_sync=false")
+            accelerator.register_for_checkpointing(self.ref_model)
 
         # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
         dataset = None if cfg.rollout.source == "episodes" else training_rows(
@@ -128,7 +140,8 @@ class Trainer:
         self.source = source(cfg, algorithm, self.engine, self.tokenizer, dataset, accelerator)
         self.source.set_context(self._max_model_len())
         self.logger = RunLogger(run_dir, t.steps, is_main=accelerator.is_main_process,
-                                tensorboard=cfg.log.tensorboard, console=cfg.log.console, signals=algorithm.signals)
+                                tensorboard="tensorboard" in cfg.log.report_to, console=cfg.log.console,
+                                signals=algorithm.signals, trackers=ExperimentTrackers(accelerator, cfg, run_dir))
         self.start_step = 0
         self.update_guard = UpdateGuard(t.max_bad_updates)
         if cfg.resume:
@@ -200,9 +213,8 @@ class Trainer:
         cfg, log = self.cfg, self.cfg.log
         self.logger.print_config(config_to_yaml(cfg))
         self.logger.print(self.batch_arithmetic())
-        inert = inert_ratio_options(cfg, self.algo.needs.importance_correction)
-        if inert:
-            self.logger.print(inert)
+        for line in inert_ratio_options(cfg, self.algo.needs.importance_correction, SURROGATES[cfg.loss.surrogate].reads):
+            self.logger.print(line)
         if log.eval_every and self.start_step == 0:
             self.logger.log(0, self.evaluate())  # the starting point of every learning curve
         started = time.monotonic()
@@ -287,6 +299,8 @@ class Trainer:
         # 4. Loss per micro-batch -> backward -> clip -> optimizer (x updates_per_batch).
         t0 = time.perf_counter()
         metrics |= self._optimize(batch, plan)
+        if self.cfg.loss.ref_sync and (step + 1) % self.cfg.loss.ref_sync_every == 0:
+            mix_into_reference(self.ref_model, self.acc.unwrap_model(self.model), self.cfg.loss.ref_sync_alpha)
         timers["train"] += time.perf_counter() - t0
 
         # 5. The engine samples the next step from the new weights (verified by the probe). With
@@ -327,14 +341,39 @@ class Trainer:
         plan = StepPlan(micro_batches=self._micro_batches(batch), totals=self._totals(batch))
         need_old = self.algo.needs.importance_correction and (
             self.cfg.train.updates_per_batch > 1 or self.cfg.loss.kl_in_reward)
+        top = self.cfg.loss.top_entropy_quantile
+        entropies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():
             for i, mb in enumerate(plan.micro_batches):
                 seqs = self._sequences(batch, mb)
+                n = len(mb.rows)
                 if self.ref_model is not None:
-                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][: len(mb.rows)]
-                if need_old:
-                    plan.old[i] = self._logp(self.model, seqs)[0][: len(mb.rows)]
+                    plan.ref[i] = self._logp(self.ref_model, seqs)[0][:n]
+                if need_old or top < 1:
+                    logp, entropy = self._logp(self.model, seqs, with_entropy=top < 1)
+                    if need_old:
+                        plan.old[i] = logp[:n]
+                    if top < 1:
+                        entropies[i] = (entropy[:n], self._loss_mask(batch, mb, seqs.completion_mask[:n]))
+        if entropies:
+            self._top_entropy_masks(plan, entropies, top)
         return plan
+
+    def _top_entropy_masks(self, plan: StepPlan, entropies: dict, top: float) -> None:
+        """loss.top_entropy_quantile: the policy gradient only on the step's top-rho tokens by entropy,
+        of the policy the step starts from. One threshold over every rank's loss tokens (a threshold
+        per micro-batch, as TRL's, would change with micro_batch_tokens); the entropy bonus then
+        averages over these tokens, so their global count becomes its normaliser."""
+        local = torch.cat([e[m.bool()] for e, m in entropies.values()]) if entropies else torch.zeros(0)
+        local = local.to(self.acc.device)
+        if self.world > 1:  # entropies are >= 0, so -1 pads the ranks to one length and is dropped after
+            local = self.acc.gather(self.acc.pad_across_processes(local, dim=0, pad_index=-1.0))
+            local = local[local >= 0]
+        threshold = algos.entropy_threshold(local, top)
+        for i, (entropy, mask) in entropies.items():
+            plan.pg_mask[i] = ((entropy >= threshold.to(entropy.device)) & mask.bool()).to(entropy.dtype)
+        kept = float((local >= threshold.to(local.device)).sum())
+        plan.totals = replace(plan.totals, kept_tokens=kept)
 
     def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
         """Token-budget micro-batches over sequences, or over whole groups (each with its reference
@@ -420,8 +459,9 @@ class Trainer:
             out[i, : len(values)] = torch.tensor(values, dtype=out.dtype)
         return out
 
-    def _logp(self, model, seqs, with_entropy: bool = False):
-        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked.
+    def _logp(self, model, seqs, with_entropy: bool = False, entropy_grad: bool = False):
+        """Trainer logprobs [B, T] of the completion tokens (float32), and their entropy if asked
+        (with a gradient when entropy_grad: the loss.entropy_coef bonus).
 
         Of softmax(logits / T), the distribution the engine sampled from at temperature T: the ratio,
         the importance weights and the KL are then all of the sampling policy.
@@ -429,6 +469,9 @@ class Trainer:
         with self.precision.context(self.acc.device):
             logits = completion_logits(model, seqs)
         t = self.cfg.rollout.temperature
+        if entropy_grad:
+            return (algos.token_logprobs(logits, seqs.completion_ids, temperature=t),
+                    algos.token_entropy(logits, temperature=t))
         if with_entropy:
             return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
         return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
@@ -446,7 +489,7 @@ class Trainer:
         """Forward one micro-batch and assemble the algorithm's `MicroBatch` (and the entropy [B,T])."""
         needs, lc, n = self.algo.needs, self.cfg.loss, len(mb.rows)
         seqs = self._sequences(batch, mb)
-        logp_all, entropy = self._logp(self.model, seqs, with_entropy)
+        logp_all, entropy = self._logp(self.model, seqs, with_entropy, entropy_grad=bool(lc.entropy_coef))
         logp, mask = logp_all[:n], self._loss_mask(batch, mb, seqs.completion_mask[:n])
         usable = self._usable(batch).reshape(-1)[mb.rows]
         engine_logp = self._padded(batch.engine_logprobs, mb.rows, logp.detach()) if batch.engine_logprobs else None
@@ -471,9 +514,10 @@ class Trainer:
             logp=logp, mask=mask, advantages=advantages,
             rewards=batch.rewards.reshape(-1)[mb.rows].to(logp), valid=usable.to(logp.device),
             group_size=batch.group_size, totals=plan.totals, old_logp=old_logp, engine_logp=engine_logp,
-            ref_logp=plan.ref.get(i), is_weights=is_weights, **answers,
+            ref_logp=plan.ref.get(i), is_weights=is_weights, pg_mask=plan.pg_mask.get(i),
+            entropy=entropy[:n] if lc.entropy_coef else None, **answers,
         )
-        return micro, (entropy[:n] if entropy is not None else None)
+        return micro, (entropy[:n].detach() if entropy is not None else None)
 
     def _optimize(self, batch: GroupBatch, plan: StepPlan) -> dict[str, float]:
         cfg, micro_batches = self.cfg, plan.micro_batches
@@ -538,6 +582,8 @@ class Trainer:
             out |= {k: v / repeats if k in additive else v / tokens for k, v in sums.items()}
         if corrected:
             out["correction/weight_max"] = self.acc.reduce(torch.tensor(weight_max, device=self.acc.device), "max").item()
+        if plan.totals.kept_tokens is not None:  # loss.top_entropy_quantile: the share of tokens in the policy gradient
+            out["entropy/kept_frac"] = plan.totals.kept_tokens / max(plan.totals.num_tokens, 1.0)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["train/skipped_updates"] = float(skipped)
         out["micro_batches"] = float(len(micro_batches))

@@ -44,9 +44,10 @@ def _loss_and_grad(logp, old, ref, mask, adv, ranges, kwargs, num_tokens, num_se
     total = torch.zeros((), dtype=F64)
     for start, end in ranges:
         rows = slice(start, end)
+        # A stand-in for the entropy with a gradient (the bonus, when entropy_coef > 0)
         loss, _ = grpo_loss(
-            leaf[rows], old[rows], adv[rows], mask[rows], ref_logp=ref[rows],
-            num_tokens=num_tokens, num_seqs=num_seqs, **kwargs,
+            leaf[rows], old[rows], adv[rows], mask[rows], ref_logp=ref[rows], entropy=leaf[rows] ** 2,
+            num_tokens=num_tokens, num_seqs=num_seqs, entropy_tokens=num_tokens, **kwargs,
         )
         loss.backward()  # accumulate, as a trainer does per micro-batch
         total = total + loss.detach()
@@ -63,12 +64,16 @@ def _loss_and_grad(logp, old, ref, mask, adv, ranges, kwargs, num_tokens, num_se
     beta=st.sampled_from([0.0, 0.05]),
     micro_sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
     num_ranks=st.integers(1, 3),
+    surrogate=st.sampled_from(["clip", "cispo", "sapo", "vespo"]),
+    entropy_coef=st.sampled_from([0.0, 0.1]),
 )
 def test_grpo_loss_and_gradient_are_split_invariant(
-    seed, rows, length, mode, ratio_level, beta, micro_sizes, num_ranks
+    seed, rows, length, mode, ratio_level, beta, micro_sizes, num_ranks, surrogate, entropy_coef
 ):
     logp, old, ref, mask, adv = _batch(seed, rows, length)
-    kwargs = dict(agg=mode, const_len=length, beta=beta, ratio_level=ratio_level, eps_high=0.28, dual_clip=3.0)
+    options = {"clip": None, "cispo": {"cispo_cap": 1.1}, "sapo": {"sapo_tau_neg": 2.0}, "vespo": {"vespo_k_pos": 1.0}}
+    kwargs = dict(agg=mode, const_len=length, beta=beta, ratio_level=ratio_level, eps_high=0.28, dual_clip=3.0,
+                  surrogate=surrogate, surrogate_options=options[surrogate], entropy_coef=entropy_coef)
     whole_loss, whole_grad = _loss_and_grad(logp, old, ref, mask, adv, [(0, rows)], kwargs, None, None)
 
     num_tokens, num_seqs = float(mask.sum()), float(rows)

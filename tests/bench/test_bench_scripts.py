@@ -113,3 +113,44 @@ def test_gcpo_bench_reports_aux_use_as_unknown_when_the_run_did_not_score_it(tmp
     assert plain["acc_after"] == 0.6 and plain["aux_helps_before"] is None and plain["aux_hurts_after"] is None
     scored = run([{**r, "eval/aux_helps/yes/aux_construction/rate": 0.25} if "eval/mean@1" in r else r for r in evals])
     assert scored["aux_helps_before"] == 0.25
+
+
+@pytest.mark.parametrize("script", ["learning_gcpo", "learning_grao_copg", "learning_salt"])
+def test_a_variant_is_one_more_run_of_the_first_algorithm_with_its_overrides(tmp_path, monkeypatch, script):
+    """`--variant NAME=k=v,k=[a,b]` trains the first of --algos again with those overrides, under NAME,
+    for every seed, and the table, JSON and plot carry it beside the others."""
+    bench = _bench_module(script)
+    first = {"learning_gcpo": "grpo", "learning_grao_copg": "grpo", "learning_salt": "grpo"}[script]
+    trained = []
+
+    def fake_train(recipe, seed, run_dir, extra, **kwargs):
+        trained.append((run_dir.name, recipe, extra))
+
+    curve = {"steps": 1, "train_seconds": 1.0, "curve": [(0, 0.1), (1, 0.2)]}
+    summary = {"acc_before": 0.1, "acc_after": 0.2, "success_before": 0.1, "success_after": 0.2, "edges_per_group": 1.0,
+               "sign_flip_frac": 0.0, "aux_helps_before": None, "aux_helps_after": None, "aux_hurts_before": None,
+               "aux_hurts_after": None, **curve}
+    monkeypatch.setattr(bench, "train", fake_train)
+    monkeypatch.setattr(bench, "summarize", lambda run_dir: summary)
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", [script, "--algos", first, "--seeds", "0", "1", "--out", str(out),
+                                      "--variant", "cispo=loss_type=cispo,epsilon_high=5.0",
+                                      "--variant", "two=reward.functions=[a,b],train.lr=1e-3"])
+    bench.main()
+    recipe = next(r for name, r, _ in trained if name == f"{first}-seed0")
+    by_run = {name: (r, extra) for name, r, extra in trained}
+    for seed in (0, 1):
+        assert by_run[f"cispo-seed{seed}"][0] == recipe
+        assert by_run[f"cispo-seed{seed}"][1][-2:] == ["loss_type=cispo", "epsilon_high=5.0"]
+        assert by_run[f"two-seed{seed}"][1][-2:] == ["reward.functions=[a,b]", "train.lr=1e-3"]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {first, "cispo", "two"} and set(results["cispo"]) == {"0", "1"}
+    assert out.with_suffix(".png").exists()
+
+
+def test_a_malformed_variant_is_one_line():
+    with_variants = _bench_module("_runs").with_variants
+    runs = {"grpo": ("grpo_math", [])}
+    for bad in ("cispo", "cispo=", "cispo=loss_type", "grpo=train.lr=1"):
+        with pytest.raises(SystemExit, match="--variant"):
+            with_variants(["grpo"], [bad], dict(runs))

@@ -33,7 +33,7 @@ SETTINGS = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{DIGITS}:digit
             "train.lr_schedule=linear", "loss.dynamic_sampling=true",
             "train.batch_size=16", "rollout.num_generations=4", "rollout.max_tokens=16", "data.options.size=64",
             "rollout.engine=hf", "rollout.seed_per_prompt=true", "loss.beta=0.1", "train.micro_batch_tokens=200",
-            "log.tensorboard=false", "log.console=false", f"train.steps={STEPS}", "log.save_every=2"]
+            "log.report_to=[]", "log.console=false", f"train.steps={STEPS}", "log.save_every=2"]
 COMPARED = ["loss", "pg_loss", "kl", "grad_norm", "entropy", "reward/mean", "adv/abs_mean", "completion_len/mean", "logp_mismatch",
             "lr", "zero_std_frac"]
 
@@ -155,7 +155,7 @@ def test_zero3_export_loads_in_transformers_and_vllm(runs):
 # reference answer forwarded beside its group, per-prompt normalisers): the same invariance must hold.
 SHARED = ["model.name=tiny", "train.batch_size=16", "rollout.num_generations=4", "rollout.max_tokens=16", "data.options.size=64",
           "rollout.engine=hf", "rollout.seed_per_prompt=true", "train.micro_batch_tokens=400", "train.lr=1e-3",
-          "log.tensorboard=false", "log.console=false", "train.steps=2", "log.save_every=0", "log.eval_every=0"]
+          "log.report_to=[]", "log.console=false", "train.steps=2", "log.save_every=0", "log.eval_every=0"]
 GROUP_ALGOS = {
     "grao": ["recipe=grao_geometry", *SHARED],
     "copg": ["recipe=copg_geometry", "data.source=arith", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null",

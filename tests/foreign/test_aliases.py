@@ -36,9 +36,35 @@ def test_scale_rewards_values(value, ours):
     assert load_config([f"scale_rewards={value}"]).loss.scale == ours
 
 
-@pytest.mark.parametrize("value, ours", [("dapo", "token_mean"), ("grpo", "seq_mean_token_mean"), ("dr_grpo", "seq_sum_const"), ("bnpo", "token_mean")])
-def test_loss_type_values(value, ours):
-    assert load_config([f"loss_type={value}"]).loss.agg == ours
+@pytest.mark.parametrize("value, surrogate, agg", [
+    ("dapo", "clip", "token_mean"), ("grpo", "clip", "seq_mean_token_mean"), ("dr_grpo", "clip", "seq_sum_const"),
+    ("bnpo", "clip", "token_mean"), ("luspo", "clip", "seq_mean_token_sum"), ("cispo", "cispo", "token_mean"),
+    ("sapo", "sapo", "seq_mean_token_mean"), ("vespo", "vespo", "token_mean"),
+])
+def test_every_trl_loss_type_is_a_surrogate_and_an_aggregation(value, surrogate, agg):
+    loss = load_config([f"loss_type={value}"]).loss
+    assert (loss.surrogate, loss.agg) == (surrogate, agg)
+
+
+def test_epsilon_high_is_cispos_absolute_cap_under_loss_type_cispo(tmp_path):
+    """TRL reads epsilon_high as CISPO's eps_max (a bound on the weight itself), not as a clip bound."""
+    for argv in (["loss_type=cispo", "epsilon_high=5.0"], ["epsilon_high=5.0", "loss_type=cispo"],
+                 ["loss.surrogate=cispo", "epsilon_high=5.0"]):
+        loss = load_config(argv).loss
+        assert (loss.cispo_cap, loss.eps_high) == (5.0, 0.2), argv
+    assert load_config(["loss_type=dapo", "epsilon_high=0.28"]).loss.eps_high == 0.28
+    recipe = tmp_path / "cispo.yaml"
+    recipe.write_text("loss_type: cispo\nepsilon_high: 4.0\n")
+    assert load_config([f"recipe={recipe}"]).loss.cispo_cap == 4.0
+
+
+def test_trl_entropy_and_reference_sync_keys_translate():
+    loss = load_config(["top_entropy_quantile=0.2", "entropy_coef=0.01", "sync_ref_model=true", "beta=0.04",
+                        "ref_model_mixup_alpha=0.5", "ref_model_sync_steps=64", "sapo_temperature_neg=2.0",
+                        "vespo_k_pos=1.5"]).loss
+    assert (loss.top_entropy_quantile, loss.entropy_coef, loss.ref_sync, loss.ref_sync_alpha, loss.ref_sync_every) == (
+        0.2, 0.01, True, 0.5, 64)
+    assert (loss.sapo_tau_neg, loss.vespo_k_pos) == (2.0, 1.5)
 
 
 def test_verl_keys_and_values_translate_with_or_without_prefix():
@@ -76,7 +102,8 @@ def test_translation_is_said_once(capsys):
 
 
 @pytest.mark.parametrize("arg, says", [
-    ("loss_type=cispo", "'loss_type=cispo' (TRL) has no equivalent here"),
+    ("loss_type=ppo", "accepted: dapo, bnpo, grpo, dr_grpo, luspo, cispo, sapo, vespo"),
+    ("use_adaptive_entropy=true", "loss.entropy_coef is fixed"),
     ("actor.kl_loss_type=abs", "loss.kl_kind takes one of k1, k2, k3, k3+"),
     ("per_device_train_batch_size=4", "train.batch_size = completions per optimizer step"),
     ("data.train_batch_size=128", "train.batch_size = data.train_batch_size x rollout.num_generations"),
@@ -124,8 +151,8 @@ def test_recipe_with_trl_and_nested_verl_keys(tmp_path):
     assert (cfg.train.lr, cfg.loss.agg, cfg.rollout.num_generations, cfg.train.batch_size) == (3e-6, "seq_sum_const", 4, 16)
     assert (cfg.loss.kl_kind, cfg.loss.eps_high) == ("k2", 0.28)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("loss_type: sapo\n")
-    with pytest.raises(ConfigError, match="'loss_type=sapo' \\(TRL\\) has no equivalent"):
+    bad.write_text("loss_type: ppo\n")
+    with pytest.raises(ConfigError, match="'loss_type=ppo' \\(TRL\\): value not understood"):
         load_config([f"recipe={bad}"])
 
 

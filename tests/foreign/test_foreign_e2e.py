@@ -18,7 +18,7 @@ import yaml
 from tests.foreign.verl_data import write_verl_parquet
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["rollout.engine=hf", "log.console=false", "log.tensorboard=false", "log.sample_every=1", "log.num_samples=2"]
+SMALL = ["rollout.engine=hf", "log.console=false", "log.report_to=[]", "log.sample_every=1", "log.num_samples=2"]
 
 
 def train(cache_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

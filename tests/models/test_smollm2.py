@@ -121,7 +121,7 @@ def test_grpo_two_steps_on_word_problems(smollm2_path, tmp_path):
     cmd = [ACCELERATE, "launch", "--num_processes", "1", "--cpu", "align/train.py", "recipe=grpo_smollm2",
            f"model.cache_dir={cache_dir}", "train.steps=2", "train.batch_size=4", "rollout.num_generations=2",
            "rollout.max_tokens=16", "data.options.size=16", "log.eval_every=0",
-           "log.sample_every=0", "log.save_every=0", "log.tensorboard=false", f"log.run_dir={run_dir}"]
+           "log.sample_every=0", "log.save_every=0", "log.report_to=[]", f"log.run_dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

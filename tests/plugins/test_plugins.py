@@ -71,7 +71,7 @@ def test_a_plugin_trains_through_accelerate_launch_and_resumes(algo_file, tmp_pa
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1", "--cpu"]
     args = [*launch, "align/train.py", "recipe=grpo_math", f"algo={algo_file}:ScaledGRPO", "scaled.scale=2.0",
             "train.steps=2", "train.batch_size=8", "rollout.num_generations=4", "rollout.max_tokens=8",
-            "rollout.engine=hf", "log.console=false", "log.tensorboard=false", "log.save_every=1",
+            "rollout.engine=hf", "log.console=false", "log.report_to=[]", "log.save_every=1",
             f"model.cache_dir={cache_dir}", f"log.run_dir={run}"]
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -83,37 +83,38 @@ def test_a_plugin_trains_through_accelerate_launch_and_resumes(algo_file, tmp_pa
 
 
 # ------------------------------------------------------------------------- adding a loss option
-def cispo_token_loss(logp, old_logp, adv_tok, *, eps_low, eps_high, dual_clip, delta, ratio_level, mask, is_weights):
-    """CISPO (MiniMax-M1): the clipped importance weight is a constant; every token keeps its gradient."""
+def unclipped_token_loss(logp, old_logp, adv_tok, *, mask, is_weights):
+    """The importance-weighted policy gradient with no trust region: l = -A * rho (no clip at all)."""
     ratio = torch.exp(logp - old_logp.detach())
-    weight = ratio.clamp(max=1 + eps_high).detach()
     adv = adv_tok if adv_tok.dim() == 2 else adv_tok.unsqueeze(-1).expand_as(logp)
-    loss_tok = -adv * weight * logp
+    loss_tok = -adv * ratio
     if is_weights is not None:
         loss_tok = loss_tok * is_weights.detach()
-    return loss_tok, {"ratio": ratio.detach(), "clipped_high": ratio.detach() > 1 + eps_high}
+    return loss_tok, {"ratio": ratio.detach()}
 
 
 @pytest.fixture
-def cispo(monkeypatch):
-    # the one registry line, as it would read in align/algos/surrogates.py
-    monkeypatch.setitem(SURROGATES, "cispo", Surrogate(cispo_token_loss, "CISPO: clipped importance weight ({eps_high})"))
+def unclipped(monkeypatch):
+    # the one registry line, as it would read in align/algos/surrogates.py (reads: the loss.* keys it takes)
+    monkeypatch.setitem(SURROGATES, "unclipped", Surrogate(unclipped_token_loss, "-A * ratio, no clip", reads=()))
 
 
-def test_a_registered_surrogate_is_a_config_value_and_changes_the_gradient(cispo):
+def test_a_registered_surrogate_is_a_config_value_and_changes_the_gradient(unclipped):
     logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
     old = torch.tensor([[-1.5, -1.0]])  # token 0: ratio e^0.5 > 1.2 (clipped by PPO), token 1: ratio 1
     mask = torch.ones(1, 2)
     grads = {}
-    for name in ("clip", "cispo"):
+    for name in ("clip", "unclipped"):
         loss, metrics = grpo_loss(logp, old, torch.tensor([1.0]), mask, surrogate=name, eps_high=0.2)
         grads[name] = torch.autograd.grad(loss, logp)[0]
-    assert grads["clip"][0, 0] == 0 and grads["cispo"][0, 0] < 0  # PPO drops the clipped token; CISPO keeps it
-    assert torch.allclose(grads["clip"][0, 1], grads["cispo"][0, 1])  # ratio 1: the same policy gradient
-    cfg = load_config(["recipe=grpo_math", "loss.surrogate=cispo"])
-    assert "surrogate: cispo: CISPO: clipped importance weight (0.2)" in describe(cfg, 10**6, 100, 64, 2, "float32")
+    assert grads["clip"][0, 0] == 0 and grads["unclipped"][0, 0] < 0  # PPO drops the clipped token; this keeps it
+    assert torch.allclose(grads["clip"][0, 1], grads["unclipped"][0, 1])  # ratio 1: the same policy gradient
+    cfg = load_config(["recipe=grpo_math", "loss.surrogate=unclipped", "loss.eps_high=0.28"])
+    text = describe(cfg, 10**6, 100, 64, 2, "float32")
+    assert "surrogate: unclipped: -A * ratio, no clip" in text
+    assert "loss.eps_high=0.28 has no effect here: loss.surrogate=unclipped reads " in text  # it reads no clip bound
 
 
 def test_an_unregistered_surrogate_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="loss.surrogate='cispo' is not registered; registered surrogates: clip"):
-        load_config(["recipe=grpo_math", "loss.surrogate=cispo"])
+    with pytest.raises(ConfigError, match="loss.surrogate='unclipped' is not registered; registered surrogates: cispo, clip, sapo, vespo"):
+        load_config(["recipe=grpo_math", "loss.surrogate=unclipped"])

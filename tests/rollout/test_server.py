@@ -246,7 +246,7 @@ def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], st
            "model.name=tiny", f"model.cache_dir={cache_dir}", "rollout.engine=server", f"rollout.servers=[{server}]",
            f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null", f"train.steps={steps}", "train.batch_size=8",
            "rollout.num_generations=4", "rollout.max_tokens=8", "train.lr=1e-3", "log.console=false",
-           "log.tensorboard=false", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}", *extra]
+           "log.report_to=[]", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -29,7 +29,7 @@ def make_trainer(cache_dir: str, run_dir: Path, *overrides: str, sleep_mode: boo
 
     cfg = load_config(["recipe=grpo_math", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=[1.0]",
                        "train.batch_size=8", "rollout.num_generations=4", "rollout.max_tokens=8", "data.options.size=32",
-                       "train.lr=1e-3", "rollout.engine=vllm", "log.tensorboard=false", "log.console=false",
+                       "train.lr=1e-3", "rollout.engine=vllm", "log.report_to=[]", "log.console=false",
                        f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", *overrides])
     cfg.rollout.sleep_mode = sleep_mode  # validate() refuses it on this CPU machine; the fake is the "GPU"
     AcceleratorState._reset_state(True)  # a fresh accelerator per test (a process-wide singleton)

@@ -8,7 +8,7 @@ from tests.trainers.rewards_for_tests import __file__ as REWARDS_FILE
 
 QUICK = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{REWARDS_FILE}:digit_fraction]", "reward.weights=[1.0,1.0]",
          "train.batch_size=8", "rollout.num_generations=4", "rollout.max_tokens=12", "data.options.size=32",
-         "log.tensorboard=false", "log.console=false", "rollout.engine=hf", "log.eval_every=0"]
+         "log.report_to=[]", "log.console=false", "rollout.engine=hf", "log.eval_every=0"]
 
 
 def make_trainer(cache_dir: str, run_dir: Path, *overrides: str):

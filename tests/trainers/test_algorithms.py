@@ -26,7 +26,7 @@ from rewards.runner import RewardFunctionError
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 COMMON = ["model.name=tiny", "rollout.engine=hf", "rollout.num_generations=3", "train.batch_size=12",
-          "rollout.max_tokens=10", "log.console=false", "log.tensorboard=false",
+          "rollout.max_tokens=10", "log.console=false", "log.report_to=[]",
           "log.eval_every=0", "train.micro_batch_tokens=120"]
 # GCPO is GRPO's loss on other rewards (tests/trainers/test_gcpo.py covers its scoring).
 RECIPES = {

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 SMALL = ["model.name=tiny", "rollout.engine=hf", "rollout.num_generations=4", "train.batch_size=8", "rollout.max_tokens=12",
-         "log.console=false", "log.tensorboard=false", "log.eval_every=0", "train.lr=1e-3",
+         "log.console=false", "log.report_to=[]", "log.eval_every=0", "train.lr=1e-3",
          "train.steps=2", "log.save_every=0"]
 
 

@@ -17,7 +17,7 @@ from tests.trainers.test_train_e2e import QUICK, ROOT, deterministic, read_metri
 
 pytestmark = pytest.mark.slow  # three training launches: ~2-4 minutes on 2 cores
 
-ARGS = ["train.steps=4", "log.save_every=1", "log.keep_last=0", "log.tensorboard=false"]
+ARGS = ["train.steps=4", "log.save_every=1", "log.keep_last=0", "log.report_to=[]"]
 
 
 def command(cache_dir: str, run_dir: Path, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ from tests.trainers.test_train_e2e import QUICK, read_metrics
 
 
 def make_trainer(cache_dir, run_dir, *overrides) -> Trainer:
-    cfg = load_config([*QUICK, f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", "log.tensorboard=false", *overrides])
+    cfg = load_config([*QUICK, f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}", "log.report_to=[]", *overrides])
     validate(cfg, 1)
     return Trainer(cfg, Accelerator(cpu=True), build_algorithm(cfg), run_dir)
 

@@ -18,7 +18,7 @@ def test_salt_run_on_a_user_environment_logs_graph_metrics_and_held_out_success(
     cmd = [ACCELERATE, "launch", "--num_processes", "1", "--cpu", "align/train.py", "recipe=salt_grid",
            "model.name=tiny", f"model.cache_dir={cache_dir}", f"env.name={ECHO}:Echo", "env.max_turns=3",
            "rollout.engine=hf", "rollout.num_generations=4", "train.batch_size=8", "train.steps=2", "log.eval_every=2",
-           "env.eval_tasks=2", "log.tensorboard=false", "log.console=false", f"log.run_dir={run_dir}"]
+           "env.eval_tasks=2", "log.report_to=[]", "log.console=false", f"log.run_dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

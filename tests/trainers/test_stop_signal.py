@@ -16,7 +16,7 @@ import pytest
 from align.training.checkpoint import find_checkpoint
 from tests.trainers.test_train_e2e import QUICK, ROOT, deterministic, read_metrics
 
-STEPS = ["train.steps=6", "log.save_every=0", "log.keep_last=0", "log.tensorboard=false"]
+STEPS = ["train.steps=6", "log.save_every=0", "log.keep_last=0", "log.report_to=[]"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 

@@ -51,7 +51,7 @@ def test_plain_accelerate_launch_trains_on_every_core(cache_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"HF_HUB_OFFLINE": "1"}
     cmd = [str(BIN / "accelerate"), "launch", "align/train.py", "recipe=grpo_math", "model.name=tiny", "rollout.engine=hf",
            "rollout.num_generations=2", "train.batch_size=4", "rollout.max_tokens=4", "train.steps=1", "log.console=false",
-           "log.tensorboard=false", "log.eval_every=0", "log.save_every=0", f"model.cache_dir={cache_dir}",
+           "log.report_to=[]", "log.eval_every=0", "log.save_every=0", f"model.cache_dir={cache_dir}",
            f"log.run_dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,7 @@ FIELDS = [
 ]
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
 QUICK = ["recipe=grpo_math", f"reward.functions=[math_accuracy,{DIGITS}:digit_fraction]", "reward.weights=[1.0,1.0]", "train.batch_size=16", "rollout.num_generations=4", "rollout.max_tokens=16", "data.options.size=64",
-         "log.tensorboard=true", "log.console=false", "rollout.engine=hf"]
+         "log.report_to=[tensorboard]", "log.console=false", "rollout.engine=hf"]
 
 
 def launch(cache_dir: str, *args: str, check: bool = True, launcher: bool = True) -> subprocess.CompletedProcess:
@@ -124,7 +124,7 @@ def test_vllm_run_exits_cleanly(cache_dir, tmp_path):
     accelerate destroyed the process group vLLM had created, then vLLM's exit hook destroyed it again)."""
     pytest.importorskip("vllm")
     proc = launch(cache_dir, "rollout.engine=vllm", "rollout.kv_cache_mb=64", "train.steps=1", "train.batch_size=4",
-                  "rollout.num_generations=2", "rollout.max_tokens=4", "log.tensorboard=false",
+                  "rollout.num_generations=2", "rollout.max_tokens=4", "log.report_to=[]",
                   f"log.run_dir={tmp_path / 'run'}")
     assert (tmp_path / "run" / "final" / "config.json").exists()
     assert "Traceback" not in proc.stderr and "Invalid process group" not in proc.stderr, proc.stderr[-3000:]
