@@ -99,5 +99,5 @@ def test_trl_quickstart_with_its_own_rewards_and_names(cache_dir, tmp_path):
     assert "held out for evaluation" in proc.stdout + proc.stderr  # single file: no test split
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (cfg["train"]["lr"], cfg["rollout"]["max_tokens"], cfg["loss"]["agg"], cfg["loss"]["scale"]) == (1e-4, 8, "token_mean", "std")
-    for said in ("'learning_rate' is train.lr=1e-4 here", "'loss_type' is loss.agg=token_mean here"):
+    for said in ("'learning_rate' is train.lr=1e-4 here", "'loss_type' is loss.surrogate=clip loss.agg=token_mean here"):
         assert proc.stderr.count(said) == 1, said
