@@ -1,32 +1,121 @@
-"""The program the sandbox runs (rewards/sandbox.py): limits, a guard, then the untrusted code.
+"""The program the sandbox runs (rewards/sandbox.py): limits, a guard, then one of three roles.
 
-Runs as `python -I harness.py SETTINGS` beside solution.py (and tests.py). Standard library only: the
-sandbox has nothing else. Everything the harness needs later (os.write, os._exit, exec, the compiled
-tests, a copy of the builtins, the token) is taken before the first line of untrusted code runs, and
-lives only in this function's frame, which the audit hook keeps the untrusted code from reaching:
-sys._getframe, traceback/generator frames, sys._current_frames, tracing/profiling hooks, gc referrers,
-ctypes, /proc and signal handlers (which receive frames) are all refused.
+Runs as `python -I harness.py SETTINGS` beside solution.py or tests.py (never both). Standard library
+only: the sandbox has nothing else.
+
+- program: solution.py runs as `__main__`.
+- solution: solution.py is imported as the module `solution`; the harness sends the tests' process the
+  list of its top-level names (functions, standard modules, plain values), then answers calls: a request
+  names a function and carries its arguments as plain data, the answer is the return value as plain data
+  (or the built-in exception class it raised, with plain-data args). The tests are not in this sandbox.
+- tests: a fresh interpreter that never imports, receives or runs anything of the solution's. The tests
+  run over pristine builtins and standard library, with each solution function replaced by a proxy that
+  forwards the call to the solution's process and decodes the answer. Anything but plain data by exact
+  type (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset), a dead solution
+  process or a malformed answer ends this process at once without a verdict, so no `except` in the
+  tests can swallow it. After the last test the harness prints this run's random token (given to it alone
+  on stdin): the verdict. The audit hook keeps frames, ctypes, signals, sockets, /proc and process
+  creation away from the untrusted code, as before.
 """
 
 import os
 import sys
 
+_SCALARS = (type(None), bool, int, float, str)
+_MAX_DEPTH = 200
+_MAX_FRAME = 64 << 20
+
+
+class NotPlainData(Exception):
+    """A value that is not plain data by exact type (or nests deeper than _MAX_DEPTH)."""
+
+
+def encode(value, depth=0):
+    """`value` as JSON-ready data: lists stay lists, other containers are tagged ({"tuple": [...]})."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if depth > _MAX_DEPTH:
+        raise NotPlainData(f"data nested deeper than {_MAX_DEPTH}")
+    depth += 1
+    if kind is list:
+        return [encode(item, depth) for item in value]
+    if kind is tuple or kind is set or kind is frozenset:
+        return {kind.__name__: [encode(item, depth) for item in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, depth), encode(v, depth)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.hex()}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
+    raise NotPlainData(f"a {kind.__module__}.{kind.__qualname__} is not plain data")
+
+
+def decode(data):
+    """The inverse of encode, accepting nothing else: every value it returns is of an exact built-in type."""
+    kind = type(data)
+    if kind in _SCALARS:
+        return data
+    if kind is list:
+        return [decode(item) for item in data]
+    if kind is dict and len(data) == 1:
+        ((tag, body),) = data.items()
+        if tag == "bytes" and type(body) is str:
+            return bytes.fromhex(body)
+        if type(body) is list:
+            if tag == "tuple":
+                return tuple(decode(item) for item in body)
+            if tag == "set":
+                return {decode(item) for item in body}
+            if tag == "frozenset":
+                return frozenset(decode(item) for item in body)
+            if tag == "dict" and all(type(pair) is list and len(pair) == 2 for pair in body):
+                return {decode(k): decode(v) for k, v in body}
+            if tag == "complex" and len(body) == 2 and all(type(part) in (int, float) for part in body):
+                return complex(body[0], body[1])
+    raise NotPlainData(f"malformed data: {str(data)[:80]}")
+
+
+def send(fd, message, dumps):
+    data = dumps(message, separators=(",", ":")).encode()
+    data = len(data).to_bytes(8, "big") + data
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def receive(fd, loads):
+    def read_exact(count):
+        chunks = []
+        while count:
+            chunk = os.read(fd, min(count, 1 << 20))
+            if not chunk:
+                raise EOFError("the other process ended")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    size = int.from_bytes(read_exact(8), "big")
+    if size > _MAX_FRAME:
+        raise NotPlainData(f"a message of {size} bytes")
+    return loads(read_exact(size))
+
 
 def _main(settings_text):
     import ast
     import builtins
-    import importlib.util
+    import json
     import resource
     import sysconfig
 
     settings = ast.literal_eval(settings_text)
     here = os.path.dirname(os.path.abspath(__file__))
-    write, exit_now, exec_, realpath, fsdecode = os.write, os._exit, exec, os.path.realpath, os.fsdecode
+    write, exit_now, realpath, fsdecode = os.write, os._exit, os.path.realpath, os.fsdecode
     mode = settings["mode"]
+    sys.set_int_max_str_digits(0)  # a big int is plain data; the time limit bounds what converting it costs
     token = b""
     tests = None
     if mode == "tests":
-        # The parent writes exactly one line (the token) and closes the pipe: read it all, before any user code.
+        # The parent writes exactly one line (the token) and closes the pipe: read it all first.
         while True:
             chunk = os.read(0, 256)
             if not chunk:
@@ -35,7 +124,6 @@ def _main(settings_text):
         token = token.strip()
         with open(os.path.join(here, "tests.py"), encoding="utf-8") as f:
             tests = compile(f.read(), "tests.py", "exec")
-        clean_builtins = dict(vars(builtins))
     stdout = sys.stdout
 
     for name, value in settings["limits"].items():
@@ -97,26 +185,161 @@ def _main(settings_text):
             del sys.modules[name]
     sys.addaudithook(guard)
     sys.argv = ["solution.py"]
-    solution_path = os.path.join(here, "solution.py")
 
     if mode == "program":
         import runpy
 
-        runpy.run_path(solution_path, run_name="__main__")
-        return
+        runpy.run_path(os.path.join(here, "solution.py"), run_name="__main__")
+    elif mode == "solution":
+        _serve_solution(here, settings["fds"], json.dumps, json.loads)
+    else:
+        _run_tests(tests, token, settings["fds"], builtins, stdout, write, exit_now, json.dumps, json.loads)
 
-    spec = importlib.util.spec_from_file_location("solution", solution_path)
+
+def _serve_solution(here, fds, dumps, loads):
+    """Import the solution, send its names, answer calls until the tests' process says "end" or goes."""
+    import importlib.util
+    import types
+
+    requests, replies = fds
+    spec = importlib.util.spec_from_file_location("solution", os.path.join(here, "solution.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules["solution"] = module
     spec.loader.exec_module(module)
-    namespace = dict(vars(module))
-    namespace["__builtins__"] = clean_builtins
-    namespace["__name__"] = "__tests__"
-    exec_(tests, namespace)
-    # Reached only when every test ran and none raised; the solution's unflushed output goes first.
+    names = []
+    for name, value in list(vars(module).items()):
+        if name.startswith("__"):
+            continue
+        if isinstance(value, types.ModuleType):
+            names.append([name, "module", value.__name__])
+        elif callable(value):
+            names.append([name, "function", None])
+        else:
+            try:
+                names.append([name, "value", encode(value)])
+            except NotPlainData:
+                pass  # not plain data: the tests do not see it
+    _flush()
+    send(replies, ["names", names], dumps)
+    while True:
+        try:
+            request = receive(requests, loads)
+        except EOFError:
+            return
+        if request == ["end"]:
+            _flush()
+            return
+        _, name, args, kwargs = request
+        try:
+            result = vars(module)[name](*decode(args), **decode(kwargs))
+            reply = ["return", encode(result)]
+        except NotPlainData as error:
+            reply = ["not plain data", str(error)]
+        except Exception as error:  # noqa: BLE001 - the solution's exception is an answer; the tests may expect it
+            builtin = next(c for c in type(error).__mro__ if c.__module__ == "builtins")
+            try:
+                reply = ["raise", builtin.__name__, encode(error.args)]
+            except NotPlainData as not_plain:
+                reply = ["not plain data", f"the args of {type(error).__name__}: {not_plain}"]
+        _flush()
+        send(replies, reply, dumps)
+
+
+def _flush():
+    try:
+        sys.stdout.flush()
+    except BaseException:  # noqa: BLE001 - a broken stdout of the solution's making is not the harness's problem
+        pass
+
+
+def _run_tests(tests, token, fds, builtins, stdout, write, exit_now, dumps, loads):
+    """Run the tests over proxies of the solution's functions; print the token after the last one."""
+    import importlib
+
+    to_solution, from_solution = fds
+    builtin_names = frozenset(vars(builtins))
+    exceptions = {name: value for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, Exception)}
+
+    def fail(why):
+        # Not an exception the tests could catch: the run ends here, without the token.
+        try:
+            write(2, ("\nsandbox: " + why + "\n").encode(errors="replace"))
+        finally:
+            exit_now(3)
+
+    def ask(message):
+        try:
+            send(to_solution, message, dumps)
+            return receive(from_solution, loads)
+        except (EOFError, OSError):
+            fail("the solution's process ended before the tests did (exit, crash or limit)")
+        except (NotPlainData, ValueError, TypeError, RecursionError) as error:
+            fail(f"malformed answer from the solution's process ({error})")
+
+    def proxy(name):
+        def call(*args, **kwargs):
+            try:
+                request = ["call", name, encode(list(args)), encode(kwargs)]
+            except NotPlainData as error:
+                raise TypeError(f"sandbox: the tests passed {name}() something other than plain data: {error}") from None
+            reply = ask(request)
+            try:
+                if reply[0] == "return" and len(reply) == 2:
+                    return decode(reply[1])
+                if reply[0] == "raise" and len(reply) == 3 and reply[1] in exceptions:
+                    cls, args = exceptions[reply[1]], decode(reply[2])
+                    if type(args) is not tuple:
+                        raise NotPlainData("exception args are not a tuple")
+                else:
+                    fail(f"{name}() returned something other than plain data: {reply[1] if reply[0] == 'not plain data' else 'a malformed answer'}")
+            except (NotPlainData, ValueError, TypeError, RecursionError, IndexError) as error:
+                fail(f"malformed answer from {name}() ({error})")
+            try:
+                error = cls(*args)
+            except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five args: keep the class, set args
+                error = cls.__new__(cls)
+                error.args = args
+            raise error
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    try:  # the solution's process sends its names unasked, once it has imported the solution
+        reply = receive(from_solution, loads)
+    except EOFError:
+        fail("the solution did not import (exit, crash, limit or an exception; see its stderr)")
+    except (NotPlainData, ValueError, TypeError, RecursionError) as error:
+        fail(f"malformed list of names from the solution's process ({error})")
+    namespace = {"__name__": "__tests__", "__builtins__": builtins}
+    entries = reply[1] if type(reply) is list and len(reply) == 2 and reply[0] == "names" and type(reply[1]) is list else []
+    for entry in entries:
+        if type(entry) is not list or len(entry) != 3 or type(entry[0]) is not str:
+            continue
+        name, kind, payload = entry
+        # Solution names never shadow a builtin the tests use (sorted, len, isinstance, ...).
+        if not name.isidentifier() or name.startswith("__") or name in builtin_names:
+            continue
+        if kind == "function":
+            namespace[name] = proxy(name)
+        elif kind == "module" and type(payload) is str and payload.partition(".")[0] in sys.stdlib_module_names:
+            try:
+                namespace[name] = importlib.import_module(payload)  # this interpreter's own, untouched copy
+            except Exception:  # noqa: BLE001 - a module the guard refuses: the tests do without it
+                pass
+        elif kind == "value":
+            try:
+                namespace[name] = decode(payload)
+            except (NotPlainData, ValueError, TypeError, RecursionError) as error:
+                fail(f"malformed value of {name} ({error})")
+    exec(tests, namespace)
+    # Reached only when every test ran and none raised.
+    try:
+        send(to_solution, ["end"], dumps)
+    except OSError:
+        pass
     try:
         stdout.flush()
-    except BaseException:  # noqa: BLE001 - a broken stdout of the solution's making must not stop the verdict
+    except BaseException:  # noqa: BLE001 - a broken stdout of the tests' making must not stop the verdict
         pass
     write(1, b"\n" + token + b"\n")
     exit_now(0)

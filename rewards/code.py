@@ -1,10 +1,13 @@
 """Code-execution reward: run the dataset's tests against the completion's Python, in the sandbox.
 
-The completion's last ```python block is imported as the module `solution`; the sample's `tests` column
-(typically asserts) then runs in the sandbox harness's own frame, over the solution's names. 1.0 when
-every test ran and passed (the harness printed this run's random token after the last one), else 0.0:
-exiting early with status 0 (`os._exit(0)`, `SystemExit`) or patching builtins earns nothing. Samples
-whose `tests` entry is None or blank get None (not applicable). Nothing from the completion ever runs in
+The completion's last ```python block is imported as the module `solution` in one sandbox; the sample's
+`tests` column (asserts over the solution's names, or HumanEval's `check(candidate)` + `check(f)`) runs in
+another, a fresh interpreter whose calls to the solution's functions go through proxies that carry plain
+data only (rewards/sandbox.py, run_tests_sandboxed). 1.0 when every test ran and passed (the tests'
+harness printed this run's random token after the last one), else 0.0: an object that equals anything,
+reading the tests, patching the standard library or builtins, shadowing `sorted`, exiting early
+(`os._exit(0)`, `SystemExit`) earn nothing. Samples whose `tests` entry is None or blank get None (not
+applicable). Nothing from the completion ever runs in
 the training process: see rewards/sandbox.py for the isolation and the limits.
 """
 

@@ -12,7 +12,10 @@ which also makes a fork bomb impossible.
 Inside, a short harness (rewards/_sandbox_harness.py) sets rlimits before any user code runs: address
 space (memory_mb), CPU seconds, size of one file, open files, processes, no core dumps; and installs an
 audit hook (PEP 578) that refuses frame and garbage-collector introspection, ctypes, /proc, signals,
-sockets and process creation, so the program cannot reach into the harness (see run_tests_sandboxed).
+sockets and process creation, so the program cannot reach into the harness.
+
+Tests run in a second sandbox of their own (run_tests_sandboxed): the solution's sandbox holds no tests,
+the tests' sandbox never runs solution code, and the two exchange only plain data through two pipes.
 
 Outside, this module reads stdout and stderr through pipes with one cap on their total size, and kills
 the sandbox at the wall-clock limit or when the cap is exceeded (bwrap's --die-with-parent and the PID
@@ -163,7 +166,7 @@ def bwrap_problem() -> str | None:
     return None
 
 
-def _start_bwrap(box: str, argv: list[str], tmp_mb: int, **popen) -> subprocess.Popen:
+def _start_bwrap(box: str, argv: list[str], tmp_mb: int, pass_fds: tuple[int, ...] = (), **popen) -> subprocess.Popen:
     bpf_read, bpf_write = os.pipe()
     bpf = _seccomp_filter()
     # The filter (a few hundred bytes) fits in the pipe buffer, so writing it before bwrap reads cannot block.
@@ -197,7 +200,7 @@ def _start_bwrap(box: str, argv: list[str], tmp_mb: int, **popen) -> subprocess.
             stdin=popen.pop("stdin", subprocess.DEVNULL),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(bpf_read,),
+            pass_fds=(bpf_read, *pass_fds),
             start_new_session=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             **popen,
@@ -250,13 +253,22 @@ def run_tests_sandboxed(
     tmp_mb: int = 16,
     isolation: str | None = None,
 ) -> SandboxResult:
-    """Import `solution` as the module `solution`, then run `tests` in the harness's own frame.
+    """Run `tests` against `solution` with the comparisons out of the solution's reach.
 
-    The tests see the solution's globals and the builtins as they were before the solution ran (so it cannot
-    patch `len`, `exec` or `AssertionError` under them). Passing means the harness printed a random token,
-    given to it alone on stdin, after the last test: `os._exit(0)` or `SystemExit(0)` before or during the
-    tests, or a crash, is a failure whatever the exit status. The audit hook keeps the solution away from
-    the harness's frame, where the token lives (module docstring).
+    Two sandboxes, each with the limits above: one imports `solution` as the module `solution` (the tests are
+    not in it), the other is a fresh interpreter that runs `tests` with pristine builtins and standard library
+    and never imports the solution. There, each of the solution's top-level functions is a proxy: a call sends
+    its arguments to the solution's sandbox as plain data and returns the answer decoded as plain data by exact
+    type (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset), so no `__eq__` of the
+    solution's ever runs; an exception arrives as the built-in class it derives from, with its args. Plain
+    values among the solution's globals arrive by value, its standard modules as the tests' own copies; no
+    solution name shadows a builtin. Anything else returned (an object, a subclass, a generator), a malformed
+    answer or a solution process that ends mid-test fails the run at once, past any `except` in the tests.
+
+    Passing means the tests' harness printed a random token, given to it alone on stdin, after the last test:
+    `os._exit(0)` or `SystemExit(0)` during the tests, or a crash, is a failure whatever the exit status.
+    Limitation (by design): the tests see return values, not the solution's objects, so a test that needs
+    an instance of the solution's class or checks that an argument was mutated in place cannot pass.
     """
     return _run(solution, tests, b"", timeout_s, memory_mb, max_output_bytes, tmp_mb, isolation)
 
@@ -298,34 +310,32 @@ def _run(
         "RLIMIT_NPROC": 16,  # binds where the sandbox is not root-mapped; seccomp covers the rest
         "RLIMIT_CORE": 0,
     }
-    settings = repr({"mode": "tests" if tests is not None else "program", "limits": limits})
     with tempfile.TemporaryDirectory(prefix="align-sandbox-") as box:
-        Path(box, "harness.py").write_text(_HARNESS.read_text())
-        Path(box, "solution.py").write_text(code)
-        if tests is not None:
-            Path(box, "tests.py").write_text(tests)
-            stdin = token.encode() + b"\n"  # the token reaches the harness alone, before any user code runs
-        if mode == "bwrap":
-            argv = [_interpreter(), "-I", "/sandbox/harness.py", settings]
-            process = _start_bwrap(box, argv, tmp_mb, stdin=subprocess.PIPE)
-            isolation_used = "bwrap"
+        if tests is None:
+            process, isolation_used = _launch(Path(box), "program", {"solution.py": code}, limits, (), mode, tmp_mb)
+            outputs = _communicate([process], stdin, timeout_s, max_output_bytes)
+            (stdout, stderr), timed_out, exceeded = outputs[0][0], outputs[1], outputs[2]
+            returncode = process.returncode
         else:
-            prefix = namespace_prefix() or ()
-            work = Path(box, "tmp")
-            work.mkdir()
-            env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
-            process = subprocess.Popen(
-                [*prefix, _interpreter(), "-I", str(Path(box, "harness.py")), settings],
-                cwd=work,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            isolation_used = "weak+unshare" if prefix else "weak"
-        stdout, stderr, timed_out, exceeded = _communicate(process, stdin, timeout_s, max_output_bytes)
-        returncode = process.returncode
+            # Two sandboxes joined by two pipes: the solution's (no tests in it) and the tests' (no solution code).
+            to_solution, from_solution = os.pipe(), os.pipe()
+            solution_fds = (to_solution[0], from_solution[1])
+            tests_fds = (to_solution[1], from_solution[0])
+            try:
+                tests_process, isolation_used = _launch(
+                    Path(box, "tests"), "tests", {"tests.py": tests}, limits, tests_fds, mode, tmp_mb
+                )
+                solution_process, _ = _launch(
+                    Path(box, "solution"), "solution", {"solution.py": code}, limits, solution_fds, mode, tmp_mb
+                )
+            finally:
+                for fd in (*solution_fds, *tests_fds):
+                    os.close(fd)  # each end now lives only in the sandbox that uses it: a dead peer reads as EOF
+            # The token reaches the tests' harness alone, before any test runs.
+            outputs = _communicate([tests_process, solution_process], token.encode() + b"\n", timeout_s, max_output_bytes)
+            ((tests_out, tests_err), (solution_out, solution_err)), timed_out, exceeded = outputs
+            stdout, stderr = solution_out + tests_out, solution_err + tests_err
+            returncode = tests_process.returncode
 
     out_text = stdout.decode("utf-8", errors="replace")
     err_text = stderr.decode("utf-8", errors="replace")
@@ -338,7 +348,8 @@ def _run(
         err_text += "\nsandbox: file size limit exceeded"
     tests_passed = None
     if tests is not None:
-        tests_passed = not timed_out and not exceeded and token in out_text.splitlines()
+        # Only the tests' process knows the token; the solution's output is not searched for it.
+        tests_passed = not timed_out and not exceeded and token in tests_out.decode("utf-8", errors="replace").splitlines()
         out_text = "\n".join(line for line in out_text.splitlines() if line != token)
         ok = tests_passed
     else:
@@ -346,30 +357,76 @@ def _run(
     return SandboxResult(ok, out_text, err_text, timed_out, returncode, isolation_used, exceeded, tests_passed)
 
 
-def _communicate(process: subprocess.Popen, stdin: bytes, timeout_s: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
-    """Feed stdin, read stdout/stderr up to `cap` bytes in total; kill at the deadline or past the cap."""
+def _launch(
+    box: Path, role: str, files: dict[str, str], limits: dict, fds: tuple[int, ...], mode: str, tmp_mb: int
+) -> tuple[subprocess.Popen, str]:
+    """Start the harness in `role` in its own sandbox over `box` (harness.py + `files`), keeping `fds` open."""
+    box.mkdir(exist_ok=True)
+    Path(box, "harness.py").write_text(_HARNESS.read_text())
+    for name, text in files.items():
+        Path(box, name).write_text(text)
+    settings = repr({"mode": role, "limits": limits, "fds": list(fds)})
+    # Tests mode: -S too (no site: the interpreter's site-packages and .pth hooks stay out, the standard library
+    # is all either side gets, and each interpreter starts in about half the time). Programs keep site's exit().
+    flags = ["-I"] if role == "program" else ["-I", "-S"]
+    if mode == "bwrap":
+        argv = [_interpreter(), *flags, "/sandbox/harness.py", settings]
+        return _start_bwrap(str(box), argv, tmp_mb, pass_fds=fds, stdin=subprocess.PIPE), "bwrap"
+    prefix = namespace_prefix() or ()
+    work = Path(box, "tmp")
+    work.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
+    process = subprocess.Popen(
+        [*prefix, _interpreter(), *flags, str(Path(box, "harness.py")), settings],
+        cwd=work,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=fds,
+        start_new_session=True,
+    )
+    return process, "weak+unshare" if prefix else "weak"
+
+
+def _communicate(
+    processes: list[subprocess.Popen], stdin: bytes, timeout_s: float, cap: int
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """Feed stdin to the first process, read every stdout/stderr up to `cap` bytes in total until the first
+    process is done and the others have ended (killed 0.5 s later; everything at the deadline or past the cap).
+
+    Returns ([(stdout, stderr) per process], timed_out, exceeded).
+    """
+    main = processes[0]
 
     def feed() -> None:
         try:
-            process.stdin.write(stdin)
-            process.stdin.close()
+            main.stdin.write(stdin)
+            main.stdin.close()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the program exited or closed its stdin: nothing more to give it
 
+    for other in processes[1:]:
+        other.stdin.close()
     writer = threading.Thread(target=feed, name="sandbox-stdin", daemon=True)
     writer.start()
-    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
-    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    chunks: dict[int, list[bytes]] = {p.stdout.fileno(): [] for p in processes} | {p.stderr.fileno(): [] for p in processes}
+    main_fds = {main.stdout.fileno(), main.stderr.fileno()}
     total = 0
     timed_out = exceeded = False
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        selector.register(process.stderr, selectors.EVENT_READ)
+        for process in processes:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            selector.register(process.stderr, selectors.EVENT_READ)
+        drain_until = None
         while selector.get_map():
-            remaining = deadline - time.monotonic()
+            if drain_until is None and not main_fds & set(selector.get_map()):
+                # The main program is done: the others see it (EOF) and end; after a grace period they are killed.
+                drain_until = min(deadline, time.monotonic() + 0.5)
+            remaining = (drain_until or deadline) - time.monotonic()
             if remaining <= 0:
-                timed_out = True
+                timed_out = drain_until is None
                 break
             for key, _ in selector.select(remaining):
                 data = os.read(key.fd, 65536)
@@ -385,18 +442,25 @@ def _communicate(process: subprocess.Popen, stdin: bytes, timeout_s: float, cap:
             if exceeded:
                 break
     if timed_out or exceeded:
+        for process in processes:
+            _kill_group(process)
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+        except subprocess.TimeoutExpired:
+            # Pipes closed but the process lives on (it closed its own stdout): the wall clock still applies.
+            _kill_group(process)
+            process.wait()
+            timed_out = timed_out or process is main
+    for process in processes[1:]:
         _kill_group(process)
-    try:
-        process.wait(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
-    except subprocess.TimeoutExpired:
-        # Pipes closed but the process lives on (it closed its own stdout): the wall clock still applies.
-        _kill_group(process)
-        process.wait()
-        timed_out = True
     writer.join(timeout=1.0)
-    process.stdout.close()
-    process.stderr.close()
-    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), timed_out, exceeded
+    outputs = []
+    for process in processes:
+        outputs.append((b"".join(chunks[process.stdout.fileno()]), b"".join(chunks[process.stderr.fileno()])))
+        process.stdout.close()
+        process.stderr.close()
+    return outputs, timed_out, exceeded
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -61,11 +61,49 @@ def test_tests_pass_only_when_the_harness_prints_its_token(isolation):
 
 
 def test_tests_see_the_solution_names_and_its_output():
-    solution = "import collections\nPoint = collections.namedtuple('Point', 'x y')\nprint('from solution')\ndef norm1(p):\n    return abs(p.x) + abs(p.y)\n"
-    result = run_tests_sandboxed(solution, "assert norm1(Point(-1, 2)) == 3\nprint('from tests')\n", isolation="weak")
+    # Functions arrive as proxies, plain values by value, standard modules as the tests' own copy.
+    solution = "import math as m\nSCALE = {'x': (1, 2.5)}\nprint('from solution')\ndef norm1(p):\n    return abs(p[0]) + abs(p[1])\n"
+    tests = "assert norm1((-1, 2)) == 3\nassert SCALE == {'x': (1, 2.5)}\nassert m.sqrt(4) == 2\nprint('from tests')\n"
+    result = run_tests_sandboxed(solution, tests, isolation="weak")
     assert result.tests_passed, result.stderr
     # The token line is the verdict, not part of the program's output.
     assert [line for line in result.stdout.splitlines() if line] == ["from solution", "from tests"]
+
+
+def test_plain_data_round_trips_by_exact_type():
+    values = "[None, True, 3, 2**100, -0.5, float('inf'), 1j, 'é', b'\\x00', [1], (1, (2,)), {1: 'a', (2, 3): [4]}, {5}, frozenset({6})]"
+    solution = f"def values():\n    return {values}\ndef echo(*args, **kwargs):\n    return [args, kwargs]\n"
+    tests = (
+        f"expected = {values}\nassert values() == expected\n"
+        "assert [type(v) for v in values()] == [type(v) for v in expected]\n"
+        "assert echo(expected, key=(1,)) == [(expected,), {'key': (1,)}]\n"
+    )
+    assert run_tests_sandboxed(solution, tests, isolation="weak").tests_passed
+
+
+def test_solution_exceptions_reach_the_tests_as_builtin_classes():
+    solution = (
+        "class BadInput(ValueError):\n    pass\ndef parse(s):\n    if not s.isdigit():\n        raise BadInput('not a number', s)\n"
+        "    return int(s)\n"
+    )
+    tests = "try:\n    parse('x')\n    raise AssertionError('no error')\nexcept ValueError as e:\n    assert e.args == ('not a number', 'x')\nassert parse('7') == 7\n"
+    assert run_tests_sandboxed(solution, tests, isolation="weak").tests_passed
+
+
+@pytest.mark.parametrize(
+    "returned, why",
+    [
+        ("collections.namedtuple('P', 'x y')(1, 2)", "a collections.P is not plain data"),
+        ("(i for i in range(3))", "a builtins.generator is not plain data"),
+        ("type('I', (int,), {})(3)", "a solution.I is not plain data"),
+    ],
+)
+def test_a_return_value_that_is_not_plain_data_fails_in_one_line(returned, why):
+    # Compared by the solution's own __eq__ otherwise; a catch-all in the tests cannot swallow the failure.
+    solution = f"import collections\ndef f():\n    return {returned}\n"
+    result = run_tests_sandboxed(solution, "try:\n    f()\nexcept Exception:\n    pass\n", isolation="weak")
+    assert not result.tests_passed and result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1] == f"sandbox: f() returned something other than plain data: {why}"
 
 
 def test_bad_limits_are_rejected():
