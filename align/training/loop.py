@@ -360,7 +360,8 @@ class Trainer:
 
     def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
         """Token-budget micro-batches over sequences, or over whole groups (each with its reference
-        answer) when the algorithm's loss couples group members; the same count on every rank."""
+        answer) when the algorithm's loss couples group members; the same count on every rank.
+        With train.shared_prompt the budget is the packed cost (prompt once per group or part)."""
         G, whole = batch.group_size, self.algo.needs.whole_groups
         prompt_lens = [len(ids) for ids in batch.prompt_ids]
         if self.shared_prompt and not whole:
