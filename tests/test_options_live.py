@@ -191,6 +191,7 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.max_grad_norm": ("run", ("train.max_grad_norm=1e-4",)),
     "train.seed": ("run", ("train.seed=7",)),
     "train.micro_batch_tokens": ("run", ("train.micro_batch_tokens=40",)),  # the `micro_batches` metric
+    "train.shared_prompt": ("run", ("train.shared_prompt=false",)),  # the `train/forward_tokens` metric
     "train.max_bad_updates": ("covered", ("tests/trainers/test_numerics.py::test_too_many_bad_updates_in_a_row_stop_with_the_last_good_checkpoint",)),
     "train.cpu_threads": ("covered", ("tests/trainers/test_threads.py::test_an_explicit_count_changes_the_threads",)),
     "train.max_minutes": ("files", ("train.max_minutes=1e-6",)),  # stops after the first step

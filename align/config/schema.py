@@ -168,6 +168,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # clip the gradient norm
     max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (runtime/numerics.py)
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
+    shared_prompt: bool = True  # forward each prompt once for its G completions (block mask; exact); false = a copy per completion
     seed: int = 0  # model init, data order and sampling seeds
     cpu_threads: int | None = None  # torch threads per process on CPU; None = this process's cores / local processes
 

@@ -37,7 +37,19 @@ from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
 from align.models import apply_lora, load_model, load_tokenizer, mix_into_reference
 from align.rollout import make_engine
-from align.runtime.batching import PaddedSequences, completion_logits, pad_sequences, token_budget_groups
+from align.runtime.batching import (
+    PACKED_ATTENTION,
+    PackedSequences,
+    PaddedSequences,
+    attention_implementation,
+    completion_logits,
+    forward_shape,
+    pack_shared_prompts,
+    pad_sequences,
+    shared_prompt_budget_groups,
+    split_parts_to_count,
+    token_budget_groups,
+)
 from align.runtime.distributed import (
     max_over_ranks,
     outside_zero3_init,
@@ -97,6 +109,9 @@ class Trainer:
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules),
                                autocast_adapter_dtype=not uses_deepspeed(accelerator))
+        # The G completions of a prompt share its forward (runtime/batching.py, PackedSequences) where
+        # the attention kernel takes a 4D mask; otherwise every completion carries its own prompt.
+        self.shared_prompt = cfg.train.shared_prompt and attention_implementation(model) in PACKED_ATTENTION
         self.ref_model = None
         if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
@@ -268,10 +283,17 @@ class Trainer:
         note = (f"; offline rows: {unused} rows beyond {g} per prompt are unused (raise rollout.num_generations)"
                 if unused else "")
         threads = f" on {torch.get_num_threads()} CPU thread(s)" if self.acc.device.type == "cpu" else ""
+        if self.shared_prompt:
+            layout = "; each prompt forwarded once for its completions (train.shared_prompt)"
+        elif c.train.shared_prompt:
+            layout = (f"; train.shared_prompt is off: the {attention_implementation(self.model)} attention kernel "
+                      f"takes no block mask (use one of {', '.join(PACKED_ATTENTION)})")
+        else:
+            layout = ""
         return (
             f"per optimizer step: {batch // g} prompts x {g} completions = {batch} completions "
             f"(<= {batch * c.rollout.max_tokens} completion tokens) on {self.world} process(es), "
-            f"{batch // g // self.world} prompts each{threads}; {c.train.updates_per_batch} update(s) per rollout batch{note}"
+            f"{batch // g // self.world} prompts each{threads}; {c.train.updates_per_batch} update(s) per rollout batch{layout}{note}"
         )
 
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -377,10 +399,24 @@ class Trainer:
 
     def _micro_batches(self, batch: GroupBatch) -> list[MicroBatchRows]:
         """Token-budget micro-batches over sequences, or over whole groups (each with its reference
-        answer) when the algorithm's loss couples group members; the same count on every rank."""
+        answer) when the algorithm's loss couples group members; the same count on every rank.
+        With train.shared_prompt the budget is the packed cost (prompt once per group or part)."""
         G, whole = batch.group_size, self.algo.needs.whole_groups
         prompt_lens = [len(ids) for ids in batch.prompt_ids]
-        if whole:
+        if self.shared_prompt and not whole:
+            # A unit is a part of a group (its prompt once + its completions); parts of one group
+            # stay together where they fit, and a count short of the busiest rank's splits them.
+            groups = [list(range(p * G, (p + 1) * G)) for p in range(batch.num_prompts)]
+            parts = shared_prompt_budget_groups(groups, prompt_lens, [len(c) for c in batch.completion_ids],
+                                                self.cfg.train.micro_batch_tokens)
+            parts = split_parts_to_count(parts, max_over_ranks(self.acc, len(parts)))
+            return [MicroBatchRows(rows=sorted(r for part in mb for r in part)) for mb in parts]
+        if whole and self.shared_prompt:  # a unit is a whole group packed: prompt once, members, reference answer
+            answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
+            lengths = [(0, prompt_lens[p] + len(answers[p]) + sum(len(batch.completion_ids[p * G + i]) for i in range(G)))
+                       for p in range(batch.num_prompts)]
+            sizes = None
+        elif whole:
             answers = batch.answer_ids or [[] for _ in batch.prompt_ids]
             lengths = [(prompt_lens[p], max([len(answers[p])] + [len(batch.completion_ids[p * G + i]) for i in range(G)]))
                        for p in range(batch.num_prompts)]
@@ -443,13 +479,24 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------------------------- training
-    def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences:
-        """The micro-batch padded for the model: its completion rows, then its reference answers."""
+    def _rows(self, batch: GroupBatch, mb: MicroBatchRows) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """(prompts, completions, step-batch index) of the micro-batch: its completion rows, then its reference answers."""
         G = batch.group_size
         prompts = [batch.prompt_ids[r // G] for r in mb.rows] + [batch.prompt_ids[p] for p in mb.answers]
         completions = [batch.completion_ids[r] for r in mb.rows] + [batch.answer_ids[p] for p in mb.answers]
-        index = mb.rows + [len(batch.completion_ids) + p for p in mb.answers]
-        return pad_sequences(prompts, completions, index, self.tokenizer.pad_token_id, self.acc.device)
+        return prompts, completions, mb.rows + [len(batch.completion_ids) + p for p in mb.answers]
+
+    def _sequences(self, batch: GroupBatch, mb: MicroBatchRows) -> PaddedSequences | PackedSequences:
+        """The micro-batch ready for the model: packed by shared prompt (train.shared_prompt), else padded.
+        Either way completion rows first, then reference answers, in the [B, T] layout."""
+        layout = pack_shared_prompts if self.shared_prompt else pad_sequences
+        return layout(*self._rows(batch, mb), self.tokenizer.pad_token_id, self.acc.device)
+
+    def _forward_tokens(self, batch: GroupBatch, mb: MicroBatchRows) -> int:
+        """Token positions (padding included) the model computes for one micro-batch's forward."""
+        prompts, completions, _ = self._rows(batch, mb)
+        rows, width = forward_shape(prompts, completions, self.shared_prompt)
+        return rows * width
 
     def _padded(self, rows_of_values: list[list[float]], rows: list[int], like: torch.Tensor) -> torch.Tensor:
         """Per-token values of `rows` right-padded with 0 into a tensor shaped like `like` [B, T]."""
@@ -528,7 +575,7 @@ class Trainer:
         per_update: dict[str, float] = defaultdict(float)
         rollout_policy: dict[str, float] = defaultdict(float)
         grad_norms = []
-        skipped = 0
+        skipped = forward_tokens = 0
         # The staleness correction's weights (rollout.max_staleness >= 1), of update 0, like the mismatch.
         corrected, weight_max = bool(cfg.rollout.max_staleness) and self.algo.needs.importance_correction, 0.0
         if corrected:
@@ -553,6 +600,7 @@ class Trainer:
                 for k, v in m.items():  # shares of a global sum add up; per-token means are weighted
                     per_update[k] += float(v) if k in additive else float(v) * n
                 if update == 0:
+                    forward_tokens += self._forward_tokens(batch, mb)
                     rollout_policy["tokens"] += n
                     rollout_policy["entropy"] += (entropy * mask).sum().item()
                     if micro.engine_logp is not None:
@@ -587,6 +635,8 @@ class Trainer:
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["train/skipped_updates"] = float(skipped)
         out["micro_batches"] = float(len(micro_batches))
+        # Work of one pass over the batch, all ranks: what train.shared_prompt and the budget change.
+        out["train/forward_tokens"] = self.acc.reduce(torch.tensor(float(forward_tokens), device=self.acc.device), "sum").item()
         return out
 
     def _correction_sums(self, micro, sums: dict[str, float]) -> float:
