@@ -80,6 +80,7 @@ def test_bad_loss_options_are_one_line_errors(cache_dir, tmp_path, args, says):
     assert says in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # ~70 s; the default run trains cispo through test_options_live and checks each loss against TRL
 @pytest.mark.parametrize("loss_type", ["dapo", "cispo", "sapo", "luspo", "vespo"])
 def test_every_trl_loss_type_trains(cache_dir, tmp_path, loss_type):
     """TRL's loss_type values, through the alias table and the loop (grpo, bnpo and dr_grpo are the

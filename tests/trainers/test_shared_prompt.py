@@ -20,7 +20,7 @@ RECIPES = {
     # a reference model (beta) and mu = 2: reference log-probs and pi_old both come from `_plan`
     "grpo": ["recipe=grpo_math", "loss.beta=0.04", "train.updates_per_batch=2", f"reward.functions=[{DIGITS}:digit_fraction]",
              "reward.weights=null", "data.options.size=32"],
-    "gcpo": ["recipe=gcpo_geometry", "data.options.size=32"],
+    "gcpo": ["recipe=gcpo_geometry", "model.name=tiny-geometry", "data.options.size=32"],  # the warm start: rewards with spread
     "grao": ["recipe=grao_geometry", "data.options.size=32"],  # reference answers ride in their group's packed sequence
     "copg": ["recipe=copg_geometry", "data.source=arith", f"reward.functions=[{DIGITS}:digit_fraction]",
              "reward.weights=null", "data.options.size=32"],
