@@ -45,6 +45,14 @@ def _token_advantages(adv_tok: torch.Tensor, logp: torch.Tensor) -> torch.Tensor
     )
 
 
+def _weighted(loss_tok: torch.Tensor, is_weights: torch.Tensor | None, logp: torch.Tensor) -> torch.Tensor:
+    """The per-token loss times the importance weights (engine mismatch, staleness) as constants."""
+    if is_weights is None:
+        return loss_tok
+    check_same_shape("is_weights", is_weights, "logp", logp)
+    return loss_tok * is_weights.detach()
+
+
 def _log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, ratio_level: RatioLevel, mask: torch.Tensor | None) -> torch.Tensor:
     """log(pi / pi_old) [B,T], clamped to +-20 before any exp: per token, or (GSPO) the mean over
     each sequence's mask tokens, repeated on every token of the sequence."""
@@ -106,9 +114,7 @@ def clipped_pg_token_loss(
         bound = -adv * dual_clip
         dual_clipped = negative & (loss_tok.detach() > bound)
         loss_tok = torch.where(negative, torch.minimum(loss_tok, bound), loss_tok)
-    if is_weights is not None:
-        check_same_shape("is_weights", is_weights, "logp", logp)
-        loss_tok = loss_tok * is_weights.detach()
+    loss_tok = _weighted(loss_tok, is_weights, logp)
 
     ratio_d = ratio.detach()
     info = {
@@ -141,9 +147,7 @@ def cispo_token_loss(
     adv = _token_advantages(adv_tok, logp)
     ratio = torch.exp(_log_ratio(logp, old_logp, ratio_level, mask)).detach()
     loss_tok = -ratio.clamp(max=cispo_cap) * adv * logp
-    if is_weights is not None:
-        check_same_shape("is_weights", is_weights, "logp", logp)
-        loss_tok = loss_tok * is_weights.detach()
+    loss_tok = _weighted(loss_tok, is_weights, logp)
     return loss_tok, {"ratio": ratio, "clipped_high": (ratio > cispo_cap).expand_as(logp)}
 
 
@@ -171,9 +175,7 @@ def sapo_token_loss(
     ratio = torch.exp(_log_ratio(logp, old_logp, ratio_level, mask))
     tau = torch.where(adv > 0, logp.new_tensor(sapo_tau_pos), logp.new_tensor(sapo_tau_neg))
     loss_tok = -adv * torch.sigmoid(tau * (ratio - 1)) * 4 / tau
-    if is_weights is not None:
-        check_same_shape("is_weights", is_weights, "logp", logp)
-        loss_tok = loss_tok * is_weights.detach()
+    loss_tok = _weighted(loss_tok, is_weights, logp)
     return loss_tok.expand_as(logp), {"ratio": ratio.detach().expand_as(logp)}
 
 
