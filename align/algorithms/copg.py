@@ -38,7 +38,9 @@ class CoPG(GRPO):
         super().validate(cfg)
         if cfg.copg.beta <= 0:
             raise ConfigError(f"copg.beta={cfg.copg.beta}: must be > 0 (with 0 the CoPG loss has no gradient)")
-    additive_metrics = ADDITIVE_METRICS | {"num_groups"}
+    # Its means are shares of the step's valid completions (copg_loss gets the global count), so they
+    # add up over micro-batches and ranks; weighted by tokens they moved with the split.
+    additive_metrics = ADDITIVE_METRICS | {"num_groups", "reg_reward_mean", "log_ratio_mean"}
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -57,5 +59,5 @@ class CoPG(GRPO):
         seq_ref = algos.seq_logprob(mb.ref_logp, mb.mask, reduce="sum")
         return algos.copg_loss(
             mb.grouped(seq_logp), mb.grouped(seq_ref), mb.grouped(mb.rewards), beta=self.cfg.copg.beta,
-            valid=mb.grouped(mb.valid), num_groups=mb.totals.num_groups,
+            valid=mb.grouped(mb.valid), num_groups=mb.totals.num_groups, num_valid=mb.totals.num_valid,
         )

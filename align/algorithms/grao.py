@@ -82,7 +82,9 @@ class GRAO(GRPO):
             raise ConfigError(f"algo=grao with rollout.max_staleness={cfg.rollout.max_staleness}: GRAO's loss has no "
                               "importance ratio, so samples from older weights would bias it uncorrected; use "
                               "rollout.max_staleness=0 (or algo=grpo / gcpo / copg)")
-    additive_metrics = ADDITIVE_METRICS | {"j_explore", "j_imitate", "j_regulariser"}
+    # All five are per-prompt means (G samples per prompt), so they combine as shares of the step's
+    # prompts; weighted by completion tokens, jexp/jimit_mean moved with the micro-batch split.
+    additive_metrics = ADDITIVE_METRICS | {"j_explore", "j_imitate", "j_regulariser", "jexp_mean", "jimit_mean"}
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -131,7 +133,7 @@ class GRAO(GRPO):
             mb.grouped(mb.logp), mb.grouped(mb.mask), mb.answer_logp, mb.answer_mask,
             mb.grouped(mb.advantages), mb.answer_advantages, beta=g.beta, lam=g.lam, num_prompts=mb.totals.num_prompts,
         )
-        # The three terms as additive shares of their step means (they are per-prompt means here).
+        # The metrics as additive shares of their step means (they are per-prompt means here).
         share = mb.answer_logp.shape[0] / max(mb.totals.num_prompts, 1.0)
         m = {k: (v * share if k in self.additive_metrics else v) for k, v in m.items()}
         return loss, m

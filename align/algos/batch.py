@@ -127,7 +127,8 @@ class Totals:
 
     num_tokens: loss-carrying completion tokens; num_seqs: completion rows; num_prompts: prompts;
     num_groups: prompts with >= 2 valid members (CoPG's mean runs over these); kept_tokens: the
-    tokens loss.top_entropy_quantile keeps in the policy gradient (None = every loss token).
+    tokens loss.top_entropy_quantile keeps in the policy gradient (None = every loss token);
+    num_valid: completions with a usable reward (None = not counted).
     """
 
     num_tokens: float
@@ -135,6 +136,7 @@ class Totals:
     num_prompts: float
     num_groups: float
     kept_tokens: float | None = None
+    num_valid: float | None = None
 
 
 @dataclass(kw_only=True)

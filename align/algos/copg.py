@@ -14,6 +14,7 @@ def copg_loss(
     beta: float = 0.1,
     valid: torch.Tensor | None = None,
     num_groups: float | None = None,
+    num_valid: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CoPG loss: mean over prompts of 1/(k-1) * sum_{i<j} (Rb_i - Rb_j)^2, Rb = R - beta*(log pi - log pi_ref).
 
@@ -22,9 +23,10 @@ def copg_loss(
     k < 2 are left out of the mean (loss 0 if none is left). Uses sum_{i<j}(x_i-x_j)^2 =
     k * sum_i (x_i - mean)^2, so dl/dlog pi_i = -2*beta*k/(k-1) * (Rb_i - mean Rb): REINFORCE with a
     leave-one-out baseline. num_groups: the global count of prompts with k >= 2 over the optimizer
-    step (the result is then this shard's additive share); None = counted here.
-    Metrics (detached): reg_reward_mean (mean Rb), log_ratio_mean (mean log pi - log pi_ref),
-    num_groups (prompts with k >= 2 in this call).
+    step (the result is then this shard's additive share); None = counted here. num_valid: the global
+    count of valid completions, likewise for the two mean metrics.
+    Metrics (detached): reg_reward_mean (mean Rb), log_ratio_mean (mean log pi - log pi_ref), each
+    over the valid completions; num_groups (prompts with k >= 2 in this call).
     """
     check_ndim("seq_logp", seq_logp, 2, "[P,G]")
     check_same_shape("seq_ref_logp", seq_ref_logp, "seq_logp", seq_logp)
@@ -45,7 +47,7 @@ def copg_loss(
     n_groups = float(used.sum()) if num_groups is None else float(num_groups)
     loss = per_group.sum() / max(n_groups, 1.0)
     with torch.no_grad():
-        n_valid = weight.sum().clamp(min=1)
+        n_valid = max(float(weight.sum()) if num_valid is None else float(num_valid), 1.0)
         metrics = {
             "reg_reward_mean": (reg_reward * weight).sum() / n_valid,
             "log_ratio_mean": torch.where(valid, log_ratio, 0.0).sum() / n_valid,

@@ -434,14 +434,15 @@ class Trainer:
 
     def _totals(self, batch: GroupBatch) -> Totals:
         """The step's global counts: tokens under exactly the loss mask (`_loss_mask`), completions,
-        prompts, and groups with >= 2 members that carry loss. One all-reduce."""
+        prompts, groups with >= 2 members that carry loss, and usable completions. One all-reduce."""
         n = len(batch.completion_ids)
         cut = batch.truncated.reshape(-1) if self.cfg.loss.mask_truncated else torch.zeros(n, dtype=torch.bool)
+        usable = self._usable(batch)
         local = torch.tensor([float(sum(batch.loss_tokens(r) for r in range(n) if not cut[r])),
-                              float((self._usable(batch).sum(1) >= 2).sum())], dtype=torch.float64, device=self.acc.device)
-        tokens, groups = self.acc.reduce(local, reduction="sum").tolist()
+                              float((usable.sum(1) >= 2).sum()), float(usable.sum())], dtype=torch.float64, device=self.acc.device)
+        tokens, groups, valid = self.acc.reduce(local, reduction="sum").tolist()
         return Totals(num_tokens=tokens, num_seqs=float(n * self.world), num_prompts=float(batch.num_prompts * self.world),
-                      num_groups=groups)
+                      num_groups=groups, num_valid=valid)
 
     def _kl_in_reward(self, batch: GroupBatch, plan: StepPlan, metrics: dict[str, float]) -> GroupBatch:
         """verl's use_kl_in_reward: R - beta * sum_t KL_t(pi_old || pi_ref) per completion, before advantages."""

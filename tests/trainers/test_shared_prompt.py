@@ -90,3 +90,27 @@ def test_one_step_is_the_same_with_and_without_sharing(algo, tmp_path, cache_dir
     # is ~0 its rounding (1e-7 relative) can flip a few elements' updates; the whole update agrees.
     assert w_plain.norm() > 0 and (w_shared - w_plain).norm() <= 1e-3 * w_plain.norm()
     assert shared["train/forward_tokens"] < plain["train/forward_tokens"]  # the prompt once per group, no padding
+
+
+@pytest.mark.parametrize("algo", sorted(RECIPES))
+def test_every_logged_figure_is_the_same_for_any_micro_batch_budget(algo, tmp_path, cache_dir):
+    """A metric that averaged per micro-batch would move with the split (GRAO's jexp_mean once did,
+    between one process and two ZeRO-3 ones); every figure must be the global batch's."""
+    # GRAO, CoPG and GCPO from the warm start, whose completions differ in length (the random model's all run
+    # to the cap, where a token-weighted mean and a per-sample one agree).
+    warm = ["model.name=tiny-geometry", "rollout.max_tokens=24"]
+    varied = {"grao": warm, "copg": warm, "gcpo": ["rollout.max_tokens=24"]}
+    settings = [*RECIPES[algo], *varied.get(algo, [])]
+    runs = {}
+    for budget in ("100", "100000"):
+        trainer = make_trainer(tmp_path / budget, cache_dir, *settings, f"train.micro_batch_tokens={budget}")
+        runs[budget] = trainer.step(0)[0]
+    split, whole = runs["100"], runs["100000"]
+    assert split["micro_batches"] > whole["micro_batches"] == 1
+    if algo in varied:
+        assert split["completion_len/mean"] < split["completion_len/max"]  # lengths differ
+    layout = ("time/", "tokens_per_s", "micro_batches", "train/forward_tokens")
+    compared = [k for k, v in whole.items() if isinstance(v, float) and not k.startswith(layout)]
+    assert {"loss", "grad_norm"} <= set(compared) <= set(split)
+    for key in compared:
+        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
