@@ -101,6 +101,24 @@ def case_model_missing(tmp):
     return lambda: resolve_model_path(str(tmp / "no-model"), None)
 
 
+def case_vocabulary_smaller_than_the_tokenizer(tmp):
+    from types import SimpleNamespace
+
+    from align.models import build_tokenizer, check_vocabulary
+
+    tokenizer = build_tokenizer()
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=len(tokenizer) - 5))
+    return lambda: check_vocabulary(model, tokenizer, "my-model")
+
+
+def case_recipe(text: str):
+    def make(tmp):
+        path = write(tmp / "mine.yaml", text)
+        return lambda: config(recipe=path)
+
+    return make
+
+
 def _checkpoint(tmp):
     import torch
     from accelerate import Accelerator
@@ -215,7 +233,20 @@ CASES = [
     ("KL in the reward without a KL", lambda t: lambda: config("loss.kl_in_reward=true", "loss.beta=0"), ["loss.kl_in_reward", "loss.beta"]),
     ("resume pointing nowhere", lambda t: lambda: config(f"resume={t}/no/such/checkpoint"), ["resume=", "does not exist", "resume=latest"]),
     ("unknown recipe", lambda t: lambda: config(recipe="grpo_maths"), ["recipe 'grpo_maths' not found", "grpo_math"]),
-    ("max_bad_updates=0", lambda t: lambda: config("train.max_bad_updates=0"), ["train.max_bad_updates must be >= 1"]),
+    ("max_bad_updates=0", lambda t: lambda: config("train.max_bad_updates=0"), ["train.max_bad_updates=0: must be >= 1"]),
+    # Numeric ranges (config/schema.py RANGES): each was a library traceback mid-run, or (lora.alpha) trained.
+    ("top_p=0", lambda t: lambda: config("rollout.top_p=0"), ["rollout.top_p=0.0: must be in (0, 1]", "the default is 1.0"]),
+    ("max_tokens=0", lambda t: lambda: config("rollout.max_tokens=0"), ["rollout.max_tokens=0: must be >= 1"]),
+    ("negative learning rate", lambda t: lambda: config("train.lr=-1e-6"), ["train.lr=-1e-06: must be > 0"]),
+    ("learning rate NaN", lambda t: lambda: config("train.lr=nan"), ["train.lr=nan: must be > 0"]),
+    ("lora.r=0", lambda t: lambda: config("lora.enabled=true", "lora.r=0"), ["lora.r=0: must be >= 1", "the default is 16"]),
+    ("negative lora.alpha", lambda t: lambda: config("lora.enabled=true", "lora.alpha=-8"), ["lora.alpha=-8: must be > 0"]),
+    ("dual clip below 1", lambda t: lambda: config("loss.dual_clip=0.5"), ["loss.dual_clip=0.5: must be > 1 (or null)"]),
+    ("recipe file is a list", case_recipe("- train.steps=3\n"), ["mine.yaml holds a list", "mapping of keys"]),
+    ("recipe file with a tab", case_recipe("train:\n\tsteps: 3\n"), ["mine.yaml is not valid YAML at line 2", "a tab"]),
+    ("recipe file empty", case_recipe(""), ["mine.yaml is empty", "leave recipe= out"]),
+    ("model vocabulary smaller than its tokenizer", case_vocabulary_smaller_than_the_tokenizer,
+     ["model 'my-model' has", "embedding rows but its tokenizer has", "use the tokenizer saved with these weights"]),
     ("reward returns a string", lambda t: lambda: rewards_call("1.0"), ["'my_reward' returned a str", "one float or None per completion"]),
     ("reward returns the wrong length", lambda t: lambda: rewards_call([1.0]), ["'my_reward' returned 1 rewards for 2 completions"]),
     ("reward returns NaN", lambda t: lambda: rewards_call([1.0, math.nan]), ["'my_reward' returned nan at sample 1", "None for 'not applicable'"]),

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from align.config.aliases import TABLE, suggest_key, translate_overrides, translate_tree
 from align.config.schema import (
     CHOICES,
+    RANGES,
     RECIPES_DIR,
     REPORT_TO,
     AlgorithmSection,
@@ -33,6 +34,9 @@ from align.config.schema import (
     _get,
     all_keys,
     config_class,
+    in_range,
+    nullable,
+    range_text,
 )
 
 FREE_FORM = ("data.options", "reward.options")  # dict-valued keys whose sub-keys belong to the task, not the schema
@@ -89,6 +93,25 @@ class _Keys:
         return ConfigError(f"unknown config key '{key}'{where}{hint}")
 
 
+def read_recipe(path: Path) -> dict:
+    """The recipe file's keys, or a one-line error for a file that is not a YAML mapping of them."""
+    import yaml  # OmegaConf's parser: its errors carry the line
+
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tabs = " (a tab: YAML indents with spaces only)" if "\t" in path.read_text() else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {getattr(err, 'problem', err)}{tabs}") from None
+    if tree is None or tree == {}:  # an empty file would run the defaults silently
+        raise ConfigError(f"recipe {path} is empty; give its keys (e.g. train: {{steps: 10}}), or leave recipe= out")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"recipe {path} holds a {type(tree).__name__}, not a mapping of keys "
+                          "(e.g. train: {steps: 10})")
+    return tree
+
+
 def _algo_of(argv: list[str], recipe_tree: dict) -> str:
     """`algo=` from the command line, else from the recipe, else the schema's default."""
     given = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "algo"]
@@ -98,8 +121,7 @@ def _algo_of(argv: list[str], recipe_tree: dict) -> str:
 def requested_algo(argv: list[str]) -> str:
     """The `algo` that `recipe=NAME` and `algo=` among `argv` ask for (before any loading)."""
     recipe = next((a.split("=", 1)[1] for a in argv if a.startswith("recipe=")), None)
-    tree = OmegaConf.to_container(OmegaConf.load(find_recipe(recipe))) if recipe else {}
-    return _algo_of(argv, tree or {})
+    return _algo_of(argv, read_recipe(find_recipe(recipe)) if recipe else {})
 
 
 def load_config(argv: list[str], catalog: AlgorithmCatalog) -> Config:
@@ -112,8 +134,8 @@ def load_config(argv: list[str], catalog: AlgorithmCatalog) -> Config:
         if "=" not in item:
             raise ConfigError(f"argument '{item}' is not key=value (e.g. train.steps=10)")
     path = find_recipe(recipe) if recipe else None
-    recipe_tree = OmegaConf.to_container(OmegaConf.load(path)) if path else {}
-    algo = _algo_of(argv, recipe_tree or {})
+    recipe_tree = read_recipe(path) if path else {}
+    algo = _algo_of(argv, recipe_tree)
     section = catalog.section(algo)
     schema = config_class(section)
     keys = _Keys(schema, section, algo, catalog)
@@ -173,9 +195,13 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         if name not in REPORT_TO:
             raise ConfigError(f"log.report_to: '{name}' is not a tracker here; choose any of {', '.join(REPORT_TO)} "
                               "(e.g. log.report_to=[wandb,mlflow]), or none")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(
+            f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0 "
+            "(greedy decoding has no exploration and no sampling distribution to correct for); use e.g. 1.0"
+        )
+    _validate_ranges(cfg)
     g, batch = cfg.rollout.num_generations, cfg.train.batch_size
-    if g < 1:
-        raise ConfigError(f"rollout.num_generations must be >= 1, got {g}")
     if g == 1 and cfg.loss.baseline != "none":
         raise ConfigError(
             f"rollout.num_generations=1 with algo={cfg.algo} loss.baseline={cfg.loss.baseline}: a group of one is its own "
@@ -196,13 +222,6 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError("loss.agg=seq_sum_const needs rollout.max_tokens >= 1 (it is the constant length)")
     if cfg.loss.kl_in_reward and cfg.loss.beta == 0:
         raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
-    if cfg.rollout.temperature <= 0:
-        raise ConfigError(
-            f"rollout.temperature={cfg.rollout.temperature}: training samples need a temperature > 0 "
-            "(greedy decoding has no exploration and no sampling distribution to correct for); use e.g. 1.0"
-        )
-    if cfg.train.updates_per_batch < 1 or cfg.train.steps < 1:
-        raise ConfigError("train.steps and train.updates_per_batch must be >= 1")
     _validate_rollout_device(cfg.rollout)
     _validate_servers(cfg.rollout)
     _validate_staleness(cfg)
@@ -210,16 +229,20 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         raise ConfigError(f"rollout.servers: {len(cfg.rollout.servers)} servers for {world_size} training process(es); "
                           "rank r samples from server r mod N, so give at most one server per process "
                           "(launch more processes, or drop servers)")
-    if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
-        raise ConfigError(f"train.cpu_threads must be >= 1 or null (all cores), got {cfg.train.cpu_threads}")
-    if cfg.train.max_bad_updates < 1:
-        raise ConfigError(f"train.max_bad_updates must be >= 1 (consecutive NaN/inf updates before stopping), got {cfg.train.max_bad_updates}")
     if cfg.rollout.source == "offline" and cfg.log.eval_every and not cfg.data.eval_source:
         raise ConfigError("rollout.source=offline with log.eval_every needs data.eval_source (held-out prompts, e.g. geometry)")
-    if cfg.env.max_turns is not None and cfg.env.max_turns < 1:
-        raise ConfigError(f"env.max_turns={cfg.env.max_turns}: must be >= 1 (or null for the environment's own)")
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume='{cfg.resume}' does not exist; pass resume=latest or a checkpoint folder")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Every numeric key within its range (schema.RANGES); an optional key may also be null."""
+    for key, bounds in RANGES.items():
+        value = _get(cfg, key)
+        if value is not None and not in_range(value, bounds):
+            default = _get(Config(), key)
+            raise ConfigError(f"{key}={value!r}: must be {range_text(bounds)}{' (or null)' if nullable(key) else ''}; "
+                              f"the default is {'null' if default is None else default}")
 
 
 def _validate_servers(r: RolloutConfig) -> None:

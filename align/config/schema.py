@@ -8,6 +8,7 @@ by the algorithm (its config dataclass, align/algorithms) and joins the schema o
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,60 @@ CHOICES = {
     "loss.off_policy_correction": ("decoupled", "bypass"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
 }
+
+# The range of every numeric key, checked before anything is written (a bad value would otherwise
+# surface as a library's traceback mid-run, or, like a negative lora.alpha, train silently).
+# (low, low_inclusive, high, high_inclusive); None = unbounded. A null value (an optional key) is not checked.
+ANY_POSITIVE = (0, False, None, False)
+NON_NEGATIVE = (0, True, None, False)
+AT_LEAST_ONE = (1, True, None, False)
+UNIT_INTERVAL = (0, False, 1, True)  # (0, 1]
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "lora.r": AT_LEAST_ONE, "lora.alpha": ANY_POSITIVE, "lora.dropout": (0, True, 1, False),
+    "rollout.server_timeout_s": ANY_POSITIVE, "rollout.num_generations": AT_LEAST_ONE, "rollout.max_tokens": AT_LEAST_ONE,
+    "rollout.temperature": ANY_POSITIVE, "rollout.top_p": UNIT_INTERVAL, "rollout.top_k": NON_NEGATIVE,
+    "rollout.kv_cache_mb": AT_LEAST_ONE, "rollout.gpu_memory_utilization": UNIT_INTERVAL,
+    "rollout.probe_tolerance": ANY_POSITIVE, "reward.timeout_s": ANY_POSITIVE,
+    "loss.ddof": NON_NEGATIVE, "loss.adv_eps": NON_NEGATIVE, "loss.eps_low": (0, True, 1, False), "loss.eps_high": NON_NEGATIVE,
+    "loss.dual_clip": (1, False, None, False), "loss.delta": (1, False, None, False), "loss.cispo_cap": ANY_POSITIVE,
+    "loss.sapo_tau_pos": ANY_POSITIVE, "loss.sapo_tau_neg": ANY_POSITIVE,
+    "loss.vespo_k_pos": NON_NEGATIVE, "loss.vespo_lambda_pos": NON_NEGATIVE,
+    "loss.vespo_k_neg": NON_NEGATIVE, "loss.vespo_lambda_neg": NON_NEGATIVE,
+    "loss.top_entropy_quantile": UNIT_INTERVAL, "loss.beta": NON_NEGATIVE, "loss.kl_clamp": ANY_POSITIVE,
+    "loss.ref_sync_every": AT_LEAST_ONE, "loss.ref_sync_alpha": UNIT_INTERVAL, "loss.tis_cap": ANY_POSITIVE,
+    "loss.overlong_buffer": NON_NEGATIVE, "loss.overlong_penalty": NON_NEGATIVE,
+    "loss.dynamic_sampling_max_rounds": AT_LEAST_ONE,
+    "env.max_turns": AT_LEAST_ONE, "env.eval_tasks": AT_LEAST_ONE, "env.step_timeout_s": ANY_POSITIVE,
+    "train.steps": AT_LEAST_ONE, "train.max_minutes": ANY_POSITIVE, "train.batch_size": AT_LEAST_ONE,
+    "train.updates_per_batch": AT_LEAST_ONE, "train.lr": ANY_POSITIVE, "train.weight_decay": NON_NEGATIVE,
+    "train.warmup_steps": NON_NEGATIVE, "train.max_grad_norm": ANY_POSITIVE, "train.max_bad_updates": AT_LEAST_ONE,
+    "train.micro_batch_tokens": AT_LEAST_ONE, "train.seed": NON_NEGATIVE, "train.cpu_threads": AT_LEAST_ONE,
+    "log.every": AT_LEAST_ONE, "log.sample_every": NON_NEGATIVE, "log.num_samples": AT_LEAST_ONE,
+    "log.save_every": NON_NEGATIVE, "log.keep_last": NON_NEGATIVE, "log.eval_every": NON_NEGATIVE,
+    "eval.k": AT_LEAST_ONE, "eval.holdout": NON_NEGATIVE,
+}
+
+
+def range_text(bounds: tuple[float | None, bool, float | None, bool]) -> str:
+    """'>= 1', '> 0', 'in (0, 1]', ... for an error message."""
+    low, low_in, high, high_in = bounds
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def in_range(value: float, bounds: tuple[float | None, bool, float | None, bool]) -> bool:
+    low, low_in, high, high_in = bounds
+    above = low is None or (value >= low if low_in else value > low)
+    below = high is None or (value <= high if high_in else value < high)
+    return above and below and math.isfinite(value)
+
+
+def nullable(key: str) -> bool:
+    """Whether the schema lets `key` be null (its type says `| None`)."""
+    section, _, name = key.rpartition(".")
+    owner = type(_get(Config(), section)) if section else Config
+    return "None" in str(next(f.type for f in fields(owner) if f.name == name))
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:

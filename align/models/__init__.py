@@ -1,6 +1,13 @@
 """Model and tokenizer loading, LoRA, and the built-in tiny model."""
 
-from align.models.loading import DEFAULT_CACHE_DIR, ModelLoadError, load_model, load_tokenizer, resolve_model_path
+from align.models.loading import (
+    DEFAULT_CACHE_DIR,
+    ModelLoadError,
+    check_vocabulary,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from align.models.lora import apply_lora, is_peft_model, merged_named_tensors
 from align.models.reference import mix_into_reference
 from align.models.tiny import PRESETS, build_tokenizer, tiny_model_path, write_tiny_model
@@ -11,6 +18,7 @@ __all__ = [
     "PRESETS",
     "apply_lora",
     "build_tokenizer",
+    "check_vocabulary",
     "is_peft_model",
     "load_model",
     "load_tokenizer",

@@ -98,3 +98,14 @@ def load_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def check_vocabulary(model, tokenizer, name: str) -> None:
+    """A tokenizer with more tokens than the model has embedding rows would index past them at the
+    first such token drawn (hours in, as a CUDA assert or an IndexError): refuse it up front."""
+    rows, tokens = int(model.config.vocab_size), len(tokenizer)
+    if rows < tokens:
+        raise ModelLoadError(
+            f"model '{name}' has {rows} embedding rows but its tokenizer has {tokens} tokens (ids >= {rows} cannot "
+            "be embedded); use the tokenizer saved with these weights, or resize the embeddings and save the model"
+        )

@@ -35,7 +35,7 @@ from align.config import Config, ConfigError, config_to_yaml, inert_ratio_option
 from align.errors import RunStopped
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
-from align.models import apply_lora, load_model, load_tokenizer, mix_into_reference
+from align.models import apply_lora, check_vocabulary, load_model, load_tokenizer, mix_into_reference
 from align.rollout import make_engine
 from align.runtime.batching import (
     PACKED_ATTENTION,
@@ -106,6 +106,7 @@ class Trainer:
         self.precision = training_precision(self.dtype, lora=cfg.lora.enabled,
                                             deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED)
         model = load_model(self.model_path, self.precision.weights, accelerator.device, m.gradient_checkpointing)
+        check_vocabulary(model, self.tokenizer, m.name)
         if cfg.lora.enabled:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules),
                                autocast_adapter_dtype=not uses_deepspeed(accelerator))

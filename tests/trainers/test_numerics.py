@@ -79,5 +79,5 @@ def test_too_many_bad_updates_in_a_row_stop_with_the_last_good_checkpoint(cache_
 
 
 def test_max_bad_updates_must_be_positive():
-    with pytest.raises(ConfigError, match="train.max_bad_updates must be >= 1"):
+    with pytest.raises(ConfigError, match="train.max_bad_updates=0: must be >= 1"):
         validate(load_config(["recipe=grpo_math", "train.max_bad_updates=0"]), 1)

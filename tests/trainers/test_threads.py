@@ -41,7 +41,7 @@ def test_bad_thread_count_is_a_config_error():
     from align.algorithms import load_config
     from align.config import ConfigError
 
-    with pytest.raises(ConfigError, match="train.cpu_threads must be >= 1 or null"):
+    with pytest.raises(ConfigError, match=r"train.cpu_threads=0: must be >= 1 \(or null\)"):
         load_config(["train.cpu_threads=0"])
 
 
