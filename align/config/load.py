@@ -201,6 +201,9 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
             "(greedy decoding has no exploration and no sampling distribution to correct for); use e.g. 1.0"
         )
     _validate_ranges(cfg)
+    if cfg.reward.weights and not any(cfg.reward.weights):
+        raise ConfigError(f"reward.weights={list(cfg.reward.weights)}: all 0, so every reward is 0 and nothing is learned; "
+                          "give at least one function a non-zero weight")
     g, batch = cfg.rollout.num_generations, cfg.train.batch_size
     if g == 1 and cfg.loss.baseline != "none":
         raise ConfigError(

@@ -168,6 +168,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     max_grad_norm: float = 1.0  # clip the gradient norm
     max_bad_updates: int = 3  # consecutive NaN/inf updates skipped before the run stops (runtime/numerics.py)
+    # steps in a row with every advantage 0 (no learning signal) before the run stops, naming the likely
+    # cause (runtime/learning_signal.py); 0 = train on regardless
+    max_flat_steps: int = 20
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     shared_prompt: bool = True  # forward each prompt once for its G completions (block mask; exact); false = a copy per completion
     seed: int = 0  # model init, data order and sampling seeds
@@ -261,6 +264,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.steps": AT_LEAST_ONE, "train.max_minutes": ANY_POSITIVE, "train.batch_size": AT_LEAST_ONE,
     "train.updates_per_batch": AT_LEAST_ONE, "train.lr": ANY_POSITIVE, "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.max_grad_norm": ANY_POSITIVE, "train.max_bad_updates": AT_LEAST_ONE,
+    "train.max_flat_steps": NON_NEGATIVE,
     "train.micro_batch_tokens": AT_LEAST_ONE, "train.seed": NON_NEGATIVE, "train.cpu_threads": AT_LEAST_ONE,
     "log.every": AT_LEAST_ONE, "log.sample_every": NON_NEGATIVE, "log.num_samples": AT_LEAST_ONE,
     "log.save_every": NON_NEGATIVE, "log.keep_last": NON_NEGATIVE, "log.eval_every": NON_NEGATIVE,

@@ -60,6 +60,7 @@ from align.runtime.distributed import (
     uses_deepspeed,
     zero_stage,
 )
+from align.runtime.learning_signal import FlatStepGuard, StepSignal
 from align.runtime.numerics import UpdateGuard
 from align.runtime.precision import resolve_dtype, training_precision
 from align.runtime.stop import StopOnSignal
@@ -160,6 +161,7 @@ class Trainer:
                                 signals=algorithm.signals, trackers=ExperimentTrackers(accelerator, cfg, run_dir))
         self.start_step = 0
         self.update_guard = UpdateGuard(t.max_bad_updates)
+        self.flat_guard = FlatStepGuard(t.max_flat_steps, cfg.rollout.temperature)
         if cfg.resume:
             self._resume(cfg.resume)
 
@@ -474,11 +476,25 @@ class Trainer:
         answers = adv.answers[mine] if adv.answers is not None else None
         if answers is not None:
             metrics["adv/answer_mean"] = adv.answers.mean().item()
+        self._check_learning_signal(batch, valid, adv)
         batch = batch.with_advantages(adv.completions[mine], answers)
         if self.algo.needs.token_advantages:  # SALT: per-step advantages from this rank's groups
             batch, graph_metrics = self.algo.token_advantages(batch)
             metrics |= rollout_metrics_over_ranks(self.acc, graph_metrics)
         return batch
+
+    def _check_learning_signal(self, batch: GroupBatch, valid: torch.Tensor, adv) -> None:
+        """Count the step towards train.max_flat_steps when every global advantage is 0 (same on every rank)."""
+        signal = StepSignal.of(valid, adv.completions, adv.answers, identical_groups=False)
+        if signal.informative or not self.cfg.train.max_flat_steps:
+            self.flat_guard.record(signal)
+            return
+        G = batch.group_size
+        same = all(len({tuple(ids) for ids in batch.completion_ids[p * G:(p + 1) * G]}) == 1 for p in range(batch.num_prompts))
+        # accelerate's reduce knows sum/mean/max (not min): identical everywhere = no rank differs.
+        differs = self.acc.reduce(torch.tensor(float(not same), device=self.acc.device), reduction="max").item()
+        everywhere = differs == 0
+        self.flat_guard.record(replace(signal, identical_groups=everywhere))
 
     # ------------------------------------------------------------------------------- training
     def _rows(self, batch: GroupBatch, mb: MicroBatchRows) -> tuple[list[list[int]], list[list[int]], list[int]]:
