@@ -154,3 +154,16 @@ def test_a_malformed_variant_is_one_line():
     for bad in ("cispo", "cispo=", "cispo=loss_type", "grpo=train.lr=1"):
         with pytest.raises(SystemExit, match="--variant"):
             with_variants(["grpo"], [bad], dict(runs))
+
+
+def test_soak_samples_the_memory_of_every_step(tmp_path, cache_dir):
+    import soak
+
+    out = tmp_path / "soak.json"
+    result = soak.main(["--steps", "5", "--warmup", "1", "--window", "2", "--run-dir", str(tmp_path / "run"), "--out", str(out),
+                        f"model.cache_dir={cache_dir}", "rollout.engine=hf", "train.batch_size=8", "rollout.num_generations=4",
+                        "log.eval_every=0", "log.report_to=[]"])
+    peaks = {int(k): v for k, v in json.loads(out.read_text())["peak_rss_mib_per_step"].items()}
+    assert sorted(peaks) == [1, 2, 3, 4, 5] and min(peaks.values()) > 100  # a trainer with torch loaded
+    assert result["rss_mib_start"] == pytest.approx(sum(peaks[s] for s in (2, 3)) / 2)
+    assert result["growth"] == pytest.approx(result["rss_mib_end"] / result["rss_mib_start"] - 1)
