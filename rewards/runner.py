@@ -37,6 +37,9 @@ from rewards.registry import get_reward_function
 
 # Columns TRL never forwards as keywords: they are passed explicitly (or are the completion itself).
 _RESERVED_COLUMNS = ("prompt", "completion", "completion_ids")
+# Rewards become float32 tensors for the group statistics: a variance of 1e300 (or of 1e20) is inf there,
+# and with seven significant digits a reward of 1e15 has no spread left to learn from.
+MAX_ABS_REWARD = 1e9
 
 
 class RewardFunctionError(UserError, RuntimeError):
@@ -312,6 +315,11 @@ def _validated(name: str, rewards: Any, n: int) -> list[float | None]:
         if not math.isfinite(value):
             raise RewardFunctionError(
                 f"reward function {name!r} returned {value} at sample {index}; return a finite float, or None for 'not applicable'"
+            )
+        if abs(value) > MAX_ABS_REWARD:
+            raise RewardFunctionError(
+                f"reward function {name!r} returned {value:g} at sample {index}; rewards must be within +-{MAX_ABS_REWARD:g} "
+                "(the advantages are float32: larger ones overflow or lose every difference); scale the reward down"
             )
         checked.append(value)
     return checked

@@ -250,6 +250,7 @@ CASES = [
     ("reward returns a string", lambda t: lambda: rewards_call("1.0"), ["'my_reward' returned a str", "one float or None per completion"]),
     ("reward returns the wrong length", lambda t: lambda: rewards_call([1.0]), ["'my_reward' returned 1 rewards for 2 completions"]),
     ("reward returns NaN", lambda t: lambda: rewards_call([1.0, math.nan]), ["'my_reward' returned nan at sample 1", "None for 'not applicable'"]),
+    ("reward returns 1e300", lambda t: lambda: rewards_call([1.0, 1e300]), ["'my_reward' returned 1e+300 at sample 1", "scale the reward down"]),
     ("reward returns a non-number", lambda t: lambda: rewards_call([1.0, "high"]), ["'my_reward' returned str 'high' at sample 1", "return a float or None"]),
     ("reward needs a missing column", case_reward_column_missing, ["'math_accuracy'", "needs an 'answer' column", "data.answer_column"]),
     ("reward weight is NaN", lambda t: lambda: load_rewards(["math_accuracy"], [math.nan]), ["reward weight for 'math_accuracy'", "finite number"]),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from align.training.checkpoint import find_checkpoint
 from tests.trainers.test_train_e2e import QUICK, ROOT, deterministic, read_metrics
@@ -61,3 +62,17 @@ def test_sigkill_during_a_checkpoint_write_then_resume_matches_the_uninterrupted
     resumed = {r["step"]: deterministic(r) for r in read_metrics(crashed)}  # later lines win: steps 3-4 of the resume
     for step in (3, 4):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+        # Not vacuous: the steps after the resume learn (rewards with spread, non-zero advantages and gradients).
+        assert expected[step]["reward/std"] > 0 and expected[step]["adv/abs_mean"] > 0 and expected[step]["grad_norm"] > 0
+
+    # The weights after the next steps are the uninterrupted run's, and those steps moved them.
+    from safetensors.torch import load_file
+
+    final, want = load_file(crashed / "final" / "model.safetensors"), load_file(reference / "final" / "model.safetensors")
+    at_resume = load_file(crashed / "checkpoints" / "step-000002" / "model.safetensors")
+    assert sorted(final) == sorted(want)
+    moved = 0.0
+    for name, tensor in want.items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=1e-6, msg=name)
+        moved = max(moved, (tensor - at_resume[name]).abs().max().item())
+    assert moved > 1e-5, "steps 3-4 left the weights where the step-2 checkpoint had them"
