@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -125,7 +126,7 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.png_path = self.run_dir / "metrics.png"
-        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes), and
+        # Appending: a resumed run continues the same file (resume_from drops the rows after its checkpoint), and
         # its tables compare with the run's first evaluation, not the first after the resume.
         self._history = [(r["step"], {k: float(v) for k, v in r.items() if k not in ("step", "time")
                                       and isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -157,6 +158,25 @@ class RunLogger:
         self._task = self._progress.add_task("train", total=total_steps, shown="")
         self._first_log = True
         self._progress.start()
+
+    def resume_from(self, step: int) -> None:
+        """A run resumed from the checkpoint of `step`: drop the rows logged after it (metrics.jsonl, samples.jsonl).
+
+        The crashed run logged steps the resumed one trains again; kept, every such step would be in
+        the file twice. Each file is rewritten to a temporary one and renamed over it, so a crash here
+        leaves the old file or the new one, never half of one; a torn last line goes too.
+        """
+        if not self.enabled:
+            return
+        self._metrics_file.close()
+        for path in (self.metrics_path, self.samples_path):
+            if path.is_file():
+                kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= step]
+                partial = path.with_name(path.name + ".tmp")
+                partial.write_text("".join(line + "\n" for line in kept))
+                os.replace(partial, path)
+        self._history = [(s, v) for s, v in self._history if s <= step]
+        self._metrics_file = open(self.metrics_path, "a")
 
     # ------------------------------------------------------------------------------------ metrics
     def log(self, step: int, metrics: dict[str, float]) -> None:

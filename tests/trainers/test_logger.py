@@ -282,3 +282,20 @@ def test_a_resumed_run_summarises_from_the_first_evaluation_of_the_whole_run(tmp
     assert summary.startswith(" (step 0 -> step 4)")
     assert _row(summary, "held-out accuracy") == ["0.125", "0.500", "+0.375"]
     assert [s for s, _ in resumed._history] == [0, 1, 2, 2, 3, 4, 4]  # the crashed run's step 3 is gone
+
+
+def test_resume_drops_the_rows_after_the_checkpoint_so_no_step_is_logged_twice(tmp_path):
+    # The crashed run logged steps 1-4 but saved its last checkpoint at step 2: the resumed run redoes 3 and 4.
+    crashed = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    for step, metrics in enumerate(_steps(4), start=1):
+        crashed.log(step, metrics)
+    crashed._metrics_file.write('{"step": 5, "ti')  # and died mid-line
+    crashed._metrics_file.close()
+    resumed = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    resumed.resume_from(2)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    for step in (3, 4):
+        resumed.log(step, {"loss": 0.5})
+    resumed.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # every line is JSON, each step once
