@@ -299,3 +299,20 @@ def test_resume_drops_the_rows_after_the_checkpoint_so_no_step_is_logged_twice(t
     resumed.close()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # every line is JSON, each step once
+
+
+def test_non_finite_metrics_are_written_as_null_and_read_back_as_nan(tmp_path):
+    logger = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    logger.log(1, {"loss": float("nan"), "kl": float("inf"), "reward/mean": 0.5})
+    logger.close()
+
+    def strict(constant):  # what a JSON parser other than Python's (jq, JavaScript, pandas' ujson) does
+        raise ValueError(f"{constant} is not JSON")
+
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    record = json.loads(line, parse_constant=strict)
+    assert record["loss"] is None and record["kl"] is None and record["reward/mean"] == 0.5
+    read = read_metrics(tmp_path / "metrics.jsonl")[0]  # the repo's reader: null is the NaN it stood for
+    assert np.isnan(read["loss"]) and np.isnan(read["kl"]) and read["reward/mean"] == 0.5
+    assert "loss" not in metric_series(read_metrics(tmp_path / "metrics.jsonl"))
+    RunLogger(tmp_path, 10, tensorboard=False, console=False).close()  # a resumed run reads it back
