@@ -1,4 +1,4 @@
-"""Entry point: `accelerate launch align/train.py recipe=NAME key=value ...` (align/cli/train.py does the work)."""
+"""Entry point: `align launch align/train.py recipe=NAME key=value ...` (or `accelerate launch`, which adds its own traceback to any error; align/cli/train.py does the work)."""
 
 import sys
 from pathlib import Path

@@ -84,7 +84,9 @@ def prepare(out: str, merge: bool = False) -> tuple[Path, dict]:
 
 def metric_rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training-step rows, evaluation rows) of a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from align.telemetry.plots import read_metrics  # the repository root is on sys.path by now
+
+    rows = read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
     return [r for r in rows if "loss" in r], [r for r in rows if any(k.startswith("eval/") for k in r)]
 
 

@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from gpu_smoke import vllm_missing, vllm_runtime  # noqa: E402
 from step_vs_trl import RESULTS, AlignRunner, TRLRunner, compare, matmul_peak, print_table, write  # noqa: E402
+from align.telemetry.plots import read_metrics  # noqa: E402
 
 SHAPES = {
     # Qwen2.5-0.5B(-Instruct)'s published config
@@ -191,7 +192,7 @@ def learning_curve(args) -> dict:
                 f"train.max_minutes={args.minutes}",
                 "train.steps=100000", f"log.eval_every={args.eval_every}", "log.save_every=0", "log.report_to=[]",
                 f"log.run_dir={run_dir}", *args.align_override])
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
     curve = [(r["step"], r["eval/mean@1"]) for r in rows if "eval/mean@1" in r]
     print("held-out accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in curve))
     gain = curve[-1][1] - curve[0][1] if curve else float("nan")

@@ -43,7 +43,9 @@ def run_once(args, rm_path: str, variant: str, run_dir: Path) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{variant} run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from align.telemetry.plots import read_metrics  # the repository root is on sys.path by now
+
+    rows = read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
     rows = [r for r in rows if r.get("step", 0) > 1 and "time/reward" in r]
     reward = sum(r["time/reward"] for r in rows)
     step = sum(r["time/step"] for r in rows)

@@ -12,7 +12,7 @@ export ALIGN_GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-8}
 export ALIGN_PORT=${ALIGN_PORT:-29500}
 # Arguments pass through "$@" untouched (recipe overrides may hold brackets, commas, spaces).
 srun --kill-on-bad-exit=1 bash -c '
-  accelerate launch --config_file launch/multi_node_zero3.yaml \
+  align launch --config_file launch/multi_node_zero3.yaml \
     --num_machines "$SLURM_NNODES" --num_processes $((SLURM_NNODES * ALIGN_GPUS_PER_NODE)) \
     --machine_rank "$SLURM_NODEID" --main_process_ip "$ALIGN_HEAD_NODE" --main_process_port "$ALIGN_PORT" \
     align/train.py "$@"' align "$@"

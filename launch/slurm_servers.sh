@@ -42,7 +42,7 @@ SERVER_LIST=$(IFS=,; echo "${SERVERS[*]}")
 # One task per training node: within this step SLURM_PROCID is the node's index (SLURM_NODEID
 # would count the rollout nodes too).
 srun --nodes="$TRAIN_NODES" --nodelist="$TRAIN_LIST" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
-  accelerate launch --config_file launch/multi_node_zero3.yaml \
+  align launch --config_file launch/multi_node_zero3.yaml \
     --num_machines '"$TRAIN_NODES"' --num_processes $(('"$TRAIN_NODES"' * '"$GPUS"')) \
     --machine_rank "$SLURM_PROCID" --main_process_ip "'"$HEAD"'" --main_process_port 29500 \
     align/train.py rollout.engine=server "rollout.servers=['"$SERVER_LIST"']" "$@"' align "$@"

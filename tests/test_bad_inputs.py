@@ -6,6 +6,7 @@ before anything is overwritten. Most cases are config- or call-level, so the fil
 from __future__ import annotations
 
 import errno
+import json
 import math
 import subprocess
 import sys
@@ -117,6 +118,16 @@ def case_recipe(text: str):
         return lambda: config(recipe=path)
 
     return make
+
+
+def case_model_folder_without_weights(tmp):
+    from align.models import load_model
+
+    (tmp / "config-only").mkdir()
+    (tmp / "config-only" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 64, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}))
+    return lambda: load_model(str(tmp / "config-only"))
 
 
 def _checkpoint(tmp):
@@ -267,6 +278,8 @@ CASES = [
     ("chat prompts, tokenizer without a chat template", case_chat_prompts_without_chat_template, ["no chat template", "plain-text prompts"]),
     ("LoRA target module absent from the model", case_lora_target_absent, ["lora.target_modules: ['query_key_value'] not found", "q_proj", "all-linear"]),
     ("model folder missing", case_model_missing, ["no-model", "no such folder"]),
+    ("model folder without weights", case_model_folder_without_weights,
+     ["config-only", "no weight files", "model.safetensors", "point model.name at the folder"]),
     ("corrupt checkpoint weights", case_corrupt_checkpoint, ["step-000001", "damaged", "earlier checkpoint"]),
     ("corrupt trainer_state.json", case_corrupt_trainer_state, ["step-000001", "damaged", "JSONDecodeError"]),
     ("partial checkpoint", case_partial_checkpoint, ["incomplete", "earlier checkpoint or resume=latest"]),

@@ -1,11 +1,12 @@
-"""`python -m align train|eval|explain|sample key=value ...` and `python -m align serve --model M` (also installed as the `align` command)."""
+"""`python -m align train|eval|explain|sample key=value ...`, `python -m align serve --model M` and
+`python -m align launch [accelerate launch flags] align/train.py ...` (also installed as the `align` command)."""
 
 from __future__ import annotations
 
 import sys
 
 from align.cli import eval as evaluate
-from align.cli import explain, sample, serve, train
+from align.cli import explain, launch, sample, serve, train
 from align.cli.usage import USAGE, full_help, help_section, wants_help
 from align.errors import end_launched_process, exit_on_user_error
 
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["serve"]:  # its own flags (argparse), passed through to vLLM
         with exit_on_user_error():
             serve.main(argv[1:])
+        return
+    if argv[:1] == ["launch"]:  # accelerate launch's own flags; the launched script reports its errors itself
+        launch.main(argv[1:])
         return
     if wants_help(argv):
         with exit_on_user_error():

@@ -1,4 +1,4 @@
-"""`accelerate launch align/train.py recipe=NAME key=value ...` (also `python -m align train ...`).
+"""`align launch align/train.py recipe=NAME key=value ...` (also `python -m align train ...`).
 
 Reads the recipe and overrides into one typed Config, builds the accelerator (plain, DDP or
 DeepSpeed ZeRO, as the launch config says), and runs the algorithm's trainer.

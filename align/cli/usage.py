@@ -19,7 +19,7 @@ from align.config import Config as CommonConfig
 
 USAGE = """usage: python -m align {train,eval,explain,sample} [recipe=NAME] [key=value ...]
        python -m align sample [recipe=NAME] [key=value ...] --out FILE [--prompts N]   (offline rows)
-       accelerate launch align/train.py [recipe=NAME] [key=value ...]
+       align launch [accelerate launch flags] align/train.py [recipe=NAME] [key=value ...]
        python -m align --help [SECTION]      (this text; SECTION e.g. loss)
 
 Everything is key=value on top of a recipe. TRL and verl names are understood too

@@ -55,6 +55,22 @@ def resolve_model_path(name: str, cache_dir: str = DEFAULT_CACHE_DIR, builders: 
     return name  # a hub id such as Qwen/Qwen2.5-1.5B-Instruct
 
 
+# What transformers' from_pretrained reads as PyTorch weights (a single file, or the index of shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _weights_error(name: str, path: str) -> ModelLoadError | None:
+    """The error for a local folder with a config.json but no weights (copied without them, a download cut
+    short, a tokenizer-only folder): it is local, so "not a local folder" and `hf download` would mislead."""
+    folder = Path(path)
+    if not folder.is_dir() or any((folder / weights).exists() for weights in WEIGHT_FILES):
+        return None
+    return ModelLoadError(
+        f"model '{name}': the folder has a config.json but no weight files (looked for {', '.join(WEIGHT_FILES)}); "
+        f"point model.name at the folder that holds the weights (one saved with save_pretrained())"
+    )
+
+
 def _offline_error(kind: str, name: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"{kind} '{name}' is not a local folder and could not be fetched from the Hugging Face hub "
@@ -92,7 +108,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except OSError as err:
-        raise _offline_error("model", name, err) from None
+        raise (_weights_error(name, path) or _offline_error("model", name, err)) from None
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

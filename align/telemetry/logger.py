@@ -3,7 +3,7 @@ progress bar with ETA, and metrics.png at the end; and the same metrics and samp
 experiment trackers of log.report_to (trackers.py). Only the main process writes; on other ranks
 every method is a no-op, so the trainer calls them unconditionally.
 
-    run_dir/metrics.jsonl   one line per log() call: {"step", "time", **metrics}
+    run_dir/metrics.jsonl   one line per log() call: {"step", "time", **metrics}, NaN/inf as null
     run_dir/samples.jsonl   one line per sample: {"step", **sample}
     run_dir/tb/             TensorBoard scalars (tensorboard --logdir run_dir/tb)
     run_dir/metrics.png     the main curves, written by close()
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -51,6 +52,16 @@ def _as_number(key: str, value: Any) -> float:
         raise TypeError(
             f"metric '{key}' is a {type(value).__name__}, not a number; log numbers only (use .item() for tensors)"
         ) from None
+
+
+def _step_of(line: str) -> float | None:
+    """The step of one JSONL row; None for a torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
 def _format_number(value: float) -> str:
@@ -125,7 +136,7 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.png_path = self.run_dir / "metrics.png"
-        # Appending: a resumed run continues the same file (plots.py drops the steps it redoes), and
+        # Appending: a resumed run continues the same file (resume_from drops the rows after its checkpoint), and
         # its tables compare with the run's first evaluation, not the first after the resume.
         self._history = [(r["step"], {k: float(v) for k, v in r.items() if k not in ("step", "time")
                                       and isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -158,6 +169,26 @@ class RunLogger:
         self._first_log = True
         self._progress.start()
 
+    def resume_from(self, step: int) -> None:
+        """A run resumed from the checkpoint of `step`: drop the rows logged after it (metrics.jsonl, samples.jsonl).
+
+        The crashed run logged steps the resumed one trains again; kept, every such step would be in
+        the file twice. Each file is rewritten to a temporary one and renamed over it, so a crash here
+        leaves the old file or the new one, never half of one; a torn last line goes too.
+        """
+        if not self.enabled:
+            return
+        self._metrics_file.close()
+        for path in (self.metrics_path, self.samples_path):
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines()
+                        if (logged := _step_of(line)) is not None and logged <= step]  # as written, not re-encoded
+                partial = path.with_name(path.name + ".tmp")
+                partial.write_text("".join(line + "\n" for line in kept))
+                os.replace(partial, path)
+        self._history = [(s, v) for s, v in self._history if s <= step]
+        self._metrics_file = open(self.metrics_path, "a")
+
     # ------------------------------------------------------------------------------------ metrics
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record `metrics` at `step`: a JSONL line (flushed), TensorBoard scalars, the trackers, and the bar.
@@ -167,7 +198,10 @@ class RunLogger:
         if not self.enabled or self.closed:
             return
         values = {key: _as_number(key, value) for key, value in metrics.items() if value is not None}
-        self._metrics_file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        # NaN and inf as null: json.dumps would write bare NaN / Infinity, which is not JSON (jq, JavaScript
+        # and most parsers other than Python's refuse the line). read_metrics turns null back into NaN.
+        finite = {key: value if math.isfinite(value) else None for key, value in values.items()}
+        self._metrics_file.write(json.dumps({"step": step, "time": time.time(), **finite}, allow_nan=False) + "\n")
         self._metrics_file.flush()
         if self._writer is not None:
             for key, value in values.items():

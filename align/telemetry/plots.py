@@ -35,7 +35,10 @@ SMOOTH_MIN_POINTS = 12  # per-step curves with at least this many points get a m
 
 
 def read_metrics(jsonl_path: str | Path) -> list[dict]:
-    """The records of a metrics JSONL file; a missing file, blank lines or a torn last line are skipped."""
+    """The records of a metrics JSONL file; a missing file, blank lines or a torn last line are skipped.
+
+    A null value is a metric that was NaN or inf when logged (RunLogger writes those as null, valid
+    JSON): it comes back as NaN, so every reader sees a float. Older files' bare NaN reads as NaN too."""
     path = Path(jsonl_path)
     if not path.is_file():
         return []
@@ -46,7 +49,7 @@ def read_metrics(jsonl_path: str | Path) -> list[dict]:
         except json.JSONDecodeError:  # a crash mid-write leaves half a line
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
+            records.append({key: math.nan if value is None else value for key, value in record.items()})
     return records
 
 

@@ -216,6 +216,7 @@ class Trainer:
             return
         state = load_checkpoint(self.acc, path)
         self.start_step = state["step"]
+        self.logger.resume_from(self.start_step)  # the steps after it are trained (and logged) again
         self.source.load_state_dict(state["prompts"])
         if self.engine is not None:
             self._sync_engine(version=state["weight_version"])

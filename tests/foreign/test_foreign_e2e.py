@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from align.telemetry.plots import read_metrics
 from tests.foreign.verl_data import write_verl_parquet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def train(cache_dir: str, *args: str, check: bool = True) -> subprocess.Complete
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
 
 
 @pytest.fixture(scope="module")

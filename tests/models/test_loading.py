@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,6 +39,20 @@ def test_unreachable_hub_name_is_one_clear_line(monkeypatch):
         load_model("nobody-org/no-such-model-xyz")
     msg = str(err.value)
     assert "\n" not in msg and "nobody-org/no-such-model-xyz" in msg and "offline" in msg and "model=DIR" in msg
+
+
+def test_folder_with_a_config_but_no_weights_says_so(tmp_path, cache_dir):
+    # A folder copied without its weights (or a download that stopped after config.json): it IS local,
+    # so neither "not a local folder" nor `hf download` of a path is the fix.
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text((Path(resolve_model_path("tiny", cache_dir)) / "config.json").read_text())
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(folder))
+    msg = str(err.value)
+    assert "\n" not in msg and str(folder) in msg and "no weight files" in msg
+    assert "model.safetensors" in msg and "pytorch_model.bin" in msg and "model.name" in msg
+    assert "not a local folder" not in msg and "hf download" not in msg
 
 
 def test_folder_without_config_is_rejected(tmp_path):

@@ -3,7 +3,6 @@ of the user's own, and a loss surrogate registered by one function and one line.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from align.algos import grpo_loss
 from align.algos.surrogates import SURROGATES, Surrogate
 from align.cli.explain import describe
 from align.config import ConfigError
+from align.telemetry.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = Path(__file__).with_name("my_algo.py")
@@ -74,7 +74,7 @@ def test_a_plugin_trains_through_accelerate_launch_and_resumes(algo_file, tmp_pa
             "rollout.engine=hf", "log.console=false", "log.report_to=[]", "log.save_every=1",
             f"model.cache_dir={cache_dir}", f"log.run_dir={run}"]
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run / "metrics.jsonl")  # null (a NaN logged) reads as NaN
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2] and (run / "final" / "config.json").exists()
     assert "scaled:\n  scale: 2.0" in (run / "config.yaml").read_text()
     resumed = subprocess.run([*args[:-1], f"log.run_dir={run}", "resume=latest", "train.steps=3"], cwd=ROOT,

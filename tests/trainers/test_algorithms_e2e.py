@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from align.telemetry.plots import read_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DIGITS = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
@@ -30,7 +32,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 def launch(cache_dir: str, run_dir: Path, *args: str) -> list[dict]:
     run([str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "align/train.py", *SMALL, *args,
          f"model.cache_dir={cache_dir}", f"log.run_dir={run_dir}"])
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
 
 
 def moved(run_dir: Path, tiny_path: str) -> float:

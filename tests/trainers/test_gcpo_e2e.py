@@ -6,11 +6,12 @@ once (minutes on 2 cores) and reused by the README command and the learning benc
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from align.telemetry.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -24,7 +25,7 @@ def test_readme_main_command_runs_gcpo_and_logs_consistent_mask_metrics(tmp_path
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval/mean@1" in r]
     assert [r["step"] for r in train_rows] == [1, 2]

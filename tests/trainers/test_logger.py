@@ -282,3 +282,37 @@ def test_a_resumed_run_summarises_from_the_first_evaluation_of_the_whole_run(tmp
     assert summary.startswith(" (step 0 -> step 4)")
     assert _row(summary, "held-out accuracy") == ["0.125", "0.500", "+0.375"]
     assert [s for s, _ in resumed._history] == [0, 1, 2, 2, 3, 4, 4]  # the crashed run's step 3 is gone
+
+
+def test_resume_drops_the_rows_after_the_checkpoint_so_no_step_is_logged_twice(tmp_path):
+    # The crashed run logged steps 1-4 but saved its last checkpoint at step 2: the resumed run redoes 3 and 4.
+    crashed = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    for step, metrics in enumerate(_steps(4), start=1):
+        crashed.log(step, metrics)
+    crashed._metrics_file.write('{"step": 5, "ti')  # and died mid-line
+    crashed._metrics_file.close()
+    resumed = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    resumed.resume_from(2)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    for step in (3, 4):
+        resumed.log(step, {"loss": 0.5})
+    resumed.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # every line is JSON, each step once
+
+
+def test_non_finite_metrics_are_written_as_null_and_read_back_as_nan(tmp_path):
+    logger = RunLogger(tmp_path, 10, tensorboard=False, console=False)
+    logger.log(1, {"loss": float("nan"), "kl": float("inf"), "reward/mean": 0.5})
+    logger.close()
+
+    def strict(constant):  # what a JSON parser other than Python's (jq, JavaScript, pandas' ujson) does
+        raise ValueError(f"{constant} is not JSON")
+
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    record = json.loads(line, parse_constant=strict)
+    assert record["loss"] is None and record["kl"] is None and record["reward/mean"] == 0.5
+    read = read_metrics(tmp_path / "metrics.jsonl")[0]  # the repo's reader: null is the NaN it stood for
+    assert np.isnan(read["loss"]) and np.isnan(read["kl"]) and read["reward/mean"] == 0.5
+    assert "loss" not in metric_series(read_metrics(tmp_path / "metrics.jsonl"))
+    RunLogger(tmp_path, 10, tensorboard=False, console=False).close()  # a resumed run reads it back

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from align.telemetry.plots import read_metrics as read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -35,7 +36,7 @@ def launch(cache_dir: str, *args: str, check: bool = True, launcher: bool = True
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(run_dir / "metrics.jsonl")  # null (a NaN logged) reads as NaN
 
 
 def deterministic(row: dict) -> dict:
