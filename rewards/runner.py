@@ -22,6 +22,7 @@ time limit.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import math
@@ -138,24 +139,29 @@ def compute_rewards(
 
     extra_columns: dict[str, list] = {}
     logged_metrics: dict[str, list[float]] = {}
-    kwargs = {key: list(values) for key, values in columns.items() if key not in _RESERVED_COLUMNS}
-    kwargs.update(
-        prompts=list(prompts),
-        completions=list(completions),
-        completion_ids=[list(ids) for ids in completion_ids],
+    data = {key: values for key, values in columns.items() if key not in _RESERVED_COLUMNS}
+    data.update(prompts=prompts, completions=completions, completion_ids=completion_ids)
+    hooks = dict(
         trainer_state=trainer_state,
         log_extra=lambda column, values: extra_columns.setdefault(column, []).extend(values),
         log_metric=lambda name, value: logged_metrics.setdefault(name, []).append(float(value)),
     )
+
+    def kwargs_for_one_call() -> dict[str, Any]:
+        # Each function gets its own copies: one that edits its inputs in place (completions[i] = ...)
+        # must not change what the next function scores, nor the batch the trainer keeps.
+        copies = {key: _own_copy(values) for key, values in data.items() if key != "completion_ids"}
+        # token ids are ints by contract: one list() each (checking 256k ints costs 30 ms a call)
+        return {**copies, "completion_ids": [list(ids) for ids in completion_ids], **hooks}
 
     stopped_before = workers.timeouts() + workers.crashes()
     raw: dict[str, Any] = {}
     async_functions = [f for f in functions if _is_async(f.fn)]
     for function in functions:
         if not _is_async(function.fn):
-            raw[function.name] = _call_sync(function, kwargs, timeout_s)
+            raw[function.name] = _call_sync(function, kwargs_for_one_call(), timeout_s)
     if async_functions:
-        raw.update(_call_async(async_functions, kwargs, timeout_s))
+        raw.update(_call_async(async_functions, kwargs_for_one_call, timeout_s))
 
     per_function = {f.name: _validated(f.name, raw[f.name], n) for f in functions}
     total: list[float] = []
@@ -193,6 +199,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, math.nan
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+def _own_copy(values: Sequence[Any]) -> list:
+    """A copy of `values` that shares nothing mutable with it.
+
+    The usual inputs are lists of strings or of token-id lists: copied one level (or two) directly, as
+    copy.deepcopy would walk every token id through its memo for the same result.
+    """
+    if all(isinstance(v, _ATOMS) for v in values):
+        return list(values)
+    if all(isinstance(v, (list, tuple)) and all(isinstance(x, _ATOMS) for x in v) for v in values):
+        return [list(v) for v in values]
+    return copy.deepcopy(list(values))
 
 
 def _display_name(spec: str, fn: Callable) -> str:
@@ -248,7 +270,8 @@ def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: floa
     return outcome["value"]
 
 
-def _call_async(functions: list[RewardFunction], kwargs: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+def _call_async(functions: list[RewardFunction], make_kwargs: Callable[[], dict[str, Any]],
+                timeout_s: float | None) -> dict[str, Any]:
     """Run the async reward functions concurrently on a fresh event loop in a helper thread.
 
     The helper thread keeps this working when the caller already runs an event loop (a notebook, an agent env).
@@ -256,7 +279,7 @@ def _call_async(functions: list[RewardFunction], kwargs: dict[str, Any], timeout
 
     async def call(function: RewardFunction) -> Any:
         try:
-            return await asyncio.wait_for(function.fn(**kwargs), timeout_s)
+            return await asyncio.wait_for(function.fn(**make_kwargs()), timeout_s)
         except TimeoutError as error:
             raise RewardFunctionError(
                 f"reward function {function.name!r} took longer than timeout_s={timeout_s:g}s; make it faster or raise rewards.timeout_s"

@@ -206,3 +206,30 @@ def test_trl_builtin_reward_functions_run_unchanged():
     assert result.per_function == {"accuracy_reward": [1.0, 0.0], "think_format_reward": [1.0, 0.0]}
     assert result.total == [1.5, 0.0]
     assert result.extra_columns["solution"] == ["\\frac{1}{3}", "\\frac{1}{3}"]  # TRL's log_extra hook reached us
+
+
+@pytest.mark.parametrize("timeout_s", [60.0, None])
+def test_each_function_gets_its_own_copy_of_the_inputs(timeout_s):
+    # A function that edits its inputs in place must not change what the next function (or the caller) sees.
+    def vandal(prompts, completions, completion_ids, answer, **kw):
+        completions[0] = "edited"
+        completions.append("extra")
+        prompts[0]["content"] = "edited"
+        completion_ids[0].append(99)
+        answer[0] = "edited"
+        return [0.0] * 2
+
+    seen = {}
+
+    def witness(prompts, completions, completion_ids, answer, **kw):
+        seen.update(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answer)
+        return [0.0] * 2
+
+    prompts = [{"role": "user", "content": "p0"}, {"role": "user", "content": "p1"}]
+    completions, ids, columns = ["c0", "c1"], [[1], [2]], {"answer": ["a0", "a1"]}
+    functions = [RewardFunction("vandal", vandal), RewardFunction("witness", witness)]
+    compute_rewards(functions, prompts, completions, columns, ids, timeout_s=timeout_s)
+    expected = dict(prompts=[{"role": "user", "content": "p0"}, {"role": "user", "content": "p1"}],
+                    completions=["c0", "c1"], completion_ids=[[1], [2]], answer=["a0", "a1"])
+    assert seen == expected
+    assert (prompts, completions, ids, columns["answer"]) == tuple(expected[k] for k in ("prompts", "completions", "completion_ids", "answer"))
