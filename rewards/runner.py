@@ -22,11 +22,13 @@ time limit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import functools
 import inspect
 import math
 import numbers
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,43 @@ _RESERVED_COLUMNS = ("prompt", "completion", "completion_ids")
 
 class RewardFunctionError(UserError, RuntimeError):
     """A reward function failed, misbehaved or ran out of time; the message is one line."""
+
+
+class _ExitFromReward(BaseException):
+    """os._exit called inside a reward function; a BaseException so the function's own `except Exception` lets it by."""
+
+    def __init__(self, name: str, status: Any):
+        super().__init__(name, status)
+        self.name, self.status = name, status
+
+
+# The reward function the current thread (or asyncio task) is calling, for `_guarded_exit`.
+_calling: contextvars.ContextVar[str | None] = contextvars.ContextVar("reward_function_being_called", default=None)
+_process_exit = os._exit
+
+
+def _guarded_exit(status: int) -> None:
+    # os._exit skips every handler, so a reward calling it ended the run with status 0, no message and no
+    # model. Inside a reward call it raises instead; anywhere else (end_launched_process) it exits as before.
+    name = _calling.get()
+    if name is None:
+        _process_exit(status)
+    raise _ExitFromReward(name, status)
+
+
+def _exit_error(exit: _ExitFromReward) -> RewardFunctionError:
+    return RewardFunctionError(
+        f"reward function {exit.name!r} called os._exit({exit.status}), which would end the training run without a "
+        "word or a model; return one float or None per completion (raise an exception to stop the run)"
+    )
+
+
+def _call_guarded(function: RewardFunction, kwargs: dict[str, Any]) -> Any:
+    token = _calling.set(function.name)
+    try:
+        return function.fn(**kwargs)
+    finally:
+        _calling.reset(token)
 
 
 @dataclass
@@ -154,6 +193,7 @@ def compute_rewards(
         # token ids are ints by contract: one list() each (checking 256k ints costs 30 ms a call)
         return {**copies, "completion_ids": [list(ids) for ids in completion_ids], **hooks}
 
+    os._exit = _guarded_exit  # idempotent; a plain attribute, so installing it costs nothing per call
     stopped_before = workers.timeouts() + workers.crashes()
     raw: dict[str, Any] = {}
     async_functions = [f for f in functions if _is_async(f.fn)]
@@ -244,15 +284,17 @@ def _in_process(fn: Callable) -> bool:
 def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: float | None) -> Any:
     if timeout_s is None or _in_process(function.fn):
         try:
-            return function.fn(**kwargs)
-        except Exception as error:
+            return _call_guarded(function, kwargs)
+        except _ExitFromReward as exit:
+            raise _exit_error(exit) from None
+        except (Exception, SystemExit) as error:  # sys.exit() here would end the run with its status, silently
             raise RewardFunctionError(f"reward function {function.name!r} raised {_one_line(error)}") from error
 
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            outcome["value"] = function.fn(**kwargs)
+            outcome["value"] = _call_guarded(function, kwargs)
         except BaseException as error:  # re-raised in the caller's thread below
             outcome["error"] = error
 
@@ -266,6 +308,8 @@ def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: floa
         )
     if "error" in outcome:
         error = outcome["error"]
+        if isinstance(error, _ExitFromReward):
+            raise _exit_error(error) from None
         raise RewardFunctionError(f"reward function {function.name!r} raised {_one_line(error)}") from error
     return outcome["value"]
 
@@ -278,8 +322,11 @@ def _call_async(functions: list[RewardFunction], make_kwargs: Callable[[], dict[
     """
 
     async def call(function: RewardFunction) -> Any:
+        _calling.set(function.name)  # this task's own context: the other functions' tasks keep theirs
         try:
             return await asyncio.wait_for(function.fn(**make_kwargs()), timeout_s)
+        except _ExitFromReward as exit:
+            raise _exit_error(exit) from None
         except TimeoutError as error:
             raise RewardFunctionError(
                 f"reward function {function.name!r} took longer than timeout_s={timeout_s:g}s; make it faster or raise rewards.timeout_s"
