@@ -22,10 +22,13 @@ time limit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
 import functools
 import inspect
 import math
 import numbers
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +47,43 @@ MAX_ABS_REWARD = 1e9
 
 class RewardFunctionError(UserError, RuntimeError):
     """A reward function failed, misbehaved or ran out of time; the message is one line."""
+
+
+class _ExitFromReward(BaseException):
+    """os._exit called inside a reward function; a BaseException so the function's own `except Exception` lets it by."""
+
+    def __init__(self, name: str, status: Any):
+        super().__init__(name, status)
+        self.name, self.status = name, status
+
+
+# The reward function the current thread (or asyncio task) is calling, for `_guarded_exit`.
+_calling: contextvars.ContextVar[str | None] = contextvars.ContextVar("reward_function_being_called", default=None)
+_process_exit = os._exit
+
+
+def _guarded_exit(status: int) -> None:
+    # os._exit skips every handler, so a reward calling it ended the run with status 0, no message and no
+    # model. Inside a reward call it raises instead; anywhere else (end_launched_process) it exits as before.
+    name = _calling.get()
+    if name is None:
+        _process_exit(status)
+    raise _ExitFromReward(name, status)
+
+
+def _exit_error(exit: _ExitFromReward) -> RewardFunctionError:
+    return RewardFunctionError(
+        f"reward function {exit.name!r} called os._exit({exit.status}), which would end the training run without a "
+        "word or a model; return one float or None per completion (raise an exception to stop the run)"
+    )
+
+
+def _call_guarded(function: RewardFunction, kwargs: dict[str, Any]) -> Any:
+    token = _calling.set(function.name)
+    try:
+        return function.fn(**kwargs)
+    finally:
+        _calling.reset(token)
 
 
 @dataclass
@@ -141,24 +181,30 @@ def compute_rewards(
 
     extra_columns: dict[str, list] = {}
     logged_metrics: dict[str, list[float]] = {}
-    kwargs = {key: list(values) for key, values in columns.items() if key not in _RESERVED_COLUMNS}
-    kwargs.update(
-        prompts=list(prompts),
-        completions=list(completions),
-        completion_ids=[list(ids) for ids in completion_ids],
+    data = {key: values for key, values in columns.items() if key not in _RESERVED_COLUMNS}
+    data.update(prompts=prompts, completions=completions, completion_ids=completion_ids)
+    hooks = dict(
         trainer_state=trainer_state,
         log_extra=lambda column, values: extra_columns.setdefault(column, []).extend(values),
         log_metric=lambda name, value: logged_metrics.setdefault(name, []).append(float(value)),
     )
 
+    def kwargs_for_one_call() -> dict[str, Any]:
+        # Each function gets its own copies: one that edits its inputs in place (completions[i] = ...)
+        # must not change what the next function scores, nor the batch the trainer keeps.
+        copies = {key: _own_copy(values) for key, values in data.items() if key != "completion_ids"}
+        # token ids are ints by contract: one list() each (checking 256k ints costs 30 ms a call)
+        return {**copies, "completion_ids": [list(ids) for ids in completion_ids], **hooks}
+
+    os._exit = _guarded_exit  # idempotent; a plain attribute, so installing it costs nothing per call
     stopped_before = workers.timeouts() + workers.crashes()
     raw: dict[str, Any] = {}
     async_functions = [f for f in functions if _is_async(f.fn)]
     for function in functions:
         if not _is_async(function.fn):
-            raw[function.name] = _call_sync(function, kwargs, timeout_s)
+            raw[function.name] = _call_sync(function, kwargs_for_one_call(), timeout_s)
     if async_functions:
-        raw.update(_call_async(async_functions, kwargs, timeout_s))
+        raw.update(_call_async(async_functions, kwargs_for_one_call, timeout_s))
 
     per_function = {f.name: _validated(f.name, raw[f.name], n) for f in functions}
     total: list[float] = []
@@ -198,6 +244,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+def _own_copy(values: Sequence[Any]) -> list:
+    """A copy of `values` that shares nothing mutable with it.
+
+    The usual inputs are lists of strings or of token-id lists: copied one level (or two) directly, as
+    copy.deepcopy would walk every token id through its memo for the same result.
+    """
+    if all(isinstance(v, _ATOMS) for v in values):
+        return list(values)
+    if all(isinstance(v, (list, tuple)) and all(isinstance(x, _ATOMS) for x in v) for v in values):
+        return [list(v) for v in values]
+    return copy.deepcopy(list(values))
+
+
 def _display_name(spec: str, fn: Callable) -> str:
     # Registered names are what users wrote in the recipe; for file/module specs use the function's name.
     if ":" not in spec:
@@ -225,15 +287,17 @@ def _in_process(fn: Callable) -> bool:
 def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: float | None) -> Any:
     if timeout_s is None or _in_process(function.fn):
         try:
-            return function.fn(**kwargs)
-        except Exception as error:
+            return _call_guarded(function, kwargs)
+        except _ExitFromReward as exit:
+            raise _exit_error(exit) from None
+        except (Exception, SystemExit) as error:  # sys.exit() here would end the run with its status, silently
             raise RewardFunctionError(f"reward function {function.name!r} raised {_one_line(error)}") from error
 
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            outcome["value"] = function.fn(**kwargs)
+            outcome["value"] = _call_guarded(function, kwargs)
         except BaseException as error:  # re-raised in the caller's thread below
             outcome["error"] = error
 
@@ -247,19 +311,25 @@ def _call_sync(function: RewardFunction, kwargs: dict[str, Any], timeout_s: floa
         )
     if "error" in outcome:
         error = outcome["error"]
+        if isinstance(error, _ExitFromReward):
+            raise _exit_error(error) from None
         raise RewardFunctionError(f"reward function {function.name!r} raised {_one_line(error)}") from error
     return outcome["value"]
 
 
-def _call_async(functions: list[RewardFunction], kwargs: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+def _call_async(functions: list[RewardFunction], make_kwargs: Callable[[], dict[str, Any]],
+                timeout_s: float | None) -> dict[str, Any]:
     """Run the async reward functions concurrently on a fresh event loop in a helper thread.
 
     The helper thread keeps this working when the caller already runs an event loop (a notebook, an agent env).
     """
 
     async def call(function: RewardFunction) -> Any:
+        _calling.set(function.name)  # this task's own context: the other functions' tasks keep theirs
         try:
-            return await asyncio.wait_for(function.fn(**kwargs), timeout_s)
+            return await asyncio.wait_for(function.fn(**make_kwargs()), timeout_s)
+        except _ExitFromReward as exit:
+            raise _exit_error(exit) from None
         except TimeoutError as error:
             raise RewardFunctionError(
                 f"reward function {function.name!r} took longer than timeout_s={timeout_s:g}s; make it faster or raise rewards.timeout_s"

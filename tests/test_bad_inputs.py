@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -342,3 +343,61 @@ def test_config_errors_exit_with_one_line_before_loading_anything():
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("align: error: rollout.num_generations=1")
+
+
+@pytest.mark.parametrize("raised, expected", [
+    # what safetensors raises on a full disk (seen on a 2 MB tmpfs): not an OSError
+    (lambda: __import__("safetensors").SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+     ["step-000002", "no space left", "previous checkpoints are kept"]),
+    (lambda: RuntimeError("serializer broke"), ["step-000002", "RuntimeError: serializer broke", "previous checkpoints are kept"]),
+])
+def test_any_failure_while_checkpointing_cleans_up_and_is_one_line(raised, expected, tmp_path):
+    from align.training.checkpoint import CheckpointError, find_checkpoint, save_checkpoint
+
+    acc, good = _checkpoint(tmp_path)
+
+    def fails_midway(folder, *args, **kwargs):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise raised()
+
+    acc.save_state = fails_midway
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(acc, tmp_path, 2, {"position": 2})
+    assert "\n" not in str(info.value) and all(part in str(info.value) for part in expected), str(info.value)
+    assert find_checkpoint(tmp_path, "latest") == good
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001"]
+
+
+REAL_DISK_FULL = """
+import sys, torch
+from accelerate import Accelerator
+from align.errors import exit_on_user_error
+from align.training.checkpoint import save_checkpoint
+acc = Accelerator(cpu=True)
+model = torch.nn.Linear(550, 550)  # 1.2 MB of weights: one checkpoint fits the 2 MB disk, two do not
+model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+with exit_on_user_error():
+    save_checkpoint(acc, sys.argv[1], 1, {"position": 1})
+    save_checkpoint(acc, sys.argv[1], 2, {"position": 2})
+"""
+
+
+@pytest.mark.slow
+def test_real_disk_full_while_checkpointing_on_a_small_tmpfs(tmp_path):
+    # A private mount namespace (unshare -rm) gives a 2 MB tmpfs without touching the host's mounts.
+    import shutil
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -rm (a private mount namespace) is not available here")
+    script = write(tmp_path / "save_twice.py", REAL_DISK_FULL)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    shell = (f"mount -t tmpfs -o size=2m tmpfs {disk} && {sys.executable} {script} {disk}/run; status=$?; "
+             f"ls -A {disk}/run/checkpoints; exit $status")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's align, not an installed one
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("align: error: saving step-000002"), proc.stderr[-2000:]
+    assert "no space left" in proc.stderr and "previous checkpoints are kept" in proc.stderr
+    assert proc.stdout.splitlines()[-1].split() == ["step-000001"]  # ls: no .tmp-step-000002 left behind

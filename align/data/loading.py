@@ -15,6 +15,7 @@ How `source` is read, in this order:
 
 from __future__ import annotations
 
+import csv
 import importlib
 import importlib.util
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.compute as pc
 
 from align.errors import UserError
 
@@ -159,18 +161,35 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
                 f"dataset file {str(path)!r} is a single split ('train'), but split={split!r} was asked; "
                 "pass that split's own file as the source"
             )
+        if builder == "csv":
+            _check_csv_header(path)
         return datasets.load_dataset(builder, data_files=str(path), split=split, cache_dir=cache_dir)
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         saved = datasets.load_from_disk(str(path))
         if isinstance(saved, datasets.DatasetDict):
             return _pick_split(saved, split, str(path))
         return saved
+    for csv_file in sorted(path.rglob("*.csv")):
+        _check_csv_header(csv_file)
     try:
         return datasets.load_dataset(str(path), split=split, cache_dir=cache_dir)
     except ValueError as error:
         if "Unknown split" in str(error):
             raise MissingSplitError(f"dataset folder {str(path)!r}: {' '.join(str(error).split())}") from error
         raise
+
+
+def _check_csv_header(path: Path) -> None:
+    # The CSV reader keeps one of two same-named columns (or renames it) without a word: which answer is that?
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DatasetSourceError(
+                f"dataset file {str(path)!r}: column {name!r} appears twice in the header; rename or drop one of them"
+            )
+        seen.add(name)
 
 
 def _pick_split(saved: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
@@ -211,13 +230,14 @@ def _standard_columns(dataset: datasets.Dataset, source: str, prompt_column: str
                 f"dataset {source!r} has no {wanted} column {given!r}; its columns: {', '.join(_paths(dataset.features))}; "
                 f"set data.{wanted}_column=<one of them> (dotted for a nested field, e.g. reward_model.ground_truth)"
             )
-        if wanted in dataset.column_names:
+        if wanted in dataset.column_names and given.split(".")[0] != wanted:  # answer.value replaces answer
             raise DatasetSourceError(
                 f"dataset {source!r} has both {given!r} and {wanted!r} columns; rename or drop {wanted!r} before using {given!r} as the {wanted}"
             )
         dataset = dataset.map(lambda row, path=given, name=wanted: {name: _at_path(row, path)})
     _check_prompt_type(dataset, source)
     _check_answer_type(dataset, source, answer_column)
+    _check_every_prompt(dataset, source)
     return dataset
 
 
@@ -242,30 +262,90 @@ def _at_path(row: dict, path: str):
 
 def _check_answer_type(dataset: datasets.Dataset, source: str, answer_column: str) -> None:
     # A dict or list as the gold answer scores every completion 0 without a word (verl's reward_model record).
+    # Arrow gives the column one type, so the feature decides for every row (a null row 0 hides nothing).
     if "answer" not in dataset.column_names or not len(dataset):
         return
-    gold = dataset[0]["answer"]
-    if isinstance(gold, (dict, list)):
-        inner = ""
-        if isinstance(gold, dict) and gold:
-            likely = [k for k in gold if any(w in k for w in ("truth", "answer", "solution"))] or list(gold)
-            inner = f"; point at the answer inside, e.g. data.answer_column={answer_column}.{likely[0]}"
-        raise DatasetSourceError(
-            f"dataset {source!r}: the gold answer (column {answer_column!r}) is a {type(gold).__name__}, not a value: {str(gold)[:80]}{inner}"
-        )
+    feature = dataset.features["answer"]
+    if isinstance(feature, datasets.Value):
+        return
+    row, gold = _first_non_null(dataset, "answer")
+    if gold is None:
+        return
+    inner = ""
+    if isinstance(gold, dict) and gold:
+        likely = [k for k in gold if any(w in k for w in ("truth", "answer", "solution"))] or list(gold)
+        inner = f"; point at the answer inside, e.g. data.answer_column={answer_column}.{likely[0]}"
+    raise DatasetSourceError(
+        f"dataset {source!r}: the gold answer (column {answer_column!r}) at row {row} is a {type(gold).__name__}, "
+        f"not a value: {str(gold)[:80]}{inner}"
+    )
+
+
+def _first_non_null(dataset: datasets.Dataset, column: str) -> tuple[int, Any]:
+    for start, batch in _batches(dataset, column):
+        for offset, value in enumerate(batch.column(column).to_pylist()):
+            if value is not None:
+                return start + offset, value
+    return -1, None
+
+
+def _batches(dataset: datasets.Dataset, column: str, size: int = 10_000):
+    """(first row, Arrow table of `column`) for each `size` rows, in the dataset's order (indices mapping included)."""
+    arrow = dataset.select_columns([column]).with_format("arrow")
+    for start in range(0, len(dataset), size):
+        yield start, arrow[start:start + size]
 
 
 def _check_prompt_type(dataset: datasets.Dataset, source: str) -> None:
-    feature = dataset.features["prompt"]
-    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+    if _is_text(dataset.features["prompt"]) or _is_messages(dataset.features["prompt"]):
         return
-    if len(dataset) and isinstance(dataset[0]["prompt"], list):
-        first = dataset[0]["prompt"]
-        if all(isinstance(m, dict) and "role" in m and "content" in m for m in first):
-            return
     raise DatasetSourceError(
-        f"dataset {source!r}: column 'prompt' holds {feature}; it must hold strings or lists of {{'role', 'content'}} messages"
+        f"dataset {source!r}: column 'prompt' holds {dataset.features['prompt']}; it must hold strings or lists of "
+        "{'role', 'content'} messages"
     )
+
+
+def _is_text(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _is_messages(feature) -> bool:
+    inner = getattr(feature, "feature", None)  # List / Sequence / LargeList of one record type
+    if isinstance(feature, list) and len(feature) == 1:  # the [{"role": ..., "content": ...}] spelling
+        inner = feature[0]
+    if type(inner).__name__ == "Json":  # messages of differing keys: each row is checked in _check_every_prompt
+        return True
+    return isinstance(inner, dict) and "role" in inner and "content" in inner
+
+
+def _has_text(messages: Any) -> bool:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        return False
+    return any(isinstance(m.get("content"), str) and m["content"].strip() for m in messages)
+
+
+def _check_every_prompt(dataset: datasets.Dataset, source: str) -> None:
+    """No prompt may be missing, empty or only whitespace: it would crash (or train on nothing) when drawn."""
+    text = _is_text(dataset.features["prompt"])
+    prompts = dataset.select_columns(["prompt"])
+    for start, batch in _batches(dataset, "prompt"):
+        column = batch.column("prompt")
+        if text:  # vectorised: 1M rows in well under a second
+            blank = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_trim_whitespace(column), ""))
+            first = pc.index(pc.fill_null(blank, True), True).as_py()
+            if first >= 0:
+                raise DatasetSourceError(
+                    f"dataset {source!r}: the prompt at row {start + first} is empty (or only whitespace); "
+                    "remove that row or give it a prompt"
+                )
+            continue
+        decoded = prompts[start:start + len(column)]["prompt"]  # python rows: Json features decoded
+        for offset, messages in enumerate(decoded):
+            if not _has_text(messages):
+                raise DatasetSourceError(
+                    f"dataset {source!r}: the chat prompt at row {start + offset} has no text ({str(messages)[:80]}); "
+                    "remove that row or give its messages a 'content'"
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from align.rollout import SamplingSettings
 from align.runtime.seeds import derived_seed
 from align.sources.ahead import GenerateAhead
 from align.sources.base import Collected, RolloutSource
-from align.sources.prompts import PromptStream, check_prompt_lengths, encode_prompt
+from align.sources.prompts import PromptStream, check_all_prompt_lengths, check_prompt_lengths, encode_prompt
 from align.sources.shaping import informative_groups, overlong_penalty
 from rewards.context import model_rewards, reward_functions_of
 
@@ -66,6 +66,8 @@ class GenerationSource(RolloutSource):
 
     def set_context(self, tokens: int | None) -> None:
         self.context = tokens  # prompt + max_tokens must fit
+        if tokens is not None:  # every row now, before step 1, rather than hours in when a long one is drawn
+            check_all_prompt_lengths(self.tokenizer, self.prompts.dataset, self.cfg.rollout.max_tokens, tokens)
 
     def state_dict(self) -> dict:
         state = self.prompts.state_dict()

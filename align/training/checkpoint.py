@@ -181,17 +181,38 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
             _write_json_durably(tmp / TRAINER_STATE_NAME, state_text)
             _replace_dir(tmp, final)
             _prune(root, keep_last, current=final)
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        # The half-written folder only takes space; the complete checkpoints before it are untouched.
+    except BaseException as error:
+        # Whatever stopped the save (a full disk surfaces as safetensors' SafetensorError, not OSError),
+        # the half-written folder only takes space; the complete checkpoints before it are untouched.
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"saving {final.name} in {root}: no space left on device; the previous checkpoints are kept; "
-            "free disk space, lower log.keep_last, or point log.run_dir at a larger disk"
-        ) from error
+        if not isinstance(error, Exception):  # Ctrl-C, SystemExit: cleaned up, then on their way
+            raise
+        raise _save_failed(error, final, root) from error
     accelerator.wait_for_everyone()
     return final
+
+
+def _save_failed(error: Exception, final: Path, root: Path) -> CheckpointError:
+    kept = "the previous checkpoints are kept"
+    if _is_disk_full(error):
+        return CheckpointError(
+            f"saving {final.name} in {root}: no space left on device; {kept}; "
+            "free disk space, lower log.keep_last, or point log.run_dir at a larger disk"
+        )
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    return CheckpointError(f"saving {final.name} in {root} failed ({reason}); {kept}; resume=latest continues from the last one")
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC / EDQUOT, as an OSError or inside the message of a library's own error (safetensors: 'os error 28')."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _pause_for_crash_test(step: int) -> None:

@@ -10,6 +10,7 @@ The resumed run writes its config as `config.resume-<time>.yaml` beside the orig
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,12 @@ def check_resume(cfg: Config, run_dir: Path, say=print) -> Path | None:
 
     checkpoint = find_checkpoint(run_dir, cfg.resume) if cfg.resume else None
     if checkpoint is None:
-        if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        if _holds_a_run(run_dir):
             hint = "resume=latest to continue it" if not cfg.resume else "it has no complete checkpoint to resume"
             raise ConfigError(f"log.run_dir={run_dir} already holds a run ({hint}); choose another log.run_dir")
+        if (run_dir / CONFIG_NAME).exists():
+            say(f"log.run_dir={run_dir}: the run there stopped before step 1 (no checkpoint, no step logged); starting over in it")
+            _clear_failed_start(run_dir)
         return None
     saved_path = checkpoint.parent.parent / CONFIG_NAME
     if not saved_path.exists():
@@ -68,6 +72,36 @@ def check_resume(cfg: Config, run_dir: Path, say=print) -> Path | None:
             )
         say(f"resume_force=true: continuing {checkpoint} with changed keys: {listed}")
     return checkpoint
+
+
+# What a run that stopped before step 1 leaves (the config, a step-0 evaluation), replaced by the new run's.
+_FAILED_START_FILES = (CONFIG_NAME, "metrics.jsonl", "samples.jsonl")
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    """A complete checkpoint or a logged step >= 1: work a fresh run must not overwrite.
+
+    A run that failed before step 1 (bad data, a model that did not load) leaves only its config and
+    perhaps a step-0 evaluation; refusing that folder made the user rename it to rerun the fixed command.
+    """
+    if any(p.is_dir() for p in (run_dir / "checkpoints").glob("step-*")):  # complete or not: never overwritten
+        return True
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return False
+    for line in metrics.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step", 1) if line.strip() else 0
+        except (ValueError, AttributeError):
+            return True  # not ours to judge: keep it
+        if not isinstance(step, int) or step >= 1:
+            return True
+    return False
+
+
+def _clear_failed_start(run_dir: Path) -> None:
+    for name in _FAILED_START_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def config_path(run_dir: Path) -> Path:

@@ -121,3 +121,14 @@ def test_eval_accuracy_changes_what_align_eval_reports(cache_dir):
     chosen = evaluate(common + ["eval.accuracy=think_answer_format"])
     assert "eval/think_answer_format/rate" in default and "eval/math_accuracy/rate" not in default
     assert "eval/math_accuracy/rate" in chosen and "eval/think_answer_format/rate" not in chosen
+
+
+def test_a_folder_left_by_a_run_that_failed_before_step_1_is_reused(tmp_path):
+    # config.yaml, a step-0 evaluation row and a crashed save's leftover, but no step and no checkpoint
+    (tmp_path / "config.yaml").write_text(config_to_yaml(load_config(BASE)))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.1}) + "\n")
+    (tmp_path / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)
+    assert check_resume(load_config(BASE), tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_resume(load_config(BASE), tmp_path)

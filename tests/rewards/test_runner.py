@@ -206,3 +206,68 @@ def test_trl_builtin_reward_functions_run_unchanged():
     assert result.per_function == {"accuracy_reward": [1.0, 0.0], "think_format_reward": [1.0, 0.0]}
     assert result.total == [1.5, 0.0]
     assert result.extra_columns["solution"] == ["\\frac{1}{3}", "\\frac{1}{3}"]  # TRL's log_extra hook reached us
+
+
+@pytest.mark.parametrize("timeout_s", [60.0, None])
+def test_each_function_gets_its_own_copy_of_the_inputs(timeout_s):
+    # A function that edits its inputs in place must not change what the next function (or the caller) sees.
+    def vandal(prompts, completions, completion_ids, answer, **kw):
+        completions[0] = "edited"
+        completions.append("extra")
+        prompts[0]["content"] = "edited"
+        completion_ids[0].append(99)
+        answer[0] = "edited"
+        return [0.0] * 2
+
+    seen = {}
+
+    def witness(prompts, completions, completion_ids, answer, **kw):
+        seen.update(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answer)
+        return [0.0] * 2
+
+    prompts = [{"role": "user", "content": "p0"}, {"role": "user", "content": "p1"}]
+    completions, ids, columns = ["c0", "c1"], [[1], [2]], {"answer": ["a0", "a1"]}
+    functions = [RewardFunction("vandal", vandal), RewardFunction("witness", witness)]
+    compute_rewards(functions, prompts, completions, columns, ids, timeout_s=timeout_s)
+    expected = dict(prompts=[{"role": "user", "content": "p0"}, {"role": "user", "content": "p1"}],
+                    completions=["c0", "c1"], completion_ids=[[1], [2]], answer=["a0", "a1"])
+    assert seen == expected
+    assert (prompts, completions, ids, columns["answer"]) == tuple(expected[k] for k in ("prompts", "completions", "completion_ids", "answer"))
+
+
+EXITING_REWARD = """
+import os, sys
+from align.errors import exit_on_user_error
+from rewards.runner import RewardFunction, compute_rewards
+
+def quitter(prompts, completions, **kwargs):
+    os._exit(0)
+
+async def async_quitter(prompts, completions, **kwargs):
+    os._exit(0)
+
+chosen = {"sync": quitter, "async": async_quitter}[sys.argv[1]]
+timeout_s = None if sys.argv[2] == "none" else 60.0
+with exit_on_user_error():
+    compute_rewards([RewardFunction(chosen.__name__, chosen)], ["p"], ["c"], {}, [[1]], timeout_s=timeout_s)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("kind, timeout", [("sync", "60"), ("sync", "none"), ("async", "60")])
+def test_a_reward_that_calls_os_exit_fails_the_run_in_one_line(kind, timeout, tmp_path):
+    # os._exit(0) skips every handler: left alone, the run would end with status 0, no message and no model.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "exiting_reward.py"
+    script.write_text(EXITING_REWARD)
+    proc = subprocess.run([sys.executable, str(script), kind, timeout], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    name = "quitter" if kind == "sync" else "async_quitter"
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"align: error: reward function {name!r} called os._exit(0)"), proc.stderr

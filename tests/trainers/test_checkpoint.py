@@ -122,14 +122,12 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     # accelerate has already written model/optimizer/RNG into the temp folder when this raises.
     monkeypatch.setattr(ckpt, "_write_json_durably", crash)
-    with pytest.raises(OSError, match="simulated"):
+    # An exception is one line, and the half-written folder goes (a SIGKILL's leftover: test_crash_safety.py).
+    with pytest.raises(CheckpointError, match="simulated.*previous checkpoints are kept"):
         save_checkpoint(acc, tmp_path, 2, {"data_position": 8}, keep_last=1)
-    leftover = tmp_path / "checkpoints" / ".tmp-step-000002"
-    assert (leftover / "model.safetensors").exists()
+    assert not (tmp_path / "checkpoints" / ".tmp-step-000002").exists()
     assert not (tmp_path / "checkpoints" / "step-000002").exists()
     assert find_checkpoint(tmp_path, "latest") == good
-    with pytest.raises(CheckpointError, match="incomplete"):
-        find_checkpoint(tmp_path, str(leftover))
 
     assert load_checkpoint(acc, find_checkpoint(tmp_path, "latest")) == {"data_position": 4, "step": 1}
     assert torch.equal(model.weight, weights_at_good)
