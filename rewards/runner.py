@@ -60,13 +60,16 @@ class _ExitFromReward(BaseException):
 # The reward function the current thread (or asyncio task) is calling, for `_guarded_exit`.
 _calling: contextvars.ContextVar[str | None] = contextvars.ContextVar("reward_function_being_called", default=None)
 _process_exit = os._exit
+_trainer_pid = os.getpid()
 
 
 def _guarded_exit(status: int) -> None:
     # os._exit skips every handler, so a reward calling it ended the run with status 0, no message and no
     # model. Inside a reward call it raises instead; anywhere else (end_launched_process) it exits as before.
+    # A child forked inside a reward (multiprocessing's default on Linux) inherits the context variable and
+    # ends with os._exit: it must exit, not raise and carry on as a second trainer.
     name = _calling.get()
-    if name is None:
+    if name is None or os.getpid() != _trainer_pid:
         _process_exit(status)
     raise _ExitFromReward(name, status)
 

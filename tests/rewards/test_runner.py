@@ -271,3 +271,39 @@ def test_a_reward_that_calls_os_exit_fails_the_run_in_one_line(kind, timeout, tm
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"align: error: reward function {name!r} called os._exit(0)"), proc.stderr
+
+
+FORKING_REWARD = """
+import multiprocessing, sys
+from rewards.runner import RewardFunction, compute_rewards
+
+def square(x, out):
+    out.put(x * x)  # the child then ends through os._exit, as multiprocessing's fork children do
+
+def forking(prompts, completions, **kwargs):
+    out = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=square, args=(3, out))
+    child.start()
+    value = out.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0, child.exitcode
+    return [float(value)]
+
+print(compute_rewards([RewardFunction("forking", forking)], ["p"], ["c"], {}, [[1]], timeout_s=None).total)
+"""
+
+
+def test_a_child_forked_inside_a_reward_still_exits(tmp_path):
+    # The child inherits the 'inside a reward call' mark; its os._exit must end it, not raise in it and
+    # let a copy of the trainer run on (once printing the result twice, or hanging).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "forking_reward.py"
+    script.write_text(FORKING_REWARD)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[9.0]"], proc.stdout
