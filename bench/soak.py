@@ -44,9 +44,9 @@ def steps_logged(metrics: Path) -> int:
         return 0
 
 
-def soak(steps: int, run_dir: Path, extra: list[str], poll_s: float = 0.2) -> dict[int, float]:
+def soak(steps: int, run_dir: Path, extra: list[str], poll_s: float = 0.2, recipe: str = "gcpo_geometry") -> dict[int, float]:
     """Peak tree RSS in MiB per step (step k = the time while metrics.jsonl had k-1 rows)."""
-    cmd = [sys.executable, str(ROOT / "align" / "train.py"), "recipe=gcpo_geometry", f"train.steps={steps}",
+    cmd = [sys.executable, str(ROOT / "align" / "train.py"), f"recipe={recipe}", f"train.steps={steps}",
            f"log.run_dir={run_dir}", "log.console=false", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     peaks: dict[int, float] = {}

@@ -193,6 +193,8 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.seed": ("run", ("train.seed=7",)),
     "train.micro_batch_tokens": ("run", ("train.micro_batch_tokens=40",)),  # the `micro_batches` metric
     "train.shared_prompt": ("run", ("train.shared_prompt=false",)),  # the `train/forward_tokens` metric
+    # memory only: the same numbers by design (tests/trainers/test_lm_head_chunk.py); that test fails if the head is whole
+    "train.lm_head_chunk": ("covered", ("tests/trainers/test_lm_head_chunk.py::test_chunked_head_gives_the_whole_heads_log_probs_and_gradient",)),
     "train.max_bad_updates": ("covered", ("tests/trainers/test_numerics.py::test_too_many_bad_updates_in_a_row_stop_with_the_last_good_checkpoint",)),
     "train.max_flat_steps": ("covered", ("tests/trainers/test_learning_signal.py::test_a_run_without_learning_signal_stops_naming_the_cause",
                                          "tests/trainers/test_learning_signal.py::test_max_flat_steps_zero_trains_on")),

@@ -173,6 +173,9 @@ class TrainConfig:
     max_flat_steps: int = 20
     micro_batch_tokens: int = 8192  # token budget of one forward/backward (padded tokens)
     shared_prompt: bool = True  # forward each prompt once for its G completions (block mask; exact); false = a copy per completion
+    # completion tokens per LM-head chunk: the [tokens, vocab] logits (and their gradient) never exist at
+    # once (models/lm_head.py says which architectures qualify; others, and ZeRO-3, use the whole head); 0 = whole
+    lm_head_chunk: int = 1024
     seed: int = 0  # model init, data order and sampling seeds
     cpu_threads: int | None = None  # torch threads per process on CPU; None = this process's cores / local processes
 
@@ -265,7 +268,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "train.updates_per_batch": AT_LEAST_ONE, "train.lr": ANY_POSITIVE, "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE, "train.max_grad_norm": ANY_POSITIVE, "train.max_bad_updates": AT_LEAST_ONE,
     "train.max_flat_steps": NON_NEGATIVE,
-    "train.micro_batch_tokens": AT_LEAST_ONE, "train.seed": NON_NEGATIVE, "train.cpu_threads": AT_LEAST_ONE,
+    "train.micro_batch_tokens": AT_LEAST_ONE, "train.lm_head_chunk": NON_NEGATIVE, "train.seed": NON_NEGATIVE, "train.cpu_threads": AT_LEAST_ONE,
     "log.every": AT_LEAST_ONE, "log.sample_every": NON_NEGATIVE, "log.num_samples": AT_LEAST_ONE,
     "log.save_every": NON_NEGATIVE, "log.keep_last": NON_NEGATIVE, "log.eval_every": NON_NEGATIVE,
     "eval.k": AT_LEAST_ONE, "eval.holdout": NON_NEGATIVE,

@@ -8,6 +8,7 @@ from align.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
+from align.models.lm_head import chunkable_lm_head
 from align.models.lora import apply_lora, is_peft_model, merged_named_tensors
 from align.models.reference import mix_into_reference
 from align.models.tiny import PRESETS, build_tokenizer, tiny_model_path, write_tiny_model
@@ -19,6 +20,7 @@ __all__ = [
     "apply_lora",
     "build_tokenizer",
     "check_vocabulary",
+    "chunkable_lm_head",
     "is_peft_model",
     "load_model",
     "load_tokenizer",

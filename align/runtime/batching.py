@@ -246,28 +246,50 @@ def completion_logits(model, seqs: PaddedSequences | PackedSequences) -> torch.T
     Padded: the last T+1 positions. Packed: the LM head over the predicting columns only
     (`logits_to_keep` as an index tensor), then each row's logits gathered into [B, T, V].
     """
+    logits = _forward(model, seqs).logits
+    if isinstance(seqs, PackedSequences):
+        logits = logits.reshape(-1, logits.shape[-1])
+        return logits[seqs.source.reshape(-1)].view(*seqs.source.shape, -1)
+    return logits[:, :-1]
+
+
+def _forward(model, seqs: PaddedSequences | PackedSequences):
+    """The model's forward with the LM head over the predicting positions only (`logits_to_keep`)."""
     if isinstance(seqs, PackedSequences):
         mask = seqs.attention_mask
         if attention_implementation(model) == "eager":  # eager ADDS the mask to the scores: a bool would add 1
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
-        out = model(
-            input_ids=seqs.input_ids,
-            attention_mask=mask,
-            position_ids=seqs.position_ids,
-            logits_to_keep=seqs.keep,
-            use_cache=False,
-        )
-        logits = out.logits.reshape(-1, out.logits.shape[-1])
-        return logits[seqs.source.reshape(-1)].view(*seqs.source.shape, -1)
-    t = seqs.completion_ids.shape[1]
-    out = model(
-        input_ids=seqs.input_ids,
-        attention_mask=seqs.attention_mask,
-        position_ids=seqs.position_ids,
-        logits_to_keep=t + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1]
+        return model(input_ids=seqs.input_ids, attention_mask=mask, position_ids=seqs.position_ids,
+                     logits_to_keep=seqs.keep, use_cache=False)
+    return model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, position_ids=seqs.position_ids,
+                 logits_to_keep=seqs.completion_ids.shape[1] + 1, use_cache=False)
+
+
+def completion_hidden(model, head: torch.nn.Module, seqs: PaddedSequences | PackedSequences) -> torch.Tensor:
+    """The final hidden states [B, T, H] that `completion_logits` would feed the LM head, and no logits.
+
+    The model runs through its wrappers (DDP and DeepSpeed need their own forward for the gradient
+    reduction), with a pre-hook on `head` that keeps the hidden states it is given and hands it none
+    of them: the head then computes logits for zero positions, and the caller applies it chunk by chunk.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep_and_skip(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)
+
+    handle = head.register_forward_pre_hook(keep_and_skip)
+    try:
+        _forward(model, seqs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the LM head ran {len(captured)} times in one forward; set train.lm_head_chunk=0")
+    hidden = captured[0]
+    if isinstance(seqs, PackedSequences):
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return flat[seqs.source.reshape(-1)].view(*seqs.source.shape, -1)
+    return hidden[:, :-1]
 
 
 # Attention kernels that take the packed layout's 4D mask as given (transformers returns a 4D mask

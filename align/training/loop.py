@@ -35,13 +35,14 @@ from align.config import Config, ConfigError, config_to_yaml, inert_ratio_option
 from align.errors import RunStopped
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
-from align.models import apply_lora, check_vocabulary, load_model, load_tokenizer, mix_into_reference
+from align.models import apply_lora, check_vocabulary, chunkable_lm_head, load_model, load_tokenizer, mix_into_reference
 from align.rollout import make_engine
 from align.runtime.batching import (
     PACKED_ATTENTION,
     PackedSequences,
     PaddedSequences,
     attention_implementation,
+    completion_hidden,
     completion_logits,
     forward_shape,
     pack_shared_prompts,
@@ -114,6 +115,7 @@ class Trainer:
         # The G completions of a prompt share its forward (runtime/batching.py, PackedSequences) where
         # the attention kernel takes a 4D mask; otherwise every completion carries its own prompt.
         self.shared_prompt = cfg.train.shared_prompt and attention_implementation(model) in PACKED_ATTENTION
+        self._heads: dict[int, torch.nn.Linear | None] = {}  # _chunked_head's answer per model
         self.ref_model = None
         if algorithm.needs.reference_model:  # e.g. GRPO with loss.beta = 0 loads none
             self.ref_model = load_model(self.model_path, self.dtype, accelerator.device).eval().requires_grad_(False)
@@ -532,15 +534,30 @@ class Trainer:
         Of softmax(logits / T), the distribution the engine sampled from at temperature T: the ratio,
         the importance weights and the KL are then all of the sampling policy.
         """
+        t = self.cfg.rollout.temperature
+        head = self._chunked_head(model)
+        if head is not None:  # train.lm_head_chunk: the head chunk by chunk, under checkpointing
+            with self.precision.context(self.acc.device):
+                hidden = completion_hidden(model, head, seqs)
+                out = algos.token_logprobs_from_hidden(hidden, head.weight, seqs.completion_ids, self.cfg.train.lm_head_chunk,
+                                                       temperature=t, return_entropy=with_entropy or entropy_grad)
+            return out if (with_entropy or entropy_grad) else (out, None)
         with self.precision.context(self.acc.device):
             logits = completion_logits(model, seqs)
-        t = self.cfg.rollout.temperature
         if entropy_grad:
             return (algos.token_logprobs(logits, seqs.completion_ids, temperature=t),
                     algos.token_entropy(logits, temperature=t))
         if with_entropy:
             return algos.token_logprobs(logits, seqs.completion_ids, temperature=t, return_entropy=True)
         return algos.token_logprobs(logits, seqs.completion_ids, temperature=t), None
+
+    def _chunked_head(self, model) -> torch.nn.Linear | None:
+        """The head `_logp` applies in chunks for this model (policy or reference), or None: whole logits."""
+        if not self.cfg.train.lm_head_chunk:
+            return None
+        if id(model) not in self._heads:
+            self._heads[id(model)] = chunkable_lm_head(self.acc.unwrap_model(model))
+        return self._heads[id(model)]
 
     def _loss_mask(self, batch: GroupBatch, mb: MicroBatchRows, mask: torch.Tensor) -> torch.Tensor:
         """[B, T] loss tokens of the micro-batch's completion rows: agents' action tokens only, and
