@@ -418,3 +418,63 @@ def test_changing_the_key_changes_the_run(key, baseline, cache_dir, tmp_path, mo
         assert changed != engine_args(cache_dir, tmp_path / "b", monkeypatch, *PAIRED_BASE.get(key, ())), key
     else:
         raise AssertionError(f"unknown observer {observer}")
+
+
+# ------------------------------------------------------------------------------ per algorithm
+# Each algorithm's run and the shared keys its rollout, loss or advantages read (docs/ALGORITHMS.md):
+# GRAO and CoPG have their own advantages and loss (grao.* / copg.beta, no importance ratio), so
+# of the loss section they read none of the advantage, surrogate or KL keys; SALT is GRPO's loss
+# on step advantages (salt.base=grpo uses loss.scale).
+ALGO_RUN = {
+    "grpo": (),
+    "gcpo": LIVE["algo"][1],
+    "grao": ("algo=grao", *GEOMETRY),
+    "copg": ("algo=copg", "train.updates_per_batch=1"),
+    "salt": EPISODES,
+}
+SLOW_PAIR = pytest.mark.slow
+ALGO_READS = [
+    ("grpo", "loss.eps_low=0.01"), ("gcpo", "loss.beta=0.5"), ("gcpo", "loss.eps_low=0.01"),
+    ("grao", "train.lr=1e-4"), ("grao", "rollout.temperature=0.5"),
+    ("copg", "train.lr=1e-4"), ("copg", "rollout.temperature=0.5"),
+    ("salt", "loss.eps_low=0.01"), ("salt", "loss.scale=none"),
+    pytest.param("gcpo", "train.lr=1e-4", marks=SLOW_PAIR), pytest.param("grao", "rollout.max_tokens=4", marks=SLOW_PAIR),
+    pytest.param("copg", "rollout.max_tokens=4", marks=SLOW_PAIR), pytest.param("salt", "train.lr=1e-4", marks=SLOW_PAIR),
+    pytest.param("salt", "loss.beta=0.5", marks=SLOW_PAIR),
+]
+
+
+@pytest.mark.parametrize(("algo", "override"), ALGO_READS)
+def test_a_key_the_algorithm_reads_changes_its_run(algo, override, baseline, cache_dir, tmp_path):
+    assert run(cache_dir, tmp_path, *ALGO_RUN[algo], override) != baseline(ALGO_RUN[algo]), (algo, override)
+
+
+def warned_or_refused(algo: str, override: str) -> str:
+    """The line saying `override` does nothing under `algo`: its ConfigError, or its inert warning."""
+    from align.algorithms import algorithm_class
+    from align.config import inert_ratio_options
+    from align.algos.surrogates import SURROGATES
+
+    try:
+        cfg = load_config([*ALGO_RUN[algo], override])
+    except ConfigError as err:
+        return str(err)
+    cls = algorithm_class(cfg.algo)
+    return " ".join(inert_ratio_options(cfg, cls(cfg).needs.importance_correction, SURROGATES[cfg.loss.surrogate].reads,
+                                        cls.unread_loss_options))
+
+
+# (algorithm, key=value) that cannot act in that algorithm's run: refused, or named at the start of the run.
+ALGO_IGNORES = [
+    ("grao", "loss.eps_low=0.1"), ("grao", "loss.beta=0.5"), ("grao", "loss.scale=none"), ("grao", "train.updates_per_batch=2"),
+    ("copg", "loss.eps_high=0.5"), ("copg", "loss.beta=0.5"), ("copg", "loss.baseline=loo"), ("copg", "loss.surrogate=cispo"),
+    ("grpo", "gcpo.eps=0.5"), ("grpo", "loss.cispo_cap=2.0"), ("gcpo", "reward.functions=[think_answer_format]"),
+    ("salt", "data.source=arith"),
+]
+
+
+@pytest.mark.parametrize(("algo", "override"), ALGO_IGNORES)
+def test_a_key_the_algorithm_ignores_is_refused_or_named(algo, override):
+    key = override.split("=")[0]
+    assert key in warned_or_refused(algo, override), (algo, override)
+    assert key not in warned_or_refused(algo, "train.steps=3")  # the line is about the key, not always there
