@@ -117,7 +117,9 @@ def test_ratio_options_are_inert_with_one_update_unless_pi_old_is_the_behaviour_
     assert inert_ratio_options(one) == ["warning: loss.delta=1.5 has no effect here: with train.updates_per_batch=1 the ratio "
                                         "pi_theta / pi_old is exactly 1 at the only update (set train.updates_per_batch > 1 "
                                         "for it to act)"]
-    assert inert_ratio_options(one, has_ratio=False) == []  # GRAO and CoPG do not read it at all
+    # GRAO and CoPG do not read it at all: said so, not silently
+    assert inert_ratio_options(one, has_ratio=False) == ["warning: loss.delta=1.5 has no effect here: algo=grpo does not read "
+                                                         "it (its loss has no importance ratio)"]
     assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "train.updates_per_batch=2"])) == []
     # bypass: pi_old is the engine's mu, so the ratio moves even at the only update
     assert inert_ratio_options(load_config(["recipe=grpo_math", "loss.delta=1.5", "loss.off_policy_correction=bypass"])) == []

@@ -1,14 +1,18 @@
-"""Every option the README or a recipe mentions does something (issue 10: two documented options
-were accepted and dead). For each key: set it to another value and observe a change in a short run
-(metrics, samples, weights), in GCPO's scoring of a fixed batch, in what the rollout engine is built
-with, or in the run's files; or get a one-line ConfigError saying where the key applies.
+"""Every config option does something (issue 10: two documented options were accepted and dead).
+For each key of the schema, algorithm sections included: set it to another value and observe a
+change in a short run (metrics, samples, weights), in GCPO's scoring of a fixed batch, in what the
+rollout engine is built with, in the run's files or output; or get a one-line error naming the bad
+value; or name the test functions elsewhere that show the effect ("covered").
 
-A key newly mentioned in the README or a recipe fails `test_every_mentioned_key_has_a_liveness_check`
-until it gets an entry in LIVE below.
+A new config key fails `test_every_key_has_a_liveness_check` until it gets an entry in LIVE below.
+scripts/check_liveness.py checks the checks: with ALIGN_DEAD_KEY=KEY (the key reset to its default
+after loading) the tests named for KEY must fail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -16,16 +20,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align.config import ConfigError, all_keys
-from align.algorithms import load_config
+from align.config import ConfigError, all_keys, config_class
+from align.algorithms import ALGORITHMS, load_config
 from align.telemetry.plots import read_metrics
 from tests.trainers.in_process import make_trainer
+from tests.trainers.test_salt import ECHO
 
 ROOT = Path(__file__).resolve().parents[1]
 # The baseline run: two updates per batch (so ratios move and clipping options matter), a KL term,
 # a linear schedule (so train.steps shapes the LR), a reward with spread.
 BASE = ["train.updates_per_batch=2", "train.lr=5e-3", "loss.beta=0.1", "train.lr_schedule=linear", "train.steps=4",
         "rollout.max_tokens=8", "rollout.seed_per_prompt=false"]
+
+
+def every_key() -> set[str]:
+    """The schema's keys and every registered algorithm's own section's (gcpo.*, grao.*, ...)."""
+    keys = set(all_keys())
+    for entry in ALGORITHMS.values():
+        section = entry.cls.config_section()
+        if section is not None:
+            keys |= set(all_keys(config_class(section)))
+    return keys
 
 
 def mentioned_keys() -> set[str]:
@@ -112,6 +127,14 @@ def gcpo_score(*overrides) -> dict:
     return {"rewards": scores.rewards.tolist(), "metrics": algorithm.batch_metrics(scores)}
 
 
+def train_output(cache_dir, tmp_path, *overrides) -> str:
+    """What two steps through Trainer.train print (stdout and stderr)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        train_files(cache_dir, tmp_path, *overrides)
+    return re.sub(r"[0-9.]+", "N", out.getvalue())  # timings and ETAs vary between runs
+
+
 def config_error(*overrides) -> str:
     with pytest.raises(ConfigError) as err:
         load_config(["recipe=grpo_math", *overrides])
@@ -122,7 +145,15 @@ def config_error(*overrides) -> str:
 HALF_FLAT = (f"reward.functions=[{Path(__file__).parent / 'trainers' / 'rewards_for_tests.py'}:digit_fraction_odd_answers]",
              "reward.weights=null", "train.batch_size=32")
 
-# key -> (observer, overrides that change it). Observers: run, gcpo, engine, files, error.
+# Agent episodes in a test environment (two turns, rewards with spread), trained by SALT.
+EPISODES = ("algo=salt", "rollout.source=episodes", f"env.name={ECHO}:Echo", "env.max_turns=3", "rollout.max_tokens=4",
+            "reward.functions=[]", "reward.weights=null")
+REWARDS = Path(__file__).parent / "trainers" / "rewards_for_tests.py"
+ONE_VALID = (f"reward.functions=[{REWARDS}:first_per_prompt]", "reward.weights=null")  # groups of one valid member
+SLOW = (f"reward.functions=[{REWARDS}:slow]", "reward.weights=null")  # 0.2 s per call
+
+# key -> (observer, overrides that change it). Observers: run, gcpo, engine, files, output, cache,
+# config, raises, error_run, checkpointing, covered (test functions elsewhere, `path::test_name`).
 LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     # GCPO refuses a reward.functions it would not use (its rewards are the gcpo.* keys): back to the default
     "algo": ("run", ("algo=gcpo", "data.source=geometry", "reward.functions=[math_accuracy]", "reward.weights=null")),
@@ -217,7 +248,7 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "eval.accuracy": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_eval_accuracy_changes_what_align_eval_reports",)),
     "eval.holdout": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_missing_eval_split_holds_out_a_disjoint_deterministic_slice",)),
     "eval.k": ("covered", ("tests/test_cli.py::test_eval_reports_mean_and_pass_at_k",)),
-    "log.run_dir": ("covered", ("tests/trainers/test_train_e2e.py::read_metrics",)),
+    "log.run_dir": ("covered", ("tests/trainers/test_train_e2e.py::test_lora_run",)),  # reads what it wrote there
     "log.report_to": ("covered", ("tests/telemetry/test_trackers.py::test_report_to_empty_writes_no_tracker",)),
     "log.project": ("covered", ("tests/telemetry/test_trackers.py::"
                                 "test_wandb_offline_run_holds_config_metrics_at_their_steps_and_the_sample_table",)),
@@ -247,6 +278,35 @@ LIVE |= {
     "rollout.source": ("covered", ("tests/trainers/test_algorithms_e2e.py::test_sample_writes_rows_that_offline_copg_trains_on_without_generating",)),
     "data.eval_source": ("covered", ("tests/trainers/test_algorithms.py::test_eval_source_is_what_evaluation_reads",)),
 }
+LIVE |= {
+    "recipe": ("config", ("recipe=gcpo_geometry",)),
+    "resume": ("covered", ("tests/trainers/test_train_e2e.py::test_resume_reproduces_the_uninterrupted_run",)),
+    "resume_force": ("covered", ("tests/foreign/test_resume_eval_holdout.py::test_resume_force_continues_and_says_what_changed",)),
+    "model.cache_dir": ("cache", ()),
+    "data.options": ("run", ("data.options.seed=3",)),
+    "data.system_prompt": ("run", ("data.system_prompt=Answer briefly.",)),
+    "env.train_split": ("run", (*EPISODES, "env.train_split=test")),
+    "env.system_prompt": ("run", (*EPISODES, "env.system_prompt=Answer briefly.")),
+    "env.eval_split": ("files", (*EPISODES, "log.eval_every=1", "env.eval_split=train")),
+    "gcpo.format_reward": ("raises", ("algo=gcpo", "data.source=geometry", "gcpo.format_reward=no_such_reward")),
+    "gcpo.aux_reward": ("raises", ("algo=gcpo", "data.source=geometry", "gcpo.aux_reward=no_such_reward")),
+    "gcpo.gate_aux_on_correct": ("gcpo", ("gcpo.gate_aux_on_correct=true",)),
+    "gcpo.gate_len_on_correct": ("gcpo", ("gcpo.use_length=true", "gcpo.gate_len_on_correct=true")),
+    "grao.adv_eps": ("run", ("algo=grao", *GEOMETRY, "grao.adv_eps=1.0")),
+    "grao.ddof": ("run", ("algo=grao", *GEOMETRY, "grao.ddof=1")),  # the default is 0
+    "grao.pool_ref": ("run", ("algo=grao", *GEOMETRY, "grao.pool_ref=false")),
+    "log.console": ("output", ("log.console=true",)),
+    "log.num_samples": ("files", ("log.sample_every=1", "log.num_samples=1")),
+    "loss.adv_eps": ("run", ("loss.adv_eps=1.0",)),
+    "loss.ddof": ("run", ("loss.ddof=0",)),
+    "loss.kl_clamp": ("run", ("loss.kl_clamp=1e-4",)),
+    "loss.small_group": ("run", (*ONE_VALID, "loss.small_group=raw")),
+    "reward.timeout_s": ("raises", (*SLOW, "reward.timeout_s=0.05")),  # the error names the limit
+    "rollout.kv_cache_mb": ("engine", ("rollout.engine=vllm", "rollout.kv_cache_mb=64")),
+    "rollout.probe_tolerance": ("engine", ("rollout.probe_tolerance=0.5",)),
+    "rollout.stop": ("run", ("rollout.stop=[a,e,i,o,u]",)),
+    "rollout.verify_sync": ("run", ("rollout.verify_sync=false",)),
+}
 # Baselines the overrides above are compared with (options that only matter beside another one).
 PAIRED_BASE = {
     "loss.dual_clip": ("loss.eps_low=0.01",),
@@ -270,12 +330,42 @@ PAIRED_BASE = {
     "loss.overlong_penalty": ("loss.overlong_buffer=4",),
     "log.keep_last": ("log.save_every=1",),
     "data.eval_split": ("log.eval_every=1",),
+    "env.train_split": EPISODES, "env.system_prompt": EPISODES, "env.eval_split": (*EPISODES, "log.eval_every=1"),
+    "grao.adv_eps": ("algo=grao", *GEOMETRY), "grao.ddof": ("algo=grao", *GEOMETRY), "grao.pool_ref": ("algo=grao", *GEOMETRY),
+    "log.num_samples": ("log.sample_every=1",),
+    "loss.small_group": ONE_VALID, "gcpo.gate_len_on_correct": ("gcpo.use_length=true",),
+    "rollout.kv_cache_mb": ("rollout.engine=vllm",),
 }
 
 
-def test_every_mentioned_key_has_a_liveness_check():
-    missing = sorted(mentioned_keys() - set(LIVE))
-    assert not missing, f"config keys mentioned in README/recipes without an entry in LIVE: {missing}"
+def test_every_key_has_a_liveness_check():
+    assert mentioned_keys() <= every_key() and len(every_key()) > 130  # the walk finds the algorithm sections too
+    missing = sorted(every_key() - set(LIVE))
+    assert not missing, f"config keys without an entry in LIVE: {missing}"
+    assert not set(LIVE) - every_key(), f"LIVE names keys the schema does not have: {sorted(set(LIVE) - every_key())}"
+
+
+def test_covered_names_test_functions():
+    """A "covered" entry names test functions (`path::test_name`, optionally `[param]`) that exist."""
+    for key, (observer, names) in LIVE.items():
+        if observer == "covered":
+            for name in names:
+                path, _, test = name.partition("::")
+                function = test.split("[")[0]
+                assert function.startswith("test_"), (key, name)
+                assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.M), (key, name)
+
+
+def test_align_dead_key_resets_the_key_to_its_default(monkeypatch):
+    """The liveness mutation check's hook (scripts/check_liveness.py): the key as if never given."""
+    assert load_config(["train.lr=0.5"]).train.lr == 0.5
+    monkeypatch.setenv("ALIGN_DEAD_KEY", "train.lr")
+    assert load_config(["train.lr=0.5", "train.steps=3"]).train.lr == 1e-6
+    assert load_config(["train.lr=0.5", "train.steps=3"]).train.steps == 3  # only that key
+    assert load_config(["recipe=grpo_math"]).train.lr == 1e-6  # a recipe's value too
+    monkeypatch.setenv("ALIGN_DEAD_KEY", "gcpo.eps")
+    assert load_config(["algo=gcpo", "gcpo.eps=0.5"]).gcpo.eps == 0.05
+    assert load_config(["train.lr=0.5"]).train.lr == 0.5  # another algorithm's section: nothing to reset
 
 
 @pytest.fixture(scope="module")
@@ -309,9 +399,16 @@ def test_changing_the_key_changes_the_run(key, baseline, cache_dir, tmp_path, mo
     elif observer == "checkpointing":  # same numbers by design; the model is built to recompute activations
         trainer = make_trainer(cache_dir, tmp_path / "run", *BASE, *overrides)
         assert trainer.acc.unwrap_model(trainer.model).is_gradient_checkpointing
-    elif observer == "covered":
-        path, name = overrides[0].split("::")
-        assert f"def {name}(" in (ROOT / path).read_text(), overrides[0]
+    elif observer == "covered":  # the named tests show it; test_covered_names_test_functions checks they exist
+        assert overrides
+    elif observer == "output":
+        assert train_output(cache_dir, tmp_path / "a", *overrides) != train_output(cache_dir, tmp_path / "b"), key
+    elif observer == "cache":  # built-in models are built under it
+        cache = tmp_path / "models"
+        make_trainer(cache_dir, tmp_path / "run", *BASE, f"model.cache_dir={cache}")
+        assert cache.is_dir() and any(cache.rglob("config.json")), key
+    elif observer == "config":
+        assert load_config(list(overrides)) != load_config(list(PAIRED_BASE.get(key, ()))), key
     elif observer == "error_run":  # a renamed column the data does not have: the error names it
         with pytest.raises(Exception, match=overrides[0].split("=")[1]):
             run(cache_dir, tmp_path, *overrides)
@@ -324,3 +421,64 @@ def test_changing_the_key_changes_the_run(key, baseline, cache_dir, tmp_path, mo
         assert changed != engine_args(cache_dir, tmp_path / "b", monkeypatch, *PAIRED_BASE.get(key, ())), key
     else:
         raise AssertionError(f"unknown observer {observer}")
+
+
+# ------------------------------------------------------------------------------ per algorithm
+# Each algorithm's run and the shared keys its rollout, loss or advantages read (docs/ALGORITHMS.md):
+# GRAO and CoPG have their own advantages and loss (grao.* / copg.beta, no importance ratio), so
+# of the loss section they read none of the advantage, surrogate or KL keys; SALT is GRPO's loss
+# on step advantages (salt.base=grpo uses loss.scale).
+ALGO_RUN = {
+    "grpo": (),
+    "gcpo": (*LIVE["algo"][1], "model.name=tiny-geometry"),  # the warm start: rewards with spread
+    "grao": ("algo=grao", *GEOMETRY),
+    "copg": ("algo=copg", "train.updates_per_batch=1"),
+    "salt": EPISODES,
+}
+SLOW_PAIR = pytest.mark.slow
+ALGO_READS = [
+    # GCPO is left out: in this one-step setting its groups are flat (no change to show); gcpo.* keys are above
+    ("grpo", "loss.eps_low=0.01"),
+    ("grao", "train.lr=1e-4"), ("grao", "rollout.temperature=0.5"),
+    ("copg", "train.lr=1e-4"), ("copg", "rollout.temperature=0.5"),
+    ("salt", "loss.eps_low=0.01"), ("salt", "loss.scale=none"),
+    pytest.param("grao", "rollout.max_tokens=4", marks=SLOW_PAIR),
+    pytest.param("copg", "rollout.max_tokens=4", marks=SLOW_PAIR), pytest.param("salt", "train.lr=1e-4", marks=SLOW_PAIR),
+    pytest.param("salt", "loss.beta=0.5", marks=SLOW_PAIR),
+]
+
+
+@pytest.mark.parametrize(("algo", "override"), ALGO_READS)
+def test_a_key_the_algorithm_reads_changes_its_run(algo, override, baseline, cache_dir, tmp_path):
+    assert run(cache_dir, tmp_path, *ALGO_RUN[algo], override) != baseline(ALGO_RUN[algo]), (algo, override)
+
+
+def warned_or_refused(algo: str, override: str) -> str:
+    """The line saying `override` does nothing under `algo`: its ConfigError, or its inert warning."""
+    from align.algorithms import algorithm_class
+    from align.config import inert_ratio_options
+    from align.algos.surrogates import SURROGATES
+
+    try:
+        cfg = load_config([*ALGO_RUN[algo], override])
+    except ConfigError as err:
+        return str(err)
+    cls = algorithm_class(cfg.algo)
+    return " ".join(inert_ratio_options(cfg, cls(cfg).needs.importance_correction, SURROGATES[cfg.loss.surrogate].reads,
+                                        cls.unread_loss_options))
+
+
+# (algorithm, key=value) that cannot act in that algorithm's run: refused, or named at the start of the run.
+ALGO_IGNORES = [
+    ("grao", "loss.eps_low=0.1"), ("grao", "loss.beta=0.5"), ("grao", "loss.scale=none"), ("grao", "train.updates_per_batch=2"),
+    ("copg", "loss.eps_high=0.5"), ("copg", "loss.beta=0.5"), ("copg", "loss.baseline=loo"), ("copg", "loss.surrogate=cispo"),
+    ("grpo", "gcpo.eps=0.5"), ("grpo", "loss.cispo_cap=2.0"), ("gcpo", "reward.functions=[think_answer_format]"),
+    ("salt", "data.source=arith"),
+]
+
+
+@pytest.mark.parametrize(("algo", "override"), ALGO_IGNORES)
+def test_a_key_the_algorithm_ignores_is_refused_or_named(algo, override):
+    key = override.split("=")[0]
+    assert key in warned_or_refused(algo, override), (algo, override)
+    assert key not in warned_or_refused(algo, "train.steps=3")  # the line is about the key, not always there

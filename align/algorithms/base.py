@@ -98,6 +98,8 @@ class Algorithm:
     section: ClassVar[str | None] = None
     config_class: ClassVar[type | None] = None
     sources: ClassVar[tuple[str, ...]] = ("generate",)
+    # loss-section options its loss and advantages never read: a run that sets one is told so (config/inert.py)
+    unread_loss_options: ClassVar[tuple[str, ...]] = ()
     additive_metrics: ClassVar[frozenset[str]] = ADDITIVE_METRICS
     signals: tuple = ()
     needs: Needs

@@ -32,6 +32,8 @@ class CoPG(GRPO):
     config_class = CoPGConfig
     policy_gradient_loss = False
     sources = ("generate", "offline")  # no importance ratio to pi_old: it can train from fixed rows
+    # its own advantages (grao.* / centred rewards) and loss: GRPO's advantage, KL and aggregation keys do nothing
+    unread_loss_options = ("baseline", "scale", "ddof", "adv_eps", "small_group", "beta", "kl_kind", "kl_clamp", "agg")
 
     @classmethod
     def validate(cls, cfg: Config) -> None:

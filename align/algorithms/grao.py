@@ -72,6 +72,8 @@ class GRAO(GRPO):
     config_class = GRAOConfig
     policy_gradient_loss = False
     sources = ("generate",)
+    # its own advantages (grao.* / centred rewards) and loss: GRPO's advantage, KL and aggregation keys do nothing
+    unread_loss_options = ("baseline", "scale", "ddof", "adv_eps", "small_group", "beta", "kl_kind", "kl_clamp", "agg")
 
     @classmethod
     def validate(cls, cfg: Config) -> None:

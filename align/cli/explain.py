@@ -85,7 +85,7 @@ def describe(cfg: Config, n_params: int, vocab: int, hidden: int, layers: int, d
         f" rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} of the GPU on GPU)",
     ]
     at = lines.index("memory estimate per process (no ZeRO sharding):") - 1
-    lines[at:at] = ["  " + line for line in inert_ratio_options(cfg, needs.importance_correction, reads)]
+    lines[at:at] = ["  " + line for line in inert_ratio_options(cfg, needs.importance_correction, reads, cls.unread_loss_options)]
     if not needs.importance_correction:  # the GRPO surrogate lines do not apply
         grpo_only = ("  advantages:", "  surrogate:", "  KL:", "  engine/trainer mismatch:")
         lines = [line for line in lines if not line.startswith(grpo_only)]

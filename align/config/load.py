@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +161,15 @@ def load_config(argv: list[str], catalog: AlgorithmCatalog) -> Config:
         key = getattr(err, "full_key", None) or "?"
         reason = str(err).splitlines()[0]
         raise ConfigError(f"bad value for '{key}': {reason}") from None
+    return _reset_dead_key(cfg, schema)
+
+
+def _reset_dead_key(cfg: Config, schema: type) -> Config:
+    """For the liveness mutation check only (scripts/check_liveness.py): ALIGN_DEAD_KEY=some.key resets that key to its schema default."""
+    key = os.environ.get("ALIGN_DEAD_KEY")
+    section, _, name = (key or "").rpartition(".")
+    if key and key in all_keys(schema):  # a key of another algorithm's section: nothing to reset in this run
+        setattr(_get(cfg, section) if section else cfg, name, _get(schema(), key))
     return cfg
 
 

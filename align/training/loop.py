@@ -234,7 +234,8 @@ class Trainer:
         cfg, log = self.cfg, self.cfg.log
         self.logger.print_config(config_to_yaml(cfg))
         self.logger.print(self.batch_arithmetic())
-        for line in inert_ratio_options(cfg, self.algo.needs.importance_correction, SURROGATES[cfg.loss.surrogate].reads):
+        for line in inert_ratio_options(cfg, self.algo.needs.importance_correction, SURROGATES[cfg.loss.surrogate].reads,
+                                        type(self.algo).unread_loss_options):
             self.logger.print(line)
         if log.eval_every and self.start_step == 0:
             self.logger.log(0, self.evaluate())  # the starting point of every learning curve

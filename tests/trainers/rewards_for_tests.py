@@ -1,8 +1,13 @@
 """A reward with spread even for an untrained model, so the e2e tests exercise non-zero advantages."""
 
 
+def _text(completion) -> str:
+    """A completion's text: chat prompts (data.system_prompt) give [{"role": "assistant", "content": ...}]."""
+    return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+
 def digit_fraction(prompts, completions, **kwargs):
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    return [sum(ch.isdigit() for ch in _text(c)) / max(len(_text(c)), 1) for c in completions]
 
 
 def digit_fraction_odd_answers(prompts, completions, answer, **kwargs):
@@ -20,3 +25,21 @@ def always_none(prompts, completions, **kwargs):
 def constant(prompts, completions, **kwargs):
     """The same reward for every completion: every group is flat."""
     return [1.0 for _ in completions]
+
+
+def first_per_prompt(prompts, completions, **kwargs):
+    """digit_fraction for the first completion of each prompt, None for the others: every group has one valid member."""
+    seen: set = set()
+    out = []
+    for p, c in zip(prompts, completions):
+        out.append(None if str(p) in seen else 0.5 + sum(ch.isdigit() for ch in c) / max(len(c), 1))
+        seen.add(str(p))
+    return out
+
+
+def slow(prompts, completions, **kwargs):
+    """digit_fraction after 0.2 s: a reward.timeout_s below that cuts it off."""
+    import time
+
+    time.sleep(0.2)
+    return digit_fraction(prompts, completions)
