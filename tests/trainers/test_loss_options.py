@@ -70,7 +70,7 @@ def test_reference_moves_by_alpha_every_n_steps_and_resumes(cache_dir, tmp_path)
     (["loss.ref_sync=true"], "loads no reference model"),
     (["algo=copg", "train.updates_per_batch=1", "loss.entropy_coef=0.1"], "has a loss of its own"),
     (["loss.top_entropy_quantile=1.5"], "loss.top_entropy_quantile=1.5"),
-    (["loss.surrogate=cispo", "loss.cispo_cap=0"], "loss.cispo_cap=0.0 must be > 0"),
+    (["loss.surrogate=cispo", "loss.cispo_cap=0"], "loss.cispo_cap=0.0: must be > 0"),
 ])
 def test_bad_loss_options_are_one_line_errors(cache_dir, tmp_path, args, says):
     from align.config import ConfigError
