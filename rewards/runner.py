@@ -29,6 +29,7 @@ import inspect
 import math
 import numbers
 import os
+import posix
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -199,7 +200,9 @@ def compute_rewards(
         # token ids are ints by contract: one list() each (checking 256k ints costs 30 ms a call)
         return {**copies, "completion_ids": [list(ids) for ids in completion_ids], **hooks}
 
-    os._exit = _guarded_exit  # idempotent; a plain attribute, so installing it costs nothing per call
+    # Idempotent; plain attributes, so installing them costs nothing per call. posix._exit is the same
+    # function under the module os imports it from: guarding os._exit alone left that door open.
+    os._exit = posix._exit = _guarded_exit
     stopped_before = workers.timeouts() + workers.crashes()
     raw: dict[str, Any] = {}
     async_functions = [f for f in functions if _is_async(f.fn)]

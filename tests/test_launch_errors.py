@@ -57,3 +57,16 @@ def test_launcher_status_is_the_childs_when_it_fails_otherwise(tmp_path):
     result = subprocess.run([sys.executable, "-m", "align", "launch", "--num_processes", "1", "--cpu", str(script)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 7 and "CalledProcessError" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_reward_that_crashes_in_native_code_is_named_and_the_status_says_so(tmp_path):
+    # A segfault cannot be caught: the trainer's faulthandler prints the Python stack (which names the
+    # reward function), and the launcher adds one line saying which signal ended it and how to go on.
+    rewards = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
+    result = launch(["--num_processes", "1", "--cpu"], "recipe=grpo_math", f"reward.functions=[{rewards}:native_crash]", "reward.weights=[1.0]",
+                    "train.steps=1", "log.eval_every=0", f"log.run_dir={tmp_path}/run")
+    assert result.returncode == 128 + 11, (result.returncode, result.stderr[-3000:])
+    assert "Segmentation fault" in result.stderr and "in native_crash" in result.stderr, result.stderr[-3000:]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("align: error: the training process was killed by SIGSEGV") and "resume=latest" in last, last
+    assert "CalledProcessError" not in result.stderr

@@ -16,6 +16,7 @@ frames, which only say where accelerate raised.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 
@@ -34,9 +35,20 @@ def main(argv: list[str]) -> None:
     try:
         launch_command(args)
     except subprocess.CalledProcessError as failed:  # one process: its own stderr said what happened
-        sys.exit(failed.returncode if failed.returncode > 0 else 1)  # killed by a signal: negative
+        if failed.returncode < 0:  # killed by a signal: the process itself could say nothing
+            print(killed_by_signal(-failed.returncode), file=sys.stderr)
+            sys.exit(128 - failed.returncode)  # the shell's status for a signal
+        sys.exit(failed.returncode)
     except ChildFailedError as failed:  # several processes (DDP, DeepSpeed, FSDP through torch elastic)
         _, root_cause = failed.get_first_failure()
         if root_cause.exitcode != ONE_LINE_ERROR_STATUS:
             print(failed.format_msg(), file=sys.stderr)
         sys.exit(root_cause.exitcode if root_cause.exitcode > 0 else 1)
+
+
+def killed_by_signal(signum: int) -> str:
+    """The one line for a training process a signal ended (a crash in native code: SIGSEGV, SIGABRT, ...; or kill -9)."""
+    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+    return (f"align: error: the training process was killed by {name}; a crash in native code (a reward function's "
+            "or an extension's: the Python stack above names it) or the system (kill -9, out of memory); "
+            "resume=latest continues from the last checkpoint")

@@ -29,6 +29,7 @@ import torch
 from align.config import ConfigError
 from align.demo import resolve_model_path
 from align.errors import UserError
+from align.models import model_context
 from align.rollout.gloo_transfer import BACKEND
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,9 +87,9 @@ def main(argv: list[str]) -> None:
     from transformers import AutoConfig
 
     path = resolve_model_path(args.model, os.path.expanduser(args.cache_dir))
-    context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 4096)
+    context = model_context(AutoConfig.from_pretrained(path))
     dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
-    cmd = vllm_command(path, args.host, args.port, dtype, args.max_model_len or min(4096, context), args.kv_cache_mb, extra)
+    cmd = vllm_command(path, args.host, args.port, dtype, args.max_model_len or context, args.kv_cache_mb, extra)
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
     if not torch.cuda.is_available():
         env.setdefault("TORCHDYNAMO_DISABLE", "1")  # eager CPU: no compile on the first logprob request

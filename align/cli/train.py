@@ -6,6 +6,7 @@ DeepSpeed ZeRO, as the launch config says), and runs the algorithm's trainer.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from align.config import Config, ConfigError, config_to_yaml
 from align.runtime.distributed import check_deepspeed_json, fill_deepspeed_config
 from align.runtime.precision import resolve_dtype
 from align.runtime.threads import use_cpu_threads
+from align.sources.preflight import checked_training_rows
 from align.telemetry.trackers import accelerate_log_with
 from align.training.loop import Trainer
 from align.training.resume import check_resume, config_path
@@ -79,6 +81,9 @@ def build_algorithm(cfg: Config):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    # A crash in native code (a user reward's extension, a kernel) prints every thread's Python stack, so the
+    # culprit is named even though nothing can be run after the signal; it costs nothing until then.
+    faulthandler.enable()
     if wants_help(argv):
         print(full_help(help_section(argv), argv))
         return
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg.log.run_dir = str(run_dir)  # the config printed and saved names the folder actually used
     say = print if accelerator.is_main_process else (lambda *a, **k: None)
     check_resume(cfg, run_dir, say)  # refuses a resume whose config changed, and a fresh run into an old folder
+    rows = checked_training_rows(cfg, warn=say)  # every row, before anything is written
     accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes into it
     if accelerator.is_main_process:
         try:
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"log.run_dir={str(run_dir)!r} cannot be written ({error.strerror or error}); choose a writable log.run_dir"
             ) from error
     say(f"run folder: {run_dir}", flush=True)
-    trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir)
+    trainer = Trainer(cfg, accelerator, build_algorithm(cfg), run_dir, rows)
     try:
         trainer.train()
         trainer.export(run_dir / "final")

@@ -6,6 +6,7 @@ from align.models.loading import (
     check_vocabulary,
     load_model,
     load_tokenizer,
+    model_context,
     resolve_model_path,
 )
 from align.models.lm_head import chunkable_lm_head
@@ -26,6 +27,7 @@ __all__ = [
     "load_tokenizer",
     "merged_named_tensors",
     "mix_into_reference",
+    "model_context",
     "resolve_model_path",
     "tiny_model_path",
     "write_tiny_model",

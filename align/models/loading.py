@@ -26,6 +26,12 @@ ModelBuilder = Callable[[str, int], "str | os.PathLike"]
 # rewards and rollouts) are passed in by those layers: align.demo.resolve_model_path.
 BUILDERS: dict[str, ModelBuilder] = {SMOLLM2: smollm2_path}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_CONTEXT = 4096  # tokens of prompt + completion a run asks an engine for, whatever more the model allows
+
+
+def model_context(config) -> int:
+    """The tokens one sequence (prompt + completion) may hold: the model's positions, at most MAX_CONTEXT."""
+    return min(MAX_CONTEXT, getattr(config, "max_position_embeddings", MAX_CONTEXT))
 
 
 def _looks_like_path(name: str) -> bool:

@@ -35,7 +35,8 @@ from align.config import Config, ConfigError, config_to_yaml, inert_ratio_option
 from align.errors import RunStopped
 from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
-from align.models import apply_lora, check_vocabulary, chunkable_lm_head, load_model, load_tokenizer, mix_into_reference
+from align.models import (apply_lora, check_vocabulary, chunkable_lm_head, load_model, load_tokenizer, mix_into_reference,
+                          model_context)
 from align.rollout import make_engine
 from align.runtime.batching import (
     PACKED_ATTENTION,
@@ -94,7 +95,8 @@ class StepPlan:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path):
+    def __init__(self, cfg: Config, accelerator, algorithm, run_dir: Path, rows=None):
+        """`rows`: the training rows, already checked (align/sources/preflight.py); None loads them here."""
         from accelerate.utils import DistributedType, set_seed
 
         self.cfg, self.acc, self.algo, self.run_dir = cfg, accelerator, algorithm, run_dir
@@ -136,7 +138,7 @@ class Trainer:
             accelerator.register_for_checkpointing(self.ref_model)
 
         # Agents (rollout.source=episodes) take their tasks from the environment, not a dataset.
-        dataset = None if cfg.rollout.source == "episodes" else training_rows(
+        dataset = rows if rows is not None or cfg.rollout.source == "episodes" else training_rows(
             cfg, warn=print if accelerator.is_main_process else lambda _: None)
         self._eval_dataset = None  # loaded on the first evaluation
         source = ROLLOUT_SOURCES[cfg.rollout.source]
@@ -207,7 +209,7 @@ class Trainer:
             return self._make_engine(model_path, kind, max_model_len, **overrides)
 
     def _max_model_len(self) -> int:
-        limit = min(4096, getattr(self.acc.unwrap_model(self.model).config, "max_position_embeddings", 4096))
+        limit = model_context(self.acc.unwrap_model(self.model).config)
         served = getattr(getattr(self, "engine", None), "max_model_len", None)  # a server's, set where it started
         return min(limit, served) if served else limit
 

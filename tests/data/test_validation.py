@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
 
 from align.data.loading import DatasetSourceError, load_prompt_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def jsonl(path: Path, rows: list[dict]) -> str:
@@ -99,3 +103,23 @@ def test_every_prompt_length_is_checked_up_front(tmp_path):
     message = str(info.value)
     assert "row 257" in message and "+ rollout.max_tokens=256 exceeds the model's context of 512" in message
     assert "starting 'word word" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"prompt": " \n", "answer": "3"}, ["row 5", "empty"]),
+    ({"prompt": "word " * 3000, "answer": "3"}, ["row 5", "exceeds the model's context"]),
+])
+def test_bad_data_stops_the_run_before_its_folder_is_written(bad, named, tmp_path):
+    # Checked in align/sources/preflight.py before config.yaml is written, not in the trainer after it.
+    rows = good_rows(8)
+    rows[5] = bad
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "align/train.py", "recipe=grpo_math", f"data.source={jsonl(tmp_path / 'rows.jsonl', rows)}",
+         f"log.run_dir={run_dir}", "log.eval_every=0", "eval.holdout=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("align: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert all(part in errors[0] for part in named), errors[0]
+    assert not run_dir.exists()  # nothing written: the next run with fixed data starts clean

@@ -246,7 +246,14 @@ def quitter(prompts, completions, **kwargs):
 async def async_quitter(prompts, completions, **kwargs):
     os._exit(0)
 
-chosen = {"sync": quitter, "async": async_quitter}[sys.argv[1]]
+def posix_quitter(prompts, completions, **kwargs):
+    import posix
+    posix._exit(0)  # the function os._exit is, under its own module's name
+
+def sys_quitter(prompts, completions, **kwargs):
+    sys.exit(0)
+
+chosen = {"sync": quitter, "async": async_quitter, "posix": posix_quitter, "sys": sys_quitter}[sys.argv[1]]
 timeout_s = None if sys.argv[2] == "none" else 60.0
 with exit_on_user_error():
     compute_rewards([RewardFunction(chosen.__name__, chosen)], ["p"], ["c"], {}, [[1]], timeout_s=timeout_s)
@@ -254,7 +261,8 @@ print("not reached")
 """
 
 
-@pytest.mark.parametrize("kind, timeout", [("sync", "60"), ("sync", "none"), ("async", "60")])
+@pytest.mark.parametrize("kind, timeout", [("sync", "60"), ("sync", "none"), ("async", "60"), ("posix", "60"),
+                                           ("posix", "none"), ("sys", "60"), ("sys", "none")])
 def test_a_reward_that_calls_os_exit_fails_the_run_in_one_line(kind, timeout, tmp_path):
     # os._exit(0) skips every handler: left alone, the run would end with status 0, no message and no model.
     import os
@@ -267,10 +275,11 @@ def test_a_reward_that_calls_os_exit_fails_the_run_in_one_line(kind, timeout, tm
     script.write_text(EXITING_REWARD)
     proc = subprocess.run([sys.executable, str(script), kind, timeout], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})
-    name = "quitter" if kind == "sync" else "async_quitter"
+    name = {"sync": "quitter"}.get(kind, f"{kind}_quitter")
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"align: error: reward function {name!r} called os._exit(0)"), proc.stderr
+    said = "raised SystemExit: 0" if kind == "sys" else "called os._exit(0)"
+    assert len(lines) == 1 and lines[0].startswith(f"align: error: reward function {name!r} {said}"), proc.stderr
 
 
 FORKING_REWARD = """

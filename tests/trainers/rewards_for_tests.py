@@ -43,3 +43,10 @@ def slow(prompts, completions, **kwargs):
 
     time.sleep(0.2)
     return digit_fraction(prompts, completions)
+
+
+def native_crash(prompts, completions, **kwargs):
+    """Crashes in native code (reads address 0): nothing in Python can catch it."""
+    import ctypes
+
+    ctypes.string_at(0)
