@@ -139,6 +139,8 @@ TABLE: dict[str, Alias] = {
     "save_total_limit": _to("log.keep_last"),
     "eval_steps": _to("log.eval_every"),
     "use_vllm": _to("rollout.engine", values={"true": "vllm", "false": "hf"}),
+    # AsyncGRPOConfig (trl.experimental.async_grpo, trl#5293): how many weight versions generation may run ahead
+    "max_staleness": _to("rollout.max_staleness", note="TRL's AsyncGRPOConfig; here with rollout.engine=server"),
     "vllm_gpu_memory_utilization": _to("rollout.gpu_memory_utilization"),
     "vllm_tensor_parallel_size": _to("rollout.tensor_parallel_size"),
     "vllm_enable_sleep_mode": _to("rollout.sleep_mode"),

@@ -1,6 +1,7 @@
 """The built-in demo models: the tiny model after a supervised warm start on a built-in task.
 
-`tiny-geometry` (the main job's policy) and `tiny-grid` (SALT's agent) are made by code that trains
+`tiny-geometry` (the main job's policy), `tiny-geometry-partial` (the same without two families: GRAO's
+setting) and `tiny-grid` (SALT's agent) are made by code that trains
 with rewards and rollouts, so they sit above those layers; `resolve_model_path` here is the models
 layer's resolver with these builders added, for every caller above this layer (the loop, the
 command line, the bench scripts). Rewards below it receive it through their RewardContext.
@@ -8,7 +9,7 @@ command line, the bench scripts). Rewards below it receive it through their Rewa
 
 from __future__ import annotations
 
-from align.demo.warm_start import geometry_warm_start_path
+from align.demo.warm_start import geometry_warm_start_path, partial_warm_start_path
 from align.demo.warm_start_grid import grid_warm_start_path
 from align.models import loading
 from align.models.loading import DEFAULT_CACHE_DIR
@@ -16,6 +17,7 @@ from align.models.loading import DEFAULT_CACHE_DIR
 BUILDERS: dict[str, loading.ModelBuilder] = {
     **loading.BUILDERS,
     "tiny-geometry": geometry_warm_start_path,
+    "tiny-geometry-partial": partial_warm_start_path,  # never saw two families (GRAO's setting)
     "tiny-grid": grid_warm_start_path,
 }
 

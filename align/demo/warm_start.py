@@ -96,11 +96,17 @@ class WarmStartConfig:
     # wrote "S=9+16=24"), so a construction cannot pay off and GCPO's contrast is empty.
     drill_fraction: float = 0.5
     base_preset: str = "tiny"
+    # The families whose problems the warm start sees (None: all). GRAO's setting leaves some out, so
+    # the policy starts unable to solve them and only the reference answers show how (UNSEEN_FAMILIES).
+    families: tuple[str, ...] | None = None
 
 
 def warm_start_key(config: WarmStartConfig) -> str:
     """A short hash of everything that determines the warm-started weights."""
-    spec = json.dumps([WARM_START_VERSION, asdict(config), spec_hash(config.base_preset, config.seed)], sort_keys=True)
+    fields = asdict(config)
+    if config.families is None:  # the field came later: the default build keeps its key (and its shipped file)
+        del fields["families"]
+    spec = json.dumps([WARM_START_VERSION, fields, spec_hash(config.base_preset, config.seed)], sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -131,14 +137,20 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def sft_examples(tokenizer) -> dict[str, list[tuple[list[int], list[int]]]]:
-    """Every sft-split problem of every family (never RL's 'train' ones), encoded in both styles.
+def sft_examples(tokenizer, families: tuple[str, ...] | None = None) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """Every sft-split problem of every family in `families` (None: all; never RL's 'train' problems),
+    encoded in both styles.
 
     Returns {family: [direct_0, aux_0, direct_1, aux_1, ...]}: problem j's direct and aux examples
     sit at 2j and 2j+1, so the trainer can draw family, problem and style independently.
     """
     examples: dict[str, list[tuple[list[int], list[int]]]] = {}
+    unknown = sorted(set(families or ()) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"warm start families {unknown} are unknown; choose from {sorted(FAMILIES)}")
     for name, family in FAMILIES.items():
+        if families is not None and name not in families:
+            continue
         encoded = []
         for params in problem_pool(name, "sft"):
             problem = family.render(params)
@@ -235,7 +247,7 @@ def accumulate_batch_loss(model, examples: list, pad_id: int, micro_batches: int
 
 def train_warm_start(model, tokenizer, config: WarmStartConfig, log_every: int = 50) -> list[float]:
     """Train `model` in place; returns the loss of every step."""
-    examples = sft_examples(tokenizer)
+    examples = sft_examples(tokenizer, config.families)
     drill = drill_examples(tokenizer) if config.drill_fraction > 0 else None
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -326,7 +338,7 @@ def _build_warm_start(cache_dir: str | os.PathLike, config: WarmStartConfig, out
                   f"cached in {out_dir} afterwards)", flush=True)
             losses, source = train_warm_start(model, tokenizer, config), "trained"
     # Temp sibling + rename: a crash or a concurrent builder never leaves a half-written model.
-    summary = {"config": asdict(config), "version": WARM_START_VERSION, "families": list(FAMILIES),
+    summary = {"config": asdict(config), "version": WARM_START_VERSION, "families": list(config.families or FAMILIES),
                "key": warm_start_key(config), "source": source,
                "final_loss": sum(losses[-20:]) / min(20, len(losses)) if losses else None}
     return save_pretrained_atomically(model, tokenizer, out_dir, {"warm_start.json": json.dumps(summary, indent=2)})
@@ -397,6 +409,18 @@ def build_fingerprint() -> str:
 def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     """The default warm start for `seed` (the built-in name `tiny-geometry@seed`), built on first use."""
     return build_geometry_warm_start(cache_dir, seed=seed)
+
+
+# GRAO's setting (recipes/grao_unseen.yaml): one family where a construction helps and one where it hurts,
+# never shown to the warm start. Their questions are worded unlike the six others' (a rectangle's sides,
+# an exterior angle), so the policy starts without their solution at all.
+UNSEEN_FAMILIES = ("rectangle_perimeter", "exterior_angle")
+
+
+def partial_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The warm start without UNSEEN_FAMILIES (the built-in name `tiny-geometry-partial@seed`), built on first use."""
+    seen = tuple(name for name in FAMILIES if name not in UNSEEN_FAMILIES)
+    return build_geometry_warm_start(cache_dir, seed=seed, families=seen)
 
 
 STYLE_PREFIXES = {"aux": "<think><aux>", "direct": "<think>"}

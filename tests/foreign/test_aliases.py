@@ -29,6 +29,7 @@ def test_trl_keys_and_values_translate():
     assert (cfg.loss.agg, cfg.loss.scale, cfg.lora.enabled, cfg.lora.r) == ("token_mean", "batch", True, 8)
     assert (cfg.train.steps, cfg.train.lr_schedule, cfg.rollout.num_generations) == (7, "linear", 4)
     assert cfg.loss.beta == 0.04 and cfg.loss.mask_truncated
+    assert load_config(["max_staleness=2", "rollout.engine=server", "rollout.servers=[http://localhost:8000]"]).rollout.max_staleness == 2
 
 
 @pytest.mark.parametrize("value, ours", [("group", "std"), ("true", "std"), ("batch", "batch"), ("none", "none"), ("false", "none")])

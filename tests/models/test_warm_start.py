@@ -77,6 +77,18 @@ def test_every_family_is_trained_in_both_styles(tokenizer):
         assert len(drawn) > 30 and 0.3 < share_aux < 0.7, (name, len(drawn), share_aux)
 
 
+def test_a_partial_warm_start_sees_only_its_families_and_has_its_own_key(tokenizer):
+    from align.demo.warm_start import UNSEEN_FAMILIES, shipped_weights_path, warm_start_key
+
+    seen = tuple(f for f in FAMILIES if f not in UNSEEN_FAMILIES)
+    assert set(sft_examples(tokenizer, seen)) == set(seen) and len(seen) == len(FAMILIES) - 2
+    with pytest.raises(ValueError, match="rectangle"):
+        sft_examples(tokenizer, ("rectangle",))
+    # The field came after the shipped build: the default key (and so the shipped file's name) must not move.
+    assert shipped_weights_path(WarmStartConfig()).exists()
+    assert warm_start_key(WarmStartConfig(families=seen)) != warm_start_key(WarmStartConfig())
+
+
 def test_the_drill_teaches_every_written_step_and_no_problem(tokenizer):
     """Every one-operation step a solution writes (either style, any family) is a drilled fact with
     its true value; compositions are not drilled; no drilled prompt is a geometry question."""
