@@ -88,6 +88,10 @@ def test_task_options_are_free_form(tmp_path):
     recipe.write_text("data:\n  source: arith\n  options:\n    size: 50\n")
     cfg = load_config([f"recipe={recipe}", "data.options.seed=3"])
     assert cfg.data.options == {"size": 50, "seed": 3}
+    # An environment's keyword arguments too (they were refused as unknown keys, in a recipe and on the command line).
+    recipe.write_text("algo: salt\nrollout:\n  source: episodes\nenv:\n  name: grid\n  options:\n    size: 5\n")
+    cfg = load_config([f"recipe={recipe}", "env.options.seed=3", "reward.functions=[]", "reward.weights=null"])
+    assert cfg.env.options == {"size": 5, "seed": 3}
 
 
 def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_key():

@@ -258,12 +258,13 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "log.eval_every": ("files", ("log.eval_every=1",)),
     "log.sample_every": ("files", ("log.sample_every=1",)),
     "log.save_every": ("files", ("log.save_every=1",)),
-    # Agents (issue 12): shown by the SALT / environment tests named here.
-    "env.name": ("covered", ("tests/envs/test_envs.py::test_user_env_class_from_a_file_runs_episodes_with_keys",)),
-    "env.options": ("covered", ("tests/envs/test_envs.py::test_env_options_reach_the_class_and_a_bad_one_is_named",)),
-    "env.max_turns": ("covered", ("tests/envs/test_envs.py::test_env_that_never_ends_stops_at_max_turns",)),
-    "env.step_timeout_s": ("covered", ("tests/envs/test_envs.py::test_env_step_that_hangs_is_an_error_not_a_hang",)),
-    "env.eval_tasks": ("covered", ("tests/trainers/test_salt_e2e.py::test_salt_run_on_a_user_environment_logs_graph_metrics_and_held_out_success",)),
+    # Agents (issue 12): SALT runs in a test environment. These once named tests of the environment
+    # functions, which take their values as arguments: they passed with the key dead (check_liveness.py).
+    "env.name": ("run", (*EPISODES, f"env.name={ECHO}:Endless")),
+    "env.options": ("run", (*EPISODES, "env.options.turns=1")),  # Echo's episodes are 2 turns long otherwise
+    "env.max_turns": ("run", (*EPISODES, "env.max_turns=1")),
+    "env.step_timeout_s": ("raises", (*EPISODES, f"env.name={ECHO}:Hangs", "env.step_timeout_s=0.5")),
+    "env.eval_tasks": ("files", (*EPISODES, "log.eval_every=1", "env.eval_tasks=1")),  # Echo has 2 held-out tasks
     "salt.base": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
     "salt.dedup": ("covered", ("tests/trainers/test_salt.py::test_salt_base_and_dedup_change_the_advantages",)),
     "salt.history": ("covered", ("tests/trainers/test_salt.py::test_salt_token_advantages_merge_shared_steps",)),
@@ -331,6 +332,7 @@ PAIRED_BASE = {
     "log.keep_last": ("log.save_every=1",),
     "data.eval_split": ("log.eval_every=1",),
     "env.train_split": EPISODES, "env.system_prompt": EPISODES, "env.eval_split": (*EPISODES, "log.eval_every=1"),
+    "env.name": EPISODES, "env.options": EPISODES, "env.max_turns": EPISODES, "env.eval_tasks": (*EPISODES, "log.eval_every=1"),
     "grao.adv_eps": ("algo=grao", *GEOMETRY), "grao.ddof": ("algo=grao", *GEOMETRY), "grao.pool_ref": ("algo=grao", *GEOMETRY),
     "log.num_samples": ("log.sample_every=1",),
     "loss.small_group": ONE_VALID, "gcpo.gate_len_on_correct": ("gcpo.use_length=true",),

@@ -48,7 +48,10 @@ def main(argv: list[str]) -> None:
 
 def killed_by_signal(signum: int) -> str:
     """The one line for a training process a signal ended (a crash in native code: SIGSEGV, SIGABRT, ...; or kill -9)."""
-    name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        name = f"signal {signum}"
     return (f"align: error: the training process was killed by {name}; a crash in native code (a reward function's "
             "or an extension's: the Python stack above names it) or the system (kill -9, out of memory); "
             "resume=latest continues from the last checkpoint")

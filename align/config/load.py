@@ -40,7 +40,7 @@ from align.config.schema import (
     range_text,
 )
 
-FREE_FORM = ("data.options", "reward.options")  # dict-valued keys whose sub-keys belong to the task, not the schema
+FREE_FORM = ("data.options", "reward.options", "env.options")  # dict-valued keys whose sub-keys belong to the task or env, not the schema
 # Keys that were renamed: the error says what to write now.
 RENAMED = {"log.tensorboard": "log.report_to ([tensorboard], the default, writes run_dir/tb; [] writes nothing)"}
 
@@ -238,10 +238,11 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
     _validate_rollout_device(cfg.rollout)
     _validate_servers(cfg.rollout)
     _validate_staleness(cfg)
-    if cfg.rollout.engine == "server" and len(cfg.rollout.servers) > world_size:
-        raise ConfigError(f"rollout.servers: {len(cfg.rollout.servers)} servers for {world_size} training process(es); "
-                          "rank r samples from server r mod N, so give at most one server per process "
-                          "(launch more processes, or drop servers)")
+    servers = len(cfg.rollout.servers)
+    if cfg.rollout.engine == "server" and servers > world_size and servers % world_size:
+        raise ConfigError(f"rollout.servers: {servers} servers for {world_size} training process(es); each process "
+                          "deals its prompts over the same number of servers, so give a multiple of the process "
+                          "count (or at most one server per process)")
     if cfg.rollout.source == "offline" and cfg.log.eval_every and not cfg.data.eval_source:
         raise ConfigError("rollout.source=offline with log.eval_every needs data.eval_source (held-out prompts, e.g. geometry)")
     if cfg.resume not in (None, "latest") and not Path(cfg.resume).exists():

@@ -24,6 +24,7 @@ from align.rollout.base import (
 )
 from align.rollout.multiturn import Episode, run_episodes
 from align.rollout.prompts import chat_prompt_ids
+from align.rollout.server_pool import servers_of_rank
 from align.rollout.weights import checkpoint_num_params
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "choose_engine",
     "make_engine",
     "run_episodes",
+    "servers_of_rank",
 ]
 
 # On CPU, below this many parameters use transformers' generate. bench/rollout.py, 16 prompts x 8 x
@@ -79,14 +81,26 @@ def choose_engine(model_path: str) -> str:
 
 def make_engine(kind: str, model_path: str, **kwargs) -> RolloutEngine:
     """Build a rollout engine: kind = "vllm", "hf", "auto" (the faster one for this model, see
-    choose_engine) or "server" (a vLLM server at `url=`). With "auto", keyword arguments only the
+    choose_engine) or "server" (a vLLM server at `url=`, or several at `urls=`: a ServerPool). With "auto", keyword arguments only the
     other engine takes are dropped."""
     if kind not in ("vllm", "hf", "auto", "server"):
         raise ValueError(f"rollout engine '{kind}' is unknown; use vllm, hf, auto or server")
     if kind == "server":
         from align.rollout.server_engine import ServerEngine
+        from align.rollout.server_pool import ServerPool
 
-        return ServerEngine(kwargs.pop("url"), model_path, **kwargs)
+        urls = kwargs.pop("urls", None) or [kwargs.pop("url")]
+        if len(urls) == 1:
+            return ServerEngine(urls[0], model_path, **kwargs)
+        engines = []
+        try:
+            for url in urls:
+                engines.append(ServerEngine(url, model_path, **kwargs))
+        except BaseException:
+            for engine in engines:  # the servers reached already keep this run's transport otherwise
+                engine.close()
+            raise
+        return ServerPool(engines)
     from align.rollout.hf_engine import HFEngine
 
     picked = choose_engine(model_path) if kind == "auto" else kind

@@ -196,6 +196,12 @@ class ServerEngine(RolloutEngine):
 
     # ---- generation ------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Completion]]:
+        return self.generate_slice(prompts, n, sampling)
+
+    def generate_slice(self, prompts: list[list[int]], n: int, sampling: SamplingSettings,
+                       first: int = 0) -> list[list[Completion]]:
+        """`generate` for prompts `first`, `first` + 1, ... of a larger call (ServerPool deals one call over
+        several servers): a seeded prompt's seed is that of its place in the whole call."""
         check_prompts(prompts, n)
         payload = {
             "model": self._model_id, "n": n, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
@@ -208,7 +214,7 @@ class ServerEngine(RolloutEngine):
             return self._sample({**payload, "prompt": [list(p) for p in prompts]}, prompts, n)
         # A request's seed seeds each of its prompts alike (their samples would repeat each other):
         # one request per prompt, each with a seed of its own, sent together so the server batches them.
-        seeds = [derived_seed(sampling.seed, i) for i in range(len(prompts))]
+        seeds = [derived_seed(sampling.seed, first + i) for i in range(len(prompts))]
         with ThreadPoolExecutor(max_workers=min(32, len(prompts))) as pool:
             groups = pool.map(lambda ps: self._sample({**payload, "prompt": [list(ps[0])], "seed": ps[1]}, [ps[0]], n),
                               zip(prompts, seeds))

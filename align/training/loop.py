@@ -37,7 +37,7 @@ from align.data.holdout import evaluation_rows, training_rows
 from align.demo import resolve_model_path
 from align.models import (apply_lora, check_vocabulary, chunkable_lm_head, load_model, load_tokenizer, mix_into_reference,
                           model_context)
-from align.rollout import make_engine
+from align.rollout import make_engine, servers_of_rank
 from align.runtime.batching import (
     PACKED_ATTENTION,
     PackedSequences,
@@ -186,10 +186,11 @@ class Trainer:
             distributed_executor_backend="external_launcher" if self.world > 1 else None,
         )
         kind = kind or r.engine
-        # Rank r samples from server r mod N (data-parallel rollouts: each rank has its own prompts);
-        # the lowest rank on each server, rank r < N, sends it the weights.
+        # Data-parallel rollouts: each rank has its own prompts. With fewer servers than ranks, rank r
+        # samples from server r mod N and the lowest rank on each server, rank r < N, sends it the weights;
+        # with more, rank r owns servers r, r + W, ... and deals its prompts over them (ServerPool).
         servers = r.servers or [None]
-        server = dict(url=servers[self.rank % len(servers)], timeout_s=r.server_timeout_s,
+        server = dict(urls=servers_of_rank(servers, self.rank, self.world), timeout_s=r.server_timeout_s,
                       api_key=os.environ.get("ALIGN_SERVER_API_KEY"), send_weights=self.rank < len(servers))
         specific = {"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}, "server": server}[kind]
         return make_engine(kind, model_path or self.model_path, **{**common, **specific, **overrides})

@@ -226,10 +226,11 @@ def test_config_errors_name_the_key():
         load_config(["rollout.servers=[http://127.0.0.1:1]"])
     with pytest.raises(ConfigError, match="'localhost:8000' is not a URL"):
         load_config(["rollout.engine=server", "rollout.servers=[localhost:8000]"])
-    two = ["rollout.engine=server", "rollout.servers=[http://a:1,http://b:1]", "train.batch_size=16"]
-    with pytest.raises(ConfigError, match="2 servers for 1 training process"):
-        load_config(two)
-    load_config(two, world_size=2)
+    three = ["rollout.engine=server", "rollout.servers=[http://a:1,http://b:1,http://c:1]", "train.batch_size=48"]
+    with pytest.raises(ConfigError, match="3 servers for 2 training process.*a multiple of the process count"):
+        load_config(three, world_size=2)
+    load_config(three, world_size=1)  # one process deals its prompts over three servers
+    load_config(three, world_size=3)
     validate(load_config(["rollout.engine=server", "rollout.servers=[http://a:1]", "train.batch_size=16"]), 2)
 
 
@@ -271,6 +272,28 @@ def test_two_processes_each_on_its_own_server(server, second_server, cache_dir, 
                                                                             "--master_port", str(_free_port())], steps=2)
     assert [r["sync/weight_version"] for r in rows] == [1, 2]
     assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_one_process_deals_its_prompts_over_two_servers(server, second_server, cache_dir, tiny_path, tmp_path):
+    """ServerPool: the one rank samples from both servers, and loads and verifies both after every step,
+    so both end holding the trained weights."""
+    from align.rollout.server_engine import ServerEngine
+
+    rows = train_on(f"{server},{second_server}", cache_dir, tmp_path / "pool", SINGLE, steps=2)
+    assert [r["sync/weight_version"] for r in rows] == [1, 2]
+    assert all(r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in rows)
+    sequence = [([5, 6, 7], [9, 10, 11, 12])]
+    first, second = (ServerEngine(url, tiny_path, send_weights=False).score(sequence)[0] for url in (server, second_server))
+    trained, untrained = (score_with_hf(path, sequence)[0] for path in (str(tmp_path / "pool" / "final"), tiny_path))
+    assert first == pytest.approx(trained, abs=1e-3) and second == pytest.approx(trained, abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(trained, untrained)) > 1e-3  # so the match above is not the start's
+
+
+def score_with_hf(model_path: str, sequences):
+    from align.rollout.hf_engine import HFEngine
+
+    return HFEngine(model_path).score(sequences)
 
 
 def test_three_grpo_steps_on_the_server_every_sync_verified(server, cache_dir, tiny_path, tmp_path):
