@@ -230,11 +230,13 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.micro_batch_tokens": ("run", ("train.micro_batch_tokens=40",)),  # the `micro_batches` metric
     "train.shared_prompt": ("run", ("train.shared_prompt=false",)),  # the `train/forward_tokens` metric
     # memory only: the same numbers by design (tests/trainers/test_lm_head_chunk.py); that test fails if the head is whole
-    "train.lm_head_chunk": ("covered", ("tests/trainers/test_lm_head_chunk.py::test_chunked_head_gives_the_whole_heads_log_probs_and_gradient",)),
+    "train.lm_head_chunk": ("covered", ("tests/trainers/test_lm_head_chunk.py::test_lm_head_chunk_0_gives_the_whole_head",
+                                        "tests/trainers/test_lm_head_chunk.py::test_chunked_head_gives_the_whole_heads_log_probs_and_gradient")),
     "train.max_bad_updates": ("covered", ("tests/trainers/test_numerics.py::test_too_many_bad_updates_in_a_row_stop_with_the_last_good_checkpoint",)),
     "train.max_flat_steps": ("covered", ("tests/trainers/test_learning_signal.py::test_a_run_without_learning_signal_stops_naming_the_cause",
                                          "tests/trainers/test_learning_signal.py::test_max_flat_steps_zero_trains_on")),
-    "train.cpu_threads": ("covered", ("tests/trainers/test_threads.py::test_an_explicit_count_changes_the_threads",)),
+    "train.cpu_threads": ("covered", ("tests/trainers/test_threads.py::test_train_cpu_threads_reaches_the_thread_setting_of_a_run",
+                                      "tests/trainers/test_threads.py::test_an_explicit_count_changes_the_threads")),
     "train.max_minutes": ("files", ("train.max_minutes=1e-6",)),  # stops after the first step
     "data.split": ("run", ("data.split=test",)),
     "data.answer_column": ("raises", ("data.answer_column=no_such_column",)),

@@ -35,6 +35,12 @@ def test_chunked_head_gives_the_whole_heads_log_probs_and_gradient(algo, shared,
         assert (g - w).norm() <= 1e-5 * w.norm() + 1e-9
 
 
+def test_lm_head_chunk_0_gives_the_whole_head(tmp_path, cache_dir):
+    # The numbers are the same either way (above), so this is what shows the key is read: 0 turns chunking off.
+    trainer = make_trainer(tmp_path / "whole", cache_dir, *RECIPES["grpo"], "train.lm_head_chunk=0")
+    assert trainer._chunked_head(trainer.model) is None
+
+
 def test_one_step_with_entropy_bonus_is_the_same_chunked_or_whole(tmp_path, cache_dir):
     runs = {}
     for chunk in ("0", "5"):

@@ -117,8 +117,11 @@ def test_salt_token_advantages_merge_shared_steps(override):
     cfg = load_config(["recipe=salt_grid", *override])
     algo = SALT(cfg)
     steps = [[("s0", "e"), ("s1", "e")], [("s0", "e"), ("s1", "s")], [("s0", "e"), ("s2", "e")], [("s0", "w"), ("s1", "e")]]
-    batch, G = _toy_batch(steps, [0.0, 1.0, 1.0, 0.0])
+    # Trajectory 3's reward differs from trajectory 0's, so sharing (s1, e) with it changes its advantage
+    # (with equal rewards the graph and the prefix tree gave the same number and salt.history could be dead).
+    batch, G = _toy_batch(steps, [0.0, 1.0, 1.0, 0.5])
     adv = algo.advantages(batch.rewards, batch.valid).completions
+    assert adv[0][0] != adv[0][3]
     out, metrics = algo.token_advantages(batch.with_advantages(adv))
     a = adv[0].tolist()
     # trajectories 0,1,2 share (s0, e): mean of their advantages

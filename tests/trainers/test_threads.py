@@ -58,3 +58,22 @@ def test_plain_accelerate_launch_trains_on_every_core(cache_dir, tmp_path):
     found = re.search(r"on (\d+) CPU thread\(s\)", proc.stdout)
     assert found, proc.stdout[-2000:]
     assert int(found.group(1)) == available_cores()
+
+
+def test_train_cpu_threads_reaches_the_thread_setting_of_a_run(monkeypatch):
+    # use_cpu_threads is tested above with its argument; this shows the run passes it the config's value.
+    import align.cli.train as cli
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(count, local_world):
+        seen.append(count)
+        raise Stop  # nothing after the thread setting is needed
+
+    monkeypatch.setattr(cli, "use_cpu_threads", record)
+    with pytest.raises(Stop):
+        cli.main(["recipe=grpo_math", "train.cpu_threads=1"])
+    assert seen == [1]
