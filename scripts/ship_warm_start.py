@@ -5,7 +5,8 @@ align/demo/shipped/ (named by its cache key), so first runs load it in seconds.
 Run after changing the warm-start recipe or the geometry task (which changes the key), then commit
 the new file and delete the old one:
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/ship_warm_start.py
+    PYTHONPATH=$PWD .venv/bin/python scripts/ship_warm_start.py             # tiny-geometry
+    PYTHONPATH=$PWD .venv/bin/python scripts/ship_warm_start.py --partial   # tiny-geometry-partial (GRAO's setting)
 """
 
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.demo.warm_start import ship_warm_start  # noqa: E402
+from align.demo.warm_start import SEEN_FAMILIES, ship_warm_start  # noqa: E402
 
 if __name__ == "__main__":
-    print(ship_warm_start("~/.cache/align"))
+    partial = "--partial" in sys.argv[1:]
+    print(ship_warm_start("~/.cache/align", **({"families": SEEN_FAMILIES} if partial else {})))

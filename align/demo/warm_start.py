@@ -362,16 +362,17 @@ def _load_shipped(model, path: Path) -> None:
         model.tie_weights()
 
 
-def ship_warm_start(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Train the default warm start from code (ignoring any shipped file) and write its weights
-    to `shipped_weights_path`: what scripts/ship_warm_start.py runs after a recipe change."""
+def ship_warm_start(cache_dir: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+    """Train a warm start from code (the default, or with WarmStartConfig `overrides`; ignoring any
+    shipped file) and write its weights to `shipped_weights_path`: what scripts/ship_warm_start.py
+    runs after a recipe change."""
     from safetensors.torch import load_file, save_file
 
-    config = WarmStartConfig(seed=seed)
-    folder = build_geometry_warm_start(cache_dir, seed=seed, use_shipped=False)
+    config = WarmStartConfig(seed=seed, **overrides)
+    folder = build_geometry_warm_start(cache_dir, seed=seed, use_shipped=False, **overrides)
     summary = json.loads((folder / "warm_start.json").read_text())
     if summary.get("source", "trained") != "trained":
-        folder = build_geometry_warm_start(cache_dir, seed=seed, use_shipped=False, overwrite=True)
+        folder = build_geometry_warm_start(cache_dir, seed=seed, use_shipped=False, overwrite=True, **overrides)
     state = load_file(folder / "model.safetensors")
     out = shipped_weights_path(config)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -417,10 +418,12 @@ def geometry_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Pat
 UNSEEN_FAMILIES = ("rectangle_perimeter", "exterior_angle")
 
 
+SEEN_FAMILIES = tuple(name for name in FAMILIES if name not in UNSEEN_FAMILIES)
+
+
 def partial_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     """The warm start without UNSEEN_FAMILIES (the built-in name `tiny-geometry-partial@seed`), built on first use."""
-    seen = tuple(name for name in FAMILIES if name not in UNSEEN_FAMILIES)
-    return build_geometry_warm_start(cache_dir, seed=seed, families=seen)
+    return build_geometry_warm_start(cache_dir, seed=seed, families=SEEN_FAMILIES)
 
 
 STYLE_PREFIXES = {"aux": "<think><aux>", "direct": "<think>"}

@@ -89,6 +89,14 @@ def test_a_partial_warm_start_sees_only_its_families_and_has_its_own_key(tokeniz
     assert warm_start_key(WarmStartConfig(families=seen)) != warm_start_key(WarmStartConfig())
 
 
+def test_the_partial_warm_start_is_shipped(tmp_path):
+    # GRAO's setting loads in seconds instead of a ~9 minute build (scripts/ship_warm_start.py --partial rebuilds it).
+    from align.demo.warm_start import partial_warm_start_path
+
+    summary = json.loads((partial_warm_start_path(tmp_path) / "warm_start.json").read_text())
+    assert summary["source"].startswith("shipped") and "rectangle_perimeter" not in summary["families"]
+
+
 def test_the_drill_teaches_every_written_step_and_no_problem(tokenizer):
     """Every one-operation step a solution writes (either style, any family) is a drilled fact with
     its true value; compositions are not drilled; no drilled prompt is a geometry question."""
