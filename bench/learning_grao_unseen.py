@@ -8,9 +8,12 @@ steps, with a held-out evaluation (512 problems, one sample each at temperature 
 every `--eval-every` steps:
 
 - grao: recipe grao_unseen (the judge against the worked solution; the reference answer pooled
-        into each group, so a group whose samples all fail imitates it)
+        into each group, so a group whose samples all fail imitates it; lr 5e-4)
 - grpo: recipe grpo_geometry_aux on the same model with reward [geometry_accuracy,
-        think_answer_format] (the rewards GRAO logs; a group whose samples all fail has advantage 0)
+        think_answer_format] (the rewards GRAO logs; a group whose samples all fail has advantage 0;
+        lr 5e-5)
+
+A trailing `train.lr=...` sets both algorithms' rate (the README's table has both at 5e-5 and at 5e-4).
 
 GRAO's claim (arXiv 2508.07750, "imitate, explore, transcend"): imitation where the model's own
 samples are worse than the reference. It shows on the unseen families: the table prints their
