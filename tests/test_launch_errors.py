@@ -59,12 +59,18 @@ def test_launcher_status_is_the_childs_when_it_fails_otherwise(tmp_path):
     assert result.returncode == 7 and "CalledProcessError" not in result.stderr, result.stderr[-3000:]
 
 
-def test_a_reward_that_crashes_in_native_code_is_named_and_the_status_says_so(tmp_path):
+NATIVE_CRASH = (f"reward.functions=[{ROOT / 'tests' / 'trainers' / 'rewards_for_tests.py'}:native_crash]", "reward.weights=[1.0]",
+                "train.steps=1", "log.eval_every=0")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--num_processes", "1", "--cpu"],
+    pytest.param(["--config_file", "launch/zero3.yaml", "--num_processes", "2"], marks=pytest.mark.slow),
+], ids=["one-process", "two-ranks"])
+def test_a_reward_that_crashes_in_native_code_is_named_and_the_status_says_so(flags, tmp_path):
     # A segfault cannot be caught: the trainer's faulthandler prints the Python stack (which names the
     # reward function), and the launcher adds one line saying which signal ended it and how to go on.
-    rewards = ROOT / "tests" / "trainers" / "rewards_for_tests.py"
-    result = launch(["--num_processes", "1", "--cpu"], "recipe=grpo_math", f"reward.functions=[{rewards}:native_crash]", "reward.weights=[1.0]",
-                    "train.steps=1", "log.eval_every=0", f"log.run_dir={tmp_path}/run")
+    result = launch(flags, "recipe=grpo_math", *NATIVE_CRASH, f"log.run_dir={tmp_path}/run")
     assert result.returncode == 128 + 11, (result.returncode, result.stderr[-3000:])
     assert "Segmentation fault" in result.stderr and "in native_crash" in result.stderr, result.stderr[-3000:]
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]

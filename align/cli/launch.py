@@ -42,8 +42,11 @@ def main(argv: list[str]) -> None:
     except ChildFailedError as failed:  # several processes (DDP, DeepSpeed, FSDP through torch elastic)
         _, root_cause = failed.get_first_failure()
         if root_cause.exitcode != ONE_LINE_ERROR_STATUS:
-            print(failed.format_msg(), file=sys.stderr)
-        sys.exit(root_cause.exitcode if root_cause.exitcode > 0 else 1)
+            print(failed.format_msg(), file=sys.stderr)  # which rank, which status, when
+        if root_cause.exitcode < 0:
+            print(killed_by_signal(-root_cause.exitcode), file=sys.stderr)
+            sys.exit(128 - root_cause.exitcode)
+        sys.exit(root_cause.exitcode or 1)
 
 
 def killed_by_signal(signum: int) -> str:
