@@ -115,12 +115,12 @@ def test_gcpo_bench_reports_aux_use_as_unknown_when_the_run_did_not_score_it(tmp
     assert scored["aux_helps_before"] == 0.25
 
 
-@pytest.mark.parametrize("script", ["learning_gcpo", "learning_grao_copg", "learning_salt"])
+@pytest.mark.parametrize("script", ["learning_gcpo", "learning_grao_copg", "learning_salt", "learning_grao_unseen"])
 def test_a_variant_is_one_more_run_of_the_first_algorithm_with_its_overrides(tmp_path, monkeypatch, script):
     """`--variant NAME=k=v,k=[a,b]` trains the first of --algos again with those overrides, under NAME,
     for every seed, and the table, JSON and plot carry it beside the others."""
     bench = _bench_module(script)
-    first = {"learning_gcpo": "grpo", "learning_grao_copg": "grpo", "learning_salt": "grpo"}[script]
+    first = {"learning_gcpo": "grpo", "learning_grao_copg": "grpo", "learning_salt": "grpo", "learning_grao_unseen": "grpo"}[script]
     trained = []
 
     def fake_train(recipe, seed, run_dir, extra, **kwargs):
@@ -129,7 +129,10 @@ def test_a_variant_is_one_more_run_of_the_first_algorithm_with_its_overrides(tmp
     curve = {"steps": 1, "train_seconds": 1.0, "curve": [(0, 0.1), (1, 0.2)]}
     summary = {"acc_before": 0.1, "acc_after": 0.2, "success_before": 0.1, "success_after": 0.2, "edges_per_group": 1.0,
                "sign_flip_frac": 0.0, "aux_helps_before": None, "aux_helps_after": None, "aux_hurts_before": None,
-               "aux_hurts_after": None, **curve}
+               "aux_hurts_after": None, **curve,
+               # learning_grao_unseen's accuracy on the families the warm start never saw: their mean
+               "per_family_before": {"rectangle_perimeter": {"acc": 0.0}, "exterior_angle": {"acc": 0.1}},
+               "per_family_after": {"rectangle_perimeter": {"acc": 0.4}, "exterior_angle": {"acc": 0.6}}}
     monkeypatch.setattr(bench, "train", fake_train)
     monkeypatch.setattr(bench, "summarize", lambda run_dir: summary)
     out = tmp_path / "out.json"
@@ -146,6 +149,9 @@ def test_a_variant_is_one_more_run_of_the_first_algorithm_with_its_overrides(tmp
     results = json.loads(out.read_text())["results"]
     assert set(results) == {first, "cispo", "two"} and set(results["cispo"]) == {"0", "1"}
     assert out.with_suffix(".png").exists()
+    if script == "learning_grao_unseen":
+        assert results["cispo"]["0"]["unseen_before"] == pytest.approx(0.05)
+        assert results["cispo"]["0"]["unseen_after"] == pytest.approx(0.5)
 
 
 def test_a_malformed_variant_is_one_line():
