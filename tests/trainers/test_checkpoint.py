@@ -362,4 +362,9 @@ def test_zero3_two_processes_resume_and_export(tmp_path, tiny_path, lora):
 if __name__ == "__main__":  # the torchrun worker of the ZeRO-3 test
     import sys
 
+    from align.errors import end_launched_process
+
     _zero3_worker(sys.argv[1], sys.argv[2], lora=sys.argv[3] == "1")
+    # As align/train.py does: the interpreter's teardown of the gloo threads aborted a rank now and then
+    # ("terminate called without an active exception", SIGABRT; seen here once, under load, after every file was written).
+    end_launched_process()
