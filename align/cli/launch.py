@@ -35,18 +35,21 @@ def main(argv: list[str]) -> None:
     try:
         launch_command(args)
     except subprocess.CalledProcessError as failed:  # one process: its own stderr said what happened
-        if failed.returncode < 0:  # killed by a signal: the process itself could say nothing
-            print(killed_by_signal(-failed.returncode), file=sys.stderr)
-            sys.exit(128 - failed.returncode)  # the shell's status for a signal
-        sys.exit(failed.returncode)
+        end_as_the_child(failed.returncode)
     except ChildFailedError as failed:  # several processes (DDP, DeepSpeed, FSDP through torch elastic)
         _, root_cause = failed.get_first_failure()
         if root_cause.exitcode != ONE_LINE_ERROR_STATUS:
             print(failed.format_msg(), file=sys.stderr)  # which rank, which status, when
-        if root_cause.exitcode < 0:
-            print(killed_by_signal(-root_cause.exitcode), file=sys.stderr)
-            sys.exit(128 - root_cause.exitcode)
-        sys.exit(root_cause.exitcode or 1)
+        end_as_the_child(root_cause.exitcode)
+
+
+def end_as_the_child(status: int) -> None:
+    """Exit with the failed child's status; one killed by a signal (negative) could say nothing itself:
+    the one line below, and the shell's status for a signal, 128 + N."""
+    if status < 0:
+        print(killed_by_signal(-status), file=sys.stderr)
+        sys.exit(128 - status)
+    sys.exit(status or 1)
 
 
 def killed_by_signal(signum: int) -> str:

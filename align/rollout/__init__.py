@@ -24,7 +24,7 @@ from align.rollout.base import (
 )
 from align.rollout.multiturn import Episode, run_episodes
 from align.rollout.prompts import chat_prompt_ids
-from align.rollout.server_pool import servers_of_rank
+from align.rollout.server_pool import ServerPool, servers_of_rank
 from align.rollout.weights import checkpoint_num_params
 
 __all__ = [
@@ -87,7 +87,6 @@ def make_engine(kind: str, model_path: str, **kwargs) -> RolloutEngine:
         raise ValueError(f"rollout engine '{kind}' is unknown; use vllm, hf, auto or server")
     if kind == "server":
         from align.rollout.server_engine import ServerEngine
-        from align.rollout.server_pool import ServerPool
 
         urls = kwargs.pop("urls", None) or [kwargs.pop("url")]
         if len(urls) == 1:

@@ -46,20 +46,22 @@ class ServerPool:
         self.url = ", ".join(e.url for e in self.engines)
 
     # ---- generation ------------------------------------------------------------------------
+    def _dealt(self, items: list, call) -> list:
+        """`call(engine, its contiguous slice of items, the slice's start)` on each server at once, results in order."""
+        slices = [s for s in deal(len(items), len(self.engines)) if len(s)]
+        if not slices:
+            return []
+        with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+            parts = pool.map(lambda pair: call(pair[0], items[pair[1].start:pair[1].stop], pair[1].start),
+                             zip(self.engines, slices))
+            return [result for part in parts for result in part]
+
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Completion]]:
         check_prompts(prompts, n)
-        slices = [s for s in deal(len(prompts), len(self.engines)) if len(s)]
-        with ThreadPoolExecutor(max_workers=len(slices)) as pool:
-            parts = pool.map(lambda pair: pair[0].generate_slice(prompts[pair[1].start:pair[1].stop], n, sampling,
-                                                                 first=pair[1].start),
-                             zip(self.engines, slices))
-            return [group for part in parts for group in part]
+        return self._dealt(prompts, lambda engine, part, first: engine.generate_slice(part, n, sampling, first=first))
 
     def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        slices = [s for s in deal(len(sequences), len(self.engines)) if len(s)]
-        with ThreadPoolExecutor(max_workers=max(1, len(slices))) as pool:
-            parts = pool.map(lambda pair: pair[0].score(sequences[pair[1].start:pair[1].stop]), zip(self.engines, slices))
-            return [scores for part in parts for scores in part]
+        return self._dealt(sequences, lambda engine, part, _: engine.score(part))
 
     # ---- weights: every server in turn, each verified on its own ----------------------------
     @staticmethod
