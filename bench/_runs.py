@@ -94,6 +94,11 @@ def save(out: str, args, started: float, results: dict, ylabel: str, colors: dic
     """Write the results JSON (with the command's arguments and the load average) and the plot of
     every run's held-out curve (`summary["curve"]`: [(step, value), ...]), one colour per algorithm
     and one line style per seed."""
+    if getattr(args, "merge", False) and Path(out).exists():  # runs written meanwhile by a run beside this one stay
+        merged = json.loads(Path(out).read_text())["results"]
+        for name, runs in results.items():
+            merged.setdefault(name, {}).update(runs)
+        results = merged
     payload = {"args": vars(args), "wall_seconds": time.time() - started, "loadavg": os.getloadavg(), "results": results}
     Path(out).write_text(json.dumps(payload, indent=1))
     png = Path(out).with_suffix(".png")

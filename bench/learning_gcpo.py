@@ -3,6 +3,8 @@
     .venv/bin/python bench/learning_gcpo.py --seeds 0 1 2 --minutes 10 --eval-every 40
 
 `--algos grpo` adds plain GRPO (the baseline's recipe without its aux reward) as a third peer;
+`--setting rare` runs all of them from `tiny-geometry-rare`, the warm start that rarely constructs
+(GCPO's recipe there is recipes/gcpo_rare.yaml, with its length term on);
 `--variant NAME=key=value,...` adds the first of --algos with those overrides (repeatable), e.g.
 `--algos grpo --variant cispo=loss_type=cispo,epsilon_high=5` compares GRPO with CISPO.
 
@@ -29,6 +31,14 @@ RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux", "grpo": "gr
 # Plain GRPO: the baseline's recipe without its aux reward (accuracy and format only).
 PLAIN_REWARDS = ["reward.functions=[geometry_accuracy,think_answer_format]", "reward.weights=[1.0,0.5]"]
 OVERRIDES = {"grpo": PLAIN_REWARDS}
+# --setting rare: GCPO's own recipe on the warm start that rarely constructs (recipes/gcpo_rare.yaml);
+# the two GRPO peers are the same recipes as above on that model.
+RARE_MODEL = "model.name=tiny-geometry-rare"
+SETTINGS = {
+    "default": {name: (recipe, OVERRIDES.get(name, [])) for name, recipe in RECIPES.items()},
+    "rare": {"gcpo": ("gcpo_rare", []), "grpo_aux": ("grpo_geometry_aux", [RARE_MODEL]),
+             "grpo": ("grpo_geometry_aux", [RARE_MODEL, *PLAIN_REWARDS])},
+}
 COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange", "grpo": "tab:gray"}
 
 
@@ -49,8 +59,10 @@ def summarize(run_dir: Path) -> dict:
         return sum(rates) / len(rates) if rates else None
 
     first, last = evals[0], evals[-1]
+    tail = train_rows[-20:]  # the training split's accuracy, where recipes are chosen (never the held-out one)
     return {
         "steps": train_rows[-1]["step"] if train_rows else 0,
+        "train_acc_last20": sum(r["reward/geometry_accuracy/mean"] for r in tail) / len(tail) if tail else None,
         "train_seconds": sum(r.get("time/step", 0.0) for r in train_rows),
         "acc_before": first["eval/mean@1"],
         "acc_after": last["eval/mean@1"],
@@ -78,13 +90,16 @@ def main() -> None:
                         help="a fixed number of RL steps instead of --minutes (fair when the machine is shared)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--algos", nargs="+", default=["gcpo", "grpo_aux"], choices=list(RECIPES))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_gcpo.json"))
+    parser.add_argument("--setting", default="default", choices=list(SETTINGS),
+                        help="default: the main job's warm start; rare: the one that rarely constructs (gcpo_rare)")
+    parser.add_argument("--out", default=None, help="default bench/results/learning_gcpo.json (_rare.json with --setting rare)")
     parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "results" / f"learning_gcpo{'' if args.setting == 'default' else '_' + args.setting}.json")
 
-    runs = {name: (recipe, OVERRIDES.get(name, [])) for name, recipe in RECIPES.items()}
+    runs = {name: (recipe, list(overrides)) for name, (recipe, overrides) in SETTINGS[args.setting].items()}
     names = with_variants(args.algos, args.variant, runs)
     work, results = prepare(args.out, args.merge)
     started = time.time()
@@ -97,13 +112,14 @@ def main() -> None:
             results.setdefault(name, {})[str(seed)] = summarize(run_dir)
 
     print(f"{'run':<16}{'steps':>6}{'acc before':>12}{'acc after':>11}{'delta':>8}"
-          f"{'aux helps':>16}{'aux hurts':>16}")
+          f"{'aux helps':>16}{'aux hurts':>16}{'train acc':>11}")
     for name, runs in results.items():
         for seed, s in runs.items():
             print(f"{name + ' s' + seed:<16}{s['steps']:>6}{s['acc_before']:>12.3f}{s['acc_after']:>11.3f}"
                   f"{s['acc_after'] - s['acc_before']:>+8.3f}"
                   f"{_rate(s['aux_helps_before']):>8}->{_rate(s['aux_helps_after']):<6}"
-                  f"{_rate(s['aux_hurts_before']):>8}->{_rate(s['aux_hurts_after']):<6}")
+                  f"{_rate(s['aux_hurts_before']):>8}->{_rate(s['aux_hurts_after']):<6}"
+                  f"{_rate(s.get('train_acc_last20')):>11}")
     save(args.out, args, started, results, "held-out accuracy (mean@1)", COLORS)
 
 

@@ -10,6 +10,8 @@ success (`env.eval_tasks` test tasks, one sampled episode each) is measured at s
 size, sign-flip share) and writes bench/results/learning_salt.json and a plot. Runs are
 interleaved (SALT, GRPO, SALT, GRPO ...) so that machine load hits both alike. Not part of the
 test run: minutes per run. `--minutes` caps each run's wall clock (then steps may differ: say so).
+`--setting large` runs the 6x6 room with 12 moves (salt_grid_large / grpo_grid_large), where more
+edges are shared; `--variant salt_rloo=salt.base=rloo` adds SALT on RLOO's baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
 
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
+# --setting large: the 6x6 room with 12 moves (recipes/salt_grid_large.yaml, grpo_grid_large.yaml)
+SETTINGS = {"default": RECIPES, "large": {"salt": "salt_grid_large", "grpo": "grpo_grid_large"}}
 COLORS = {"salt": "tab:blue", "grpo": "tab:orange"}
 
 
@@ -53,14 +57,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock cap per run (0 = none)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_salt.json"))
+    parser.add_argument("--setting", default="default", choices=list(SETTINGS),
+                        help="default: the 4x4 room (salt_grid); large: 6x6 with 12 moves (salt_grid_large)")
+    parser.add_argument("--out", default=None, help="default bench/results/learning_salt.json (_large.json with --setting large)")
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "results" / f"learning_salt{'' if args.setting == 'default' else '_' + args.setting}.json")
 
-    runs = {name: (recipe, []) for name, recipe in RECIPES.items()}
+    runs = {name: (recipe, []) for name, recipe in SETTINGS[args.setting].items()}
     names = with_variants(args.algos, args.variant, runs)
-    work, results = prepare(args.out)
+    work, results = prepare(args.out, args.merge)
     started = time.time()
     for seed in args.seeds:
         for name in names:  # interleaved: load on a shared machine hits both algorithms alike

@@ -1,6 +1,7 @@
 """Build (or reuse) the geometry warm start of the tiny model and report its sampled accuracy.
 
     .venv/bin/python scripts/warm_start.py --cache-dir ~/.cache/align --seed 0 --eval 512 --samples 4 --forced
+    .venv/bin/python scripts/warm_start.py --aux-fraction 0.08 --eval 512 --samples 4 --forced   # tiny-geometry-rare
 
 Prints the build time and, per family, accuracy, aux usage, accuracy with / without aux and pass@k
 on problems sampled at temperature 1.0, from RL's 'train' split by default (choose a warm-start
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=WarmStartConfig.steps)
+    parser.add_argument("--aux-fraction", type=float, default=WarmStartConfig.aux_fraction,
+                        help="share of solutions written with a construction (tiny-geometry-rare: RARE_AUX_FRACTION)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a cached build exists")
     parser.add_argument("--eval", type=int, default=400, help="held-out problems to sample (0: no evaluation)")
     parser.add_argument("--samples", type=int, default=4, help="completions per problem (pass@k uses all of them)")
@@ -37,7 +40,8 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    path = build_geometry_warm_start(args.cache_dir, seed=args.seed, steps=args.steps, overwrite=args.overwrite)
+    path = build_geometry_warm_start(args.cache_dir, seed=args.seed, steps=args.steps, overwrite=args.overwrite,
+                                     aux_fraction=args.aux_fraction)
     print(f"warm start at {path} ({time.perf_counter() - start:.1f} s)")
     if args.eval <= 0:
         return

@@ -426,6 +426,17 @@ def partial_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path
     return build_geometry_warm_start(cache_dir, seed=seed, families=SEEN_FAMILIES)
 
 
+# GCPO's setting (recipes/gcpo_rare.yaml): the warm start writes a construction in 8% of its solutions
+# (against half), so at the start a group of 8 holds about one construction and a construction's
+# payoff has to be found, not only sharpened. GeometryZero's claim is about that case.
+RARE_AUX_FRACTION = 0.08
+
+
+def rare_aux_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The warm start that rarely constructs (the built-in name `tiny-geometry-rare@seed`), built on first use."""
+    return build_geometry_warm_start(cache_dir, seed=seed, aux_fraction=RARE_AUX_FRACTION)
+
+
 STYLE_PREFIXES = {"aux": "<think><aux>", "direct": "<think>"}
 
 

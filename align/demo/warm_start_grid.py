@@ -113,3 +113,15 @@ def build_grid_warm_start(cache_dir: str | os.PathLike, seed: int = 0, overwrite
 def grid_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     """The built-in name `tiny-grid` (`tiny-grid@seed`), built on first use."""
     return build_grid_warm_start(cache_dir, seed=seed)
+
+
+# SALT's harder setting (recipes/salt_grid_large.yaml): a 6x6 room and 12 moves, against 4x4 and 6. The
+# noisy demonstrator wanders more before it arrives, so the trajectories of one task cross the same
+# cells more often: more shared (state, action) edges for the graph, and more steps that GRPO blames
+# alike.
+LARGE_GRID = {"size": 6, "max_turns": 12}
+
+
+def large_grid_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The built-in name `tiny-grid-large` (`tiny-grid-large@seed`), built on first use."""
+    return build_grid_warm_start(cache_dir, seed=seed, **LARGE_GRID)

@@ -129,3 +129,19 @@ def test_env_options_reach_the_class_and_a_bad_one_is_named():
     assert env.step("a")[2] is True  # env.options={turns: 1}: done after one action (default 2)
     with pytest.raises(EnvError, match=r"Echo\(\*\*env.options=\{'door': 1\}\) raised TypeError"):
         make_environment(cls, {"door": 1}, "Echo")
+
+
+def test_the_large_grid_recipes_differ_only_in_the_advantage_and_match_their_warm_start():
+    # SALT's harder setting is a comparison: the two recipes may differ in the algorithm alone, and the
+    # warm start must have walked the room they train in (its size and turn budget).
+    from dataclasses import asdict
+
+    from align.algorithms import load_config
+    from align.demo.warm_start_grid import LARGE_GRID
+
+    salt, grpo = (asdict(load_config([f"recipe={name}"])) for name in ("salt_grid_large", "grpo_grid_large"))
+    differing = {key for key in salt.keys() | grpo.keys() if salt.get(key) != grpo.get(key)}
+    assert differing <= {"algo", "salt", "recipe"}, differing
+    assert salt["env"]["options"]["size"] == LARGE_GRID["size"] == 6 and salt["env"]["max_turns"] == LARGE_GRID["max_turns"]
+    assert salt["model"]["name"] == "tiny-grid-large" and salt["env"]["eval_tasks"] >= 256
+    assert len(GridEnv.tasks("test", size=LARGE_GRID["size"])) >= 4 * salt["env"]["eval_tasks"]

@@ -97,6 +97,20 @@ def test_the_partial_warm_start_is_shipped(tmp_path):
     assert summary["source"].startswith("shipped") and "rectangle_perimeter" not in summary["families"]
 
 
+def test_the_rare_warm_start_draws_constructions_at_its_fraction_and_is_shipped(tokenizer, tmp_path):
+    # GCPO's setting: a group of 8 should hold about one construction, so the draw must follow aux_fraction.
+    from align.demo.warm_start import RARE_AUX_FRACTION, rare_aux_warm_start_path, shipped_weights_path
+
+    examples, aux_token = sft_examples(tokenizer), tokenizer.convert_tokens_to_ids("<aux>")
+    batch = draw_batch(examples, WarmStartConfig(batch_size=2048, drill_fraction=0.0, aux_fraction=RARE_AUX_FRACTION),
+                       torch.Generator().manual_seed(0))
+    share = sum(aux_token in ids for ids, _ in batch) / len(batch)
+    assert abs(share - RARE_AUX_FRACTION) < 0.02, share
+    assert shipped_weights_path(WarmStartConfig(aux_fraction=RARE_AUX_FRACTION)).exists()
+    summary = json.loads((rare_aux_warm_start_path(tmp_path) / "warm_start.json").read_text())
+    assert summary["source"].startswith("shipped") and summary["config"]["aux_fraction"] == RARE_AUX_FRACTION
+
+
 def test_the_drill_teaches_every_written_step_and_no_problem(tokenizer):
     """Every one-operation step a solution writes (either style, any family) is a drilled fact with
     its true value; compositions are not drilled; no drilled prompt is a geometry question."""
