@@ -33,11 +33,14 @@ PLAIN_REWARDS = ["reward.functions=[geometry_accuracy,think_answer_format]", "re
 OVERRIDES = {"grpo": PLAIN_REWARDS}
 # --setting rare: GCPO's own recipe on the warm start that rarely constructs (recipes/gcpo_rare.yaml);
 # the two GRPO peers are the same recipes as above on that model.
+# Plain GRPO there also scores constructions at weight 0: trained exactly as PLAIN_REWARDS (the same
+# curve, checked), but its aux use is logged, so the table shows whether it learns to construct.
 RARE_MODEL = "model.name=tiny-geometry-rare"
+SCORED_AUX = ["reward.functions=[geometry_accuracy,think_answer_format,aux_construction]", "reward.weights=[1.0,0.5,0.0]"]
 SETTINGS = {
     "default": {name: (recipe, OVERRIDES.get(name, [])) for name, recipe in RECIPES.items()},
     "rare": {"gcpo": ("gcpo_rare", []), "grpo_aux": ("grpo_geometry_aux", [RARE_MODEL]),
-             "grpo": ("grpo_geometry_aux", [RARE_MODEL, *PLAIN_REWARDS])},
+             "grpo": ("grpo_geometry_aux", [RARE_MODEL, *SCORED_AUX])},
 }
 COLORS = {"gcpo": "tab:blue", "grpo_aux": "tab:orange", "grpo": "tab:gray"}
 
@@ -62,7 +65,7 @@ def summarize(run_dir: Path) -> dict:
     tail = train_rows[-20:]  # the training split's accuracy, where recipes are chosen (never the held-out one)
     return {
         "steps": train_rows[-1]["step"] if train_rows else 0,
-        "train_acc_last20": sum(r["reward/geometry_accuracy/mean"] for r in tail) / len(tail) if tail else None,
+        "train_acc_last20": sum(_accuracy(r) for r in tail) / len(tail) if tail else None,
         "train_seconds": sum(r.get("time/step", 0.0) for r in train_rows),
         "acc_before": first["eval/mean@1"],
         "acc_after": last["eval/mean@1"],
@@ -76,6 +79,11 @@ def summarize(run_dir: Path) -> dict:
                              for f in FAMILIES},
         "curve": [(r["step"], r["eval/mean@1"]) for r in evals],
     }
+
+
+def _accuracy(row: dict) -> float:
+    """A training step's accuracy: GCPO logs it under its component's name, GRPO under the function's."""
+    return row["reward/accuracy/mean"] if "reward/accuracy/mean" in row else row["reward/geometry_accuracy/mean"]
 
 
 def _rate(value: float | None) -> str:

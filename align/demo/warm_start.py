@@ -428,7 +428,12 @@ def partial_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path
 
 # GCPO's setting (recipes/gcpo_rare.yaml): the warm start writes a construction in 8% of its solutions
 # (against half), so at the start a group of 8 holds about one construction and a construction's
-# payoff has to be found, not only sharpened. GeometryZero's claim is about that case.
+# payoff has to be found, not only sharpened. GeometryZero's claim is about that case. Calibrated on
+# RL's 'train' split (`scripts/warm_start.py --aux-fraction 0.08 --eval 512 --samples 4 --forced`,
+# bench/results/warm_start_rare.json): it samples a construction in 6-16% of completions per family
+# (11% overall), accuracy 0.50; forced constructions pay in two families (isosceles apex 0.27 against
+# direct 0.12, rectangle 0.46 against 0.13), not in the two others where they help the default build
+# (third angle 0.17 against 0.20, quad 0.07 against 0.12): with few examples it writes them worse.
 RARE_AUX_FRACTION = 0.08
 
 

@@ -115,10 +115,10 @@ def grid_warm_start_path(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     return build_grid_warm_start(cache_dir, seed=seed)
 
 
-# SALT's harder setting (recipes/salt_grid_large.yaml): a 6x6 room and 12 moves, against 4x4 and 6. The
-# noisy demonstrator wanders more before it arrives, so the trajectories of one task cross the same
-# cells more often: more shared (state, action) edges for the graph, and more steps that GRPO blames
-# alike.
+# SALT's harder setting (recipes/salt_grid_large.yaml): a 6x6 room, against 4x4. The noisy demonstrator
+# walks up to 12 moves (the recipe allows 8), wandering more before it arrives, so the trajectories of
+# one task cross the same cells more often: more shared (state, action) edges for the graph, and more
+# steps that GRPO blames alike.
 LARGE_GRID = {"size": 6, "max_turns": 12}
 
 
