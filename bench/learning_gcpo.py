@@ -4,7 +4,7 @@
 
 `--algos grpo` adds plain GRPO (the baseline's recipe without its aux reward) as a third peer;
 `--setting rare` runs all of them from `tiny-geometry-rare`, the warm start that rarely constructs
-(GCPO's recipe there is recipes/gcpo_rare.yaml, with its length term on);
+(GCPO's recipe there is recipes/gcpo_rare.yaml);
 `--variant NAME=key=value,...` adds the first of --algos with those overrides (repeatable), e.g.
 `--algos grpo --variant cispo=loss_type=cispo,epsilon_high=5` compares GRPO with CISPO.
 
@@ -62,10 +62,11 @@ def summarize(run_dir: Path) -> dict:
         return sum(rates) / len(rates) if rates else None
 
     first, last = evals[0], evals[-1]
-    tail = train_rows[-20:]  # the training split's accuracy, where recipes are chosen (never the held-out one)
+    # The last 20 trained batches' accuracy: training split, but of the groups dynamic sampling kept
+    tail = [a for a in map(_accuracy, train_rows[-20:]) if a is not None]
     return {
         "steps": train_rows[-1]["step"] if train_rows else 0,
-        "train_acc_last20": sum(_accuracy(r) for r in tail) / len(tail) if tail else None,
+        "train_acc_last20": sum(tail) / len(tail) if tail else None,
         "train_seconds": sum(r.get("time/step", 0.0) for r in train_rows),
         "acc_before": first["eval/mean@1"],
         "acc_after": last["eval/mean@1"],
@@ -81,9 +82,9 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def _accuracy(row: dict) -> float:
+def _accuracy(row: dict) -> float | None:
     """A training step's accuracy: GCPO logs it under its component's name, GRPO under the function's."""
-    return row["reward/accuracy/mean"] if "reward/accuracy/mean" in row else row["reward/geometry_accuracy/mean"]
+    return row.get("reward/accuracy/mean", row.get("reward/geometry_accuracy/mean"))
 
 
 def _rate(value: float | None) -> str:

@@ -10,7 +10,7 @@ success (`env.eval_tasks` test tasks, one sampled episode each) is measured at s
 size, sign-flip share) and writes bench/results/learning_salt.json and a plot. Runs are
 interleaved (SALT, GRPO, SALT, GRPO ...) so that machine load hits both alike. Not part of the
 test run: minutes per run. `--minutes` caps each run's wall clock (then steps may differ: say so).
-`--setting large` runs the 6x6 room with 12 moves (salt_grid_large / grpo_grid_large), where more
+`--setting large` runs the 6x6 room with 8 moves (salt_grid_large / grpo_grid_large), where more
 edges are shared; `--variant salt_rloo=salt.base=rloo` adds SALT on RLOO's baseline.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
 
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
-# --setting large: the 6x6 room with 12 moves (recipes/salt_grid_large.yaml, grpo_grid_large.yaml)
+# --setting large: the 6x6 room with 8 moves (recipes/salt_grid_large.yaml, grpo_grid_large.yaml)
 SETTINGS = {"default": RECIPES, "large": {"salt": "salt_grid_large", "grpo": "grpo_grid_large"}}
 COLORS = {"salt": "tab:blue", "grpo": "tab:orange"}
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--algos", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--setting", default="default", choices=list(SETTINGS),
-                        help="default: the 4x4 room (salt_grid); large: 6x6 with 12 moves (salt_grid_large)")
+                        help="default: the 4x4 room (salt_grid); large: 6x6 with 8 moves (salt_grid_large)")
     parser.add_argument("--out", default=None, help="default bench/results/learning_salt.json (_large.json with --setting large)")
     parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
     add_variant_option(parser)

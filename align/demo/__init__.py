@@ -21,7 +21,7 @@ BUILDERS: dict[str, loading.ModelBuilder] = {
     "tiny-geometry-partial": partial_warm_start_path,  # never saw two families (GRAO's setting)
     "tiny-geometry-rare": rare_aux_warm_start_path,  # rarely constructs (GCPO's setting)
     "tiny-grid": grid_warm_start_path,
-    "tiny-grid-large": large_grid_warm_start_path,  # a 6x6 room, 12 moves (SALT's harder setting)
+    "tiny-grid-large": large_grid_warm_start_path,  # a 6x6 room (SALT's harder setting)
 }
 
 

@@ -173,3 +173,41 @@ def test_soak_samples_the_memory_of_every_step(tmp_path, cache_dir):
     assert sorted(peaks) == [1, 2, 3, 4, 5] and min(peaks.values()) > 100  # a trainer with torch loaded
     assert result["rss_mib_start"] == pytest.approx(sum(peaks[s] for s in (2, 3)) / 2)
     assert result["growth"] == pytest.approx(result["rss_mib_end"] / result["rss_mib_start"] - 1)
+
+
+def test_the_rare_setting_trains_every_peer_from_the_rare_warm_start_and_merge_keeps_runs_written_beside_it(
+        tmp_path, monkeypatch):
+    """--setting rare: GCPO is recipe gcpo_rare, both GRPO peers run on tiny-geometry-rare (plain GRPO
+    scores constructions at weight 0 only); with --merge, runs another process wrote into --out while
+    this one trained stay in the file."""
+    bench = _bench_module("learning_gcpo")
+    out = tmp_path / "rare.json"
+    trained = []
+
+    def fake_train(recipe, seed, run_dir, extra, **kwargs):
+        trained.append((run_dir.name, recipe, extra))
+        beside = {"results": {"grpo_aux": {"0": {"acc_before": 0.5, "acc_after": 0.4, "curve": [(0, 0.5), (1, 0.4)]}}}}
+        out.write_text(json.dumps(beside))  # the run beside this one saved meanwhile
+
+    summary = {"steps": 1, "acc_before": 0.5, "acc_after": 0.6, "aux_helps_before": None, "aux_helps_after": None,
+               "aux_hurts_before": None, "aux_hurts_after": None, "curve": [(0, 0.5), (1, 0.6)]}
+    monkeypatch.setattr(bench, "train", fake_train)
+    monkeypatch.setattr(bench, "summarize", lambda run_dir: summary)
+    monkeypatch.setattr(sys, "argv", ["learning_gcpo", "--setting", "rare", "--algos", "gcpo", "grpo", "--seeds", "0",
+                                      "--out", str(out), "--merge"])
+    bench.main()
+    runs = {name: (recipe, extra) for name, recipe, extra in trained}
+    assert runs["gcpo-seed0"][0] == "gcpo_rare"
+    assert "model.name=tiny-geometry-rare" in runs["grpo-seed0"][1] and "reward.weights=[1.0,0.5,0.0]" in runs["grpo-seed0"][1]
+    assert set(json.loads(out.read_text())["results"]) == {"gcpo", "grpo", "grpo_aux"}
+
+
+def test_the_gcpo_summary_reads_the_training_accuracy_either_algorithm_logs(tmp_path):
+    bench = _bench_module("learning_gcpo")
+    evals = [{"step": 0, "eval/mean@1": 0.5}, {"step": 1, "eval/mean@1": 0.6}]
+    for key in ("reward/accuracy/mean", "reward/geometry_accuracy/mean"):  # GCPO's, GRPO's
+        folder = tmp_path / key.replace("/", "_")
+        folder.mkdir()
+        rows = [*evals, {"step": 1, "loss": 0.0, key: 0.25}, {"step": 2, "loss": 0.0, key: 0.75}]
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        assert bench.summarize(folder)["train_acc_last20"] == 0.5
