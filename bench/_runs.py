@@ -43,6 +43,15 @@ def add_variant_option(parser) -> None:
                              "(repeatable; e.g. --variant cispo=loss_type=cispo,epsilon_high=5)")
 
 
+def add_merge_option(parser) -> None:
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+
+
+def results_path(stem: str, setting: str = "default") -> str:
+    """bench/results/STEM.json, or STEM_SETTING.json for a setting other than the default."""
+    return str(ROOT / "bench" / "results" / f"{stem}{'' if setting == 'default' else '_' + setting}.json")
+
+
 def split_overrides(text: str) -> list[str]:
     """'a=1,b=[x,y],c=2' -> ['a=1', 'b=[x,y]', 'c=2']: commas inside brackets belong to a list value."""
     parts, depth, current = [], 0, ""

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
+from bench._runs import add_merge_option, add_variant_option, metric_rows, prepare, results_path, save, train, with_variants  # noqa: E402
 
 RECIPES = {"gcpo": "gcpo_geometry", "grpo_aux": "grpo_geometry_aux", "grpo": "grpo_geometry_aux"}
 # Plain GRPO: the baseline's recipe without its aux reward (accuracy and format only).
@@ -102,11 +102,11 @@ def main() -> None:
     parser.add_argument("--setting", default="default", choices=list(SETTINGS),
                         help="default: the main job's warm start; rare: the one that rarely constructs (gcpo_rare)")
     parser.add_argument("--out", default=None, help="default bench/results/learning_gcpo.json (_rare.json with --setting rare)")
-    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_merge_option(parser)
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    args.out = args.out or str(ROOT / "bench" / "results" / f"learning_gcpo{'' if args.setting == 'default' else '_' + args.setting}.json")
+    args.out = args.out or results_path("learning_gcpo", args.setting)
 
     runs = {name: (recipe, list(overrides)) for name, (recipe, overrides) in SETTINGS[args.setting].items()}
     names = with_variants(args.algos, args.variant, runs)

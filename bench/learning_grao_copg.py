@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import add_variant_option, prepare, save, train, with_variants  # noqa: E402
+from bench._runs import add_merge_option, add_variant_option, prepare, save, train, with_variants  # noqa: E402
 from bench.learning_gcpo import PLAIN_REWARDS as SCORED  # noqa: E402
 from bench.learning_gcpo import summarize  # noqa: E402
 RUNS = {
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--offline-prompts", type=int, default=512)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_grao_copg.json"))
-    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_merge_option(parser)
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()

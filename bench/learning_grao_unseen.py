@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from align.demo.warm_start import UNSEEN_FAMILIES  # noqa: E402
-from bench._runs import add_variant_option, prepare, save, train, with_variants  # noqa: E402
+from bench._runs import add_merge_option, add_variant_option, prepare, save, train, with_variants  # noqa: E402
 from bench.learning_gcpo import PLAIN_REWARDS as SCORED  # noqa: E402
 from bench.learning_gcpo import summarize  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--algos", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "learning_grao_unseen.json"))
-    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_merge_option(parser)
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()

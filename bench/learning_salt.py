@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._runs import add_variant_option, metric_rows, prepare, save, train, with_variants  # noqa: E402
+from bench._runs import add_merge_option, add_variant_option, metric_rows, prepare, results_path, save, train, with_variants  # noqa: E402
 
 RECIPES = {"salt": "salt_grid", "grpo": "grpo_grid"}
 # --setting large: the 6x6 room with 8 moves (recipes/salt_grid_large.yaml, grpo_grid_large.yaml)
@@ -60,11 +60,11 @@ def main() -> None:
     parser.add_argument("--setting", default="default", choices=list(SETTINGS),
                         help="default: the 4x4 room (salt_grid); large: 6x6 with 8 moves (salt_grid_large)")
     parser.add_argument("--out", default=None, help="default bench/results/learning_salt.json (_large.json with --setting large)")
-    parser.add_argument("--merge", action="store_true", help="add to the runs already in --out instead of replacing them")
+    add_merge_option(parser)
     add_variant_option(parser)
     parser.add_argument("extra", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    args.out = args.out or str(ROOT / "bench" / "results" / f"learning_salt{'' if args.setting == 'default' else '_' + args.setting}.json")
+    args.out = args.out or results_path("learning_salt", args.setting)
 
     runs = {name: (recipe, []) for name, recipe in SETTINGS[args.setting].items()}
     names = with_variants(args.algos, args.variant, runs)
