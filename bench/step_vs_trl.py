@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"train.steps={args.warmup + args.steps + 1}", "log.eval_every=0", "log.sample_every=0", "log.save_every=0",
         "log.report_to=[]", "log.console=false", f"log.run_dir={tmp / 'align'}",
         f"data.options.size={args.dataset_size}",
+        # TRL's side: a full fine-tune at temperature 1 on every family; the recipe's 30-minute CPU
+        # defaults (LoRA, temperature 0.5, the one-step families) would make it another workload
+        "lora.enabled=false", "rollout.temperature=1.0", "data.options.families=null", "train.max_minutes=null",
         # align splits by a token budget: this many full-length sequences of the workload
         f"train.micro_batch_tokens={args.micro_batch * (args.max_tokens + 96)}", *args.align_override,
     ])

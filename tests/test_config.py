@@ -75,6 +75,21 @@ def test_every_recipe_in_the_repo_loads():
         assert cfg.recipe == path.stem
 
 
+def test_the_smollm2_recipe_fits_30_cpu_minutes_and_evaluates_only_at_its_ends():
+    """Issue 30 item 5: the defaults are what bench/learning_smollm2.py measured (README "A real model")."""
+    from align.data.word_problems import generate_word_problem_rows
+
+    cfg = load_config(["recipe=grpo_smollm2"])
+    assert cfg.train.max_minutes == 30 and cfg.train.steps >= 100  # the clock stops it, not the step count
+    assert cfg.log.eval_every >= cfg.train.steps  # step 0 and the last step: no evaluation inside the budget
+    assert cfg.lora.enabled and cfg.rollout.temperature == 0.5
+    families = cfg.data.options["families"]
+    assert sorted(families) == ["add", "groups", "share", "take_away"]  # the one-step families
+    held_out = generate_word_problem_rows("test", 256, families=families)
+    assert len(held_out) == 256 and {r["family"] for r in held_out} == set(families)
+    assert load_config(["recipe=grpo_smollm2", "data.options.size=16"]).data.options == {"families": families, "size": 16}
+
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(["train.steps=5", "lora.enabled=true"])
     saved = tmp_path / "config.yaml"

@@ -211,3 +211,41 @@ def test_the_gcpo_summary_reads_the_training_accuracy_either_algorithm_logs(tmp_
         rows = [*evals, {"step": 1, "loss": 0.0, key: 0.25}, {"step": 2, "loss": 0.0, key: 0.75}]
         (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         assert bench.summarize(folder)["train_acc_last20"] == 0.5
+
+
+def test_the_smollm2_summary_reads_before_and_after_per_family_and_the_reward_trend(tmp_path):
+    bench = _bench_module("learning_smollm2")
+    step = {"loss": 0.0, "time/step": 30.0, "time/generate": 10.0, "time/train": 18.0}
+    rows = [{"step": 0, "eval/mean@1": 0.25, "eval/add/mean@1": 0.5, "eval/share/mean@1": 0.0},
+            *({"step": s, **step, "reward/final_number/mean": r, "completion_len/mean": 100.0 - s}
+              for s, r in enumerate([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], start=1)),
+            {"step": 10, "eval/mean@1": 0.5, "eval/add/mean@1": 0.75, "eval/share/mean@1": 0.25}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    s = bench.summarize(tmp_path)
+    assert (s["steps"], s["acc_before"], s["acc_after"]) == (10, 0.25, 0.5)
+    assert s["per_family_before"] == {"add": 0.5, "share": 0.0} and s["per_family_after"] == {"add": 0.75, "share": 0.25}
+    assert s["reward_first_fifth"] == pytest.approx(0.05) and s["reward_last_fifth"] == pytest.approx(0.85)
+    assert (s["completion_len_first"], s["completion_len_last"]) == (99.0, 90.0)
+    assert (s["train_seconds"], s["generate_seconds"], s["update_seconds"]) == (300.0, 100.0, 180.0)
+    assert s["curve"] == [(0, 0.25), (10, 0.5)]
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]))  # a run that died before its last evaluation
+    with pytest.raises(SystemExit, match="1 evaluation"):
+        bench.summarize(tmp_path)
+
+
+def test_the_smollm2_bench_runs_the_recipe_per_seed_for_its_minutes_on_both_cores(tmp_path, monkeypatch):
+    bench = _bench_module("learning_smollm2")
+    calls = []
+    monkeypatch.setattr(bench, "train", lambda recipe, seed, run_dir, extra, **kw: calls.append((recipe, seed, extra, kw)))
+    summary = {"steps": 3, "acc_before": 0.1, "acc_after": 0.3, "reward_first_fifth": 0.1, "reward_last_fifth": 0.2,
+               "train_seconds": 60.0, "per_family_before": {"add": 0.1}, "per_family_after": {"add": 0.3},
+               "curve": [(0, 0.1), (3, 0.3)]}
+    monkeypatch.setattr(bench, "summarize", lambda run_dir: summary)
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", ["learning_smollm2", "--seeds", "0", "1", "--minutes", "7", "--out", str(out),
+                                      "train.lr=1e-5"])
+    bench.main()
+    assert [(recipe, seed, extra) for recipe, seed, extra, _ in calls] == [("grpo_smollm2", 0, ["train.lr=1e-5"]),
+                                                                          ("grpo_smollm2", 1, ["train.lr=1e-5"])]
+    assert all(kw["minutes"] == 7 and kw["threads"] == 2 and kw["eval_every"] > 1000 for *_, kw in calls)
+    assert set(json.loads(out.read_text())["results"]["grpo"]) == {"0", "1"} and out.with_suffix(".png").exists()
