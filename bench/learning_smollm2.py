@@ -90,6 +90,29 @@ def main() -> None:
             print("  per family (before -> after): " + ", ".join(
                 f"{f} {s['per_family_before'][f]:.3f} -> {s['per_family_after'][f]:.3f}" for f in s["per_family_before"]))
     save(args.out, args, started, results, "held-out accuracy (mean@1)", {"grpo": "tab:orange"})
+    plot_reward(results, Path(args.out).with_name(Path(args.out).stem + "_reward.png"))
+
+
+def plot_reward(results: dict, png: Path, window: int = 8) -> None:
+    """The training reward of every step (a `window`-step running mean): the curve between the two
+    held-out points, on the batches the policy sampled (4 prompts a step, so one step alone is noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in results.items():
+        for seed, summary in runs.items():
+            rewards = summary["reward_per_step"]
+            smooth = [_mean(rewards[max(0, i + 1 - window) : i + 1]) for i in range(len(rewards))]
+            ax.plot(range(1, len(rewards) + 1), smooth, label=f"{name} seed {seed}")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(f"training reward ({window}-step mean)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def test_the_smollm2_bench_runs_the_recipe_per_seed_for_its_minutes_on_both_core
     monkeypatch.setattr(bench, "train", lambda recipe, seed, run_dir, extra, **kw: calls.append((recipe, seed, extra, kw)))
     summary = {"steps": 3, "acc_before": 0.1, "acc_after": 0.3, "reward_first_fifth": 0.1, "reward_last_fifth": 0.2,
                "train_seconds": 60.0, "per_family_before": {"add": 0.1}, "per_family_after": {"add": 0.3},
-               "curve": [(0, 0.1), (3, 0.3)]}
+               "curve": [(0, 0.1), (3, 0.3)], "reward_per_step": [0.1, 0.3, 0.2]}
     monkeypatch.setattr(bench, "summarize", lambda run_dir: summary)
     out = tmp_path / "out.json"
     monkeypatch.setattr(sys, "argv", ["learning_smollm2", "--seeds", "0", "1", "--minutes", "7", "--out", str(out),
@@ -249,3 +249,4 @@ def test_the_smollm2_bench_runs_the_recipe_per_seed_for_its_minutes_on_both_core
                                                                           ("grpo_smollm2", 1, ["train.lr=1e-5"])]
     assert all(kw["minutes"] == 7 and kw["threads"] == 2 and kw["eval_every"] > 1000 for *_, kw in calls)
     assert set(json.loads(out.read_text())["results"]["grpo"]) == {"0", "1"} and out.with_suffix(".png").exists()
+    assert (tmp_path / "out_reward.png").exists()  # the training reward per step, between the two held-out points
