@@ -250,3 +250,36 @@ def test_the_smollm2_bench_runs_the_recipe_per_seed_for_its_minutes_on_both_core
     assert all(kw["minutes"] == 7 and kw["threads"] == 2 and kw["eval_every"] > 1000 for *_, kw in calls)
     assert set(json.loads(out.read_text())["results"]["grpo"]) == {"0", "1"} and out.with_suffix(".png").exists()
     assert (tmp_path / "out_reward.png").exists()  # the training reward per step, between the two held-out points
+
+
+def test_the_scaling_grid_varies_one_factor_at_a_time_or_all():
+    import train_scaling
+
+    axes = train_scaling.grid("axes")
+    assert len(axes) == len(set(axes)) == 6 and train_scaling.CENTRE in axes
+    for point in axes:  # each point differs from the centre in one factor at most
+        assert sum(a != b for a, b in zip(point, train_scaling.CENTRE)) <= 1
+    assert len(train_scaling.grid("full")) == 18
+
+
+def test_the_scaling_sides_train_the_same_batch_and_only_sharing_changes_the_work(cache_dir):
+    """At a toy shape on the tiny model: the same gradient on all three sides (so they compute the same
+    loss on the same tokens), and the shared forward computes the prompt once."""
+    pytest.importorskip("trl")
+    import argparse
+
+    import train_scaling
+    from align.demo import resolve_model_path
+
+    path = resolve_model_path("tiny", cache_dir)
+    args = argparse.Namespace(threads=1, micro_batch=2, warmup=0, steps=1)
+    prompt, g, completion = 8, 4, 4
+    shared = train_scaling.run_align(path, prompt, g, completion, args, shared=True)[0]
+    unshared = train_scaling.run_align(path, prompt, g, completion, args, shared=False)[0]
+    trl = train_scaling.run_trl(path, prompt, g, completion, args)[0]
+    assert shared["forward_tokens"] == prompt + g * completion
+    assert unshared["forward_tokens"] == trl["forward_tokens"] == g * (prompt + completion)
+    assert shared["grad_norm"] == pytest.approx(unshared["grad_norm"], rel=1e-4)
+    assert trl["grad_norm"] == pytest.approx(unshared["grad_norm"], rel=1e-3)
+    for row in (shared, unshared, trl):
+        assert row["train"] > 0 and row["peak"] >= row["rss_before"] > 0
