@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from step_vs_trl import load_average
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -167,12 +169,12 @@ def run_trl(model_path: str, prompt: int, g: int, completion: int, args) -> list
         before = _reset_peak()
         t0 = time.perf_counter()
         for start in range(0, g, micro):
-            rows_ = slice(start, start + micro)
+            part = slice(start, start + micro)
             inputs = {
                 "prompt_ids": torch.tensor([prompt_ids] * micro), "prompt_mask": torch.ones(micro, prompt, dtype=torch.long),
-                "completion_ids": torch.tensor(completions[rows_]),
+                "completion_ids": torch.tensor(completions[part]),
                 "completion_mask": torch.ones(micro, completion, dtype=torch.long),
-                "advantages": advantages[rows_], "num_items_in_batch": torch.tensor(float(g * completion)),
+                "advantages": advantages[part], "num_items_in_batch": torch.tensor(float(g * completion)),
             }
             # Trainer.training_step's forward and backward; its _prepare_inputs (TRL's generation) is skipped
             with trainer.compute_loss_context_manager():
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     passed = ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--micro-batch", str(args.micro_batch), "--threads", str(args.threads), "--cache-dir", args.cache_dir]
     points = []
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = load_average()
     for prompt, g, completion in grid(args.grid):
         sides = {}
         for side in args.sides:
@@ -277,12 +279,13 @@ def main(argv: list[str] | None = None) -> dict | None:
             if done.returncode or line is None:
                 sys.exit(f"train_scaling: {side} at prompt {prompt}, G={g}, completion {completion} failed:\n"
                          + done.stderr[-3000:])
-            sides[side] = summarize(json.loads(line[5:]), args.warmup) | {"rows": json.loads(line[5:])}
+            rows = json.loads(line[5:])
+            sides[side] = summarize(rows, args.warmup) | {"rows": rows}
             print(f"prompt {prompt} G {g} completion {completion} {side}: train {sides[side]['train_s']:.2f} s, "
                   f"peak {sides[side]['peak_gib']:.2f} GiB", flush=True)
         points.append({"prompt": prompt, "G": g, "completion": completion, "sides": sides})
     result = {"points": points, "args": {k: v for k, v in vars(args).items() if k != "one"},
-              "load_average": [load_before, " ".join(f"{x:.2f}" for x in os.getloadavg())]}
+              "load_average": [load_before, load_average()]}
     if set(args.sides) == set(SIDES):
         print(table(points))
     out = Path(args.out)
