@@ -32,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 from bench._runs import SEED_STYLES, metric_rows, train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-STALENESS = {"sync": 0, "k1": 1, "k2": 2}
+STALENESS = {"sync": 0, "k1": 1, "k2": 2, "sync_over": 0, "k1_over": 1}
+# *_over: dynamic sampling's first round oversampled (--oversample), so that refill rounds, which
+# run in the step even at k >= 1, are rare: the first round is the one generated ahead.
+OVERSAMPLED = {"sync_over", "k1_over"}
 
 
 def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Popen, str]:
@@ -52,8 +55,11 @@ def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Pope
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eval_every: int, overrides: list[str]) -> dict:
+def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eval_every: int, overrides: list[str],
+        oversample: float) -> dict:
     started = time.time()
+    if variant in OVERSAMPLED:
+        overrides = [*overrides, f"loss.dynamic_sampling_oversample={oversample}"]
     if variant == "colocated":
         train("gcpo_geometry", seed, run_dir, overrides, steps=steps, eval_every=eval_every, threads=2)
     else:
@@ -74,7 +80,13 @@ def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eva
     mean = lambda key: statistics.mean(r.get(key, 0.0) for r in rows)  # noqa: E731
     return {"wall_s": wall, "steps_per_hour": steps / wall * 3600, "final_accuracy": curve[-1][1], "curve": curve,
             "curve_wall_s": times, "trainer_wait_s": mean("time/trainer_wait"), "engine_idle_s": mean("time/engine_idle"),
-            "step_s": mean("time/step"), "staleness_mean": mean("rollout/staleness_mean")}
+            "step_s": mean("time/step"), "staleness_mean": mean("rollout/staleness_mean"),
+            "generate_s": mean("time/generate"), "refill_rounds": mean("rollout/refill_rounds")}
+
+
+def time_to_reach(run: dict, target: float) -> float | None:
+    """The wall time of the first evaluation at or above `target` (None: never reached)."""
+    return next((t for (_, acc), (_, t) in zip(run["curve"], run["curve_wall_s"]) if acc >= target), None)
 
 
 def plot(results: dict, png: Path) -> None:
@@ -83,7 +95,8 @@ def plot(results: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"sync": "tab:blue", "k1": "tab:orange", "k2": "tab:green", "colocated": "tab:gray"}
+    colors = {"sync": "tab:blue", "k1": "tab:orange", "k2": "tab:green", "colocated": "tab:gray",
+              "sync_over": "tab:purple", "k1_over": "tab:red"}
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for name, runs in results.items():
         for seed, r in runs.items():
@@ -104,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--variants", nargs="+", default=["sync", "k1", "k2", "colocated"],
-                   choices=["sync", "k1", "k2", "colocated"])
+                   choices=[*STALENESS, "colocated"])
+    p.add_argument("--oversample", type=float, default=2.0,
+                   help="loss.dynamic_sampling_oversample of the *_over variants")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run, e.g. --set loss.dynamic_sampling=false (repeatable)")
     p.add_argument("--cache-dir", default="~/.cache/align")
@@ -118,19 +133,30 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for variant in args.variants:
             loads.append(os.getloadavg()[0])
-            r = run(variant, seed, work / f"{variant}-{seed}", model_path, args.steps, args.eval_every, args.set)
+            r = run(variant, seed, work / f"{variant}-{seed}", model_path, args.steps, args.eval_every, args.set,
+                    args.oversample)
             results.setdefault(variant, {})[str(seed)] = r
             print(f"{variant} seed {seed}: {r['wall_s']:.0f} s, accuracy {r['final_accuracy']:.3f}", flush=True)
     sync_wall = statistics.mean(r["wall_s"] for r in results["sync"].values()) if "sync" in results else None
     print(f"load average before each run: {', '.join(f'{x:.2f}' for x in loads)}")
-    print("| variant | wall min | x sync | steps/h | held-out acc | step s | trainer waits s/step | engine idle s/step | staleness |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | wall min | x sync | steps/h | held-out acc | reaches sync's final: x sync | step s | "
+          "generate s/step | refill rounds/step | trainer waits s/step | engine idle s/step | staleness |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        m = {k: statistics.mean(r[k] for r in runs.values()) for k in next(iter(runs.values())) if "curve" not in k}
+        m = {k: statistics.mean(r.get(k) or 0.0 for r in runs.values()) for k in next(iter(runs.values())) if "curve" not in k}
         ratio = f"{m['wall_s'] / sync_wall:.2f}" if sync_wall else "-"
         accs = "/".join(f"{r['final_accuracy']:.3f}" for r in runs.values())
-        print(f"| {name} | {m['wall_s'] / 60:.1f} | {ratio} | {m['steps_per_hour']:.0f} | {accs} | {m['step_s']:.2f} | "
-              f"{m['trainer_wait_s']:.2f} | {m['engine_idle_s']:.2f} | {m['staleness_mean']:.2f} |")
+        reach = "-"
+        if "sync" in results:  # per seed: when this run first reached that seed's synchronous final accuracy
+            ratios = []
+            for seed, r in runs.items():
+                sync = results["sync"].get(seed)
+                t = time_to_reach(r, sync["final_accuracy"]) if sync else None
+                ratios.append("never" if t is None else f"{t / sync['curve_wall_s'][-1][1]:.2f}")
+            reach = "/".join(ratios)
+        print(f"| {name} | {m['wall_s'] / 60:.1f} | {ratio} | {m['steps_per_hour']:.0f} | {accs} | {reach} | "
+              f"{m['step_s']:.2f} | {m['generate_s']:.2f} | {m['refill_rounds']:.2f} | {m['trainer_wait_s']:.2f} | "
+              f"{m['engine_idle_s']:.2f} | {m['staleness_mean']:.2f} |")
     payload = {"args": vars(args), "loadavg_before_runs": loads, "results": results}
     Path(args.out).write_text(json.dumps(payload, indent=1))
     plot(results, Path(args.out).with_suffix(".png"))

@@ -119,7 +119,8 @@ def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_
                                                                                      "rollout.max_staleness=1"],
         "rollout.source=offline does not": ["recipe=copg_offline", *server, "rollout.max_staleness=1"],
         "loss.tis_cap, which is null": ["recipe=grpo_math", *server, "rollout.max_staleness=1", "loss.tis_cap=null"],
-        "GRAO's loss has no importance ratio": ["recipe=grao_geometry", *server, "rollout.max_staleness=1"],
+        "GRAO's loss has no importance ratio for bypass": ["recipe=grao_geometry", *server, "rollout.max_staleness=1",
+                                                            "loss.off_policy_correction=bypass"],
         "'loss.off_policy_correction' is 'tis'": ["recipe=grpo_math", "loss.off_policy_correction=tis"],
     }
     for message, argv in cases.items():
@@ -127,6 +128,8 @@ def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_
             load_config(argv)
     cfg = load_config(["recipe=grpo_math", *server, "rollout.max_staleness=2", "loss.off_policy_correction=bypass"])
     assert (cfg.rollout.max_staleness, cfg.loss.off_policy_correction) == (2, "bypass")
+    cfg = load_config(["recipe=grao_geometry", *server, "rollout.max_staleness=1"])  # decoupled: weighted samples
+    assert cfg.rollout.max_staleness == 1
 
 
 def test_ratio_options_are_inert_with_one_update_unless_pi_old_is_the_behaviour_policy():

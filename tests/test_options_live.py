@@ -214,6 +214,7 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss.mask_truncated": ("run", ("loss.mask_truncated=true",)),
     "loss.overlong_buffer": ("run", ("loss.overlong_buffer=4",)),
     "loss.dynamic_sampling": ("run", ("loss.dynamic_sampling=true", *HALF_FLAT)),
+    "loss.dynamic_sampling_oversample": ("covered", ("tests/trainers/test_dynamic_sampling.py::test_an_oversampled_first_round_leaves_no_refill_round",)),
     "loss.dynamic_sampling_max_rounds": ("run", ("loss.dynamic_sampling=true", *HALF_FLAT, "loss.dynamic_sampling_max_rounds=1")),
     "gcpo.eps": ("gcpo", ("gcpo.eps=0.9",)),
     "gcpo.w_aux": ("gcpo", ("gcpo.w_aux=2.0",)),

@@ -40,6 +40,9 @@ class Needs:
         against the engine's log-probs. False: no pi_old pass, no TIS.
     weight_sync: the engine samples from the current policy, so its weights follow every step.
         False for offline sources (no engine during training at all).
+    weighted_when_stale: the loss has no importance ratio, but under rollout.max_staleness >= 1 its
+        terms over sampled tokens take the truncated weight min(pi_current / mu, loss.tis_cap)
+        (GRAO; ALGORITHMS.md section 9). At k = 0 nothing changes.
     """
 
     reference_model: bool = False
@@ -48,6 +51,7 @@ class Needs:
     token_advantages: bool = False
     importance_correction: bool = True
     weight_sync: bool = True
+    weighted_when_stale: bool = False
 
 
 @dataclass

@@ -80,10 +80,12 @@ class GRAO(GRPO):
         super().validate(cfg)
         if cfg.train.updates_per_batch != 1:
             raise ConfigError("algo=grao has no importance ratio (one update per rollout batch); set train.updates_per_batch=1")
-        if cfg.rollout.max_staleness:  # its loss is a plain policy gradient of the samples: no ratio to correct
-            raise ConfigError(f"algo=grao with rollout.max_staleness={cfg.rollout.max_staleness}: GRAO's loss has no "
-                              "importance ratio, so samples from older weights would bias it uncorrected; use "
-                              "rollout.max_staleness=0 (or algo=grpo / gcpo / copg)")
+        if cfg.rollout.max_staleness and cfg.loss.off_policy_correction != "decoupled":
+            # No ratio for bypass to move: stale samples are corrected by the decoupled weight alone.
+            raise ConfigError(f"algo=grao with rollout.max_staleness={cfg.rollout.max_staleness} and "
+                              f"loss.off_policy_correction={cfg.loss.off_policy_correction}: GRAO's loss has no importance "
+                              "ratio for bypass to act on; set loss.off_policy_correction=decoupled (the weight "
+                              "min(pi_current / mu, loss.tis_cap) on the samples' log-likelihood terms)")
     # All five are per-prompt means (G samples per prompt), so they combine as shares of the step's
     # prompts; weighted by completion tokens, jexp/jimit_mean moved with the micro-batch split.
     additive_metrics = ADDITIVE_METRICS | {"j_explore", "j_imitate", "j_regulariser", "jexp_mean", "jimit_mean"}
@@ -99,7 +101,7 @@ class GRAO(GRPO):
         self.reward_functions = (load_reward_functions(cfg.reward.functions, cfg.reward.weights, logged_options)
                                  if cfg.reward.functions else [])
         self.reference_column = cfg.grao.reference_column
-        self.needs = Needs(reference_answer=True, whole_groups=True, importance_correction=False)
+        self.needs = Needs(reference_answer=True, whole_groups=True, importance_correction=False, weighted_when_stale=True)
 
     def score(self, prompts, completions, columns, completion_ids, group_size: int, trainer_state=None) -> Scores:
         if self.reference_column not in columns:
@@ -134,6 +136,7 @@ class GRAO(GRPO):
         loss, m = algos.grao_loss(
             mb.grouped(mb.logp), mb.grouped(mb.mask), mb.answer_logp, mb.answer_mask,
             mb.grouped(mb.advantages), mb.answer_advantages, beta=g.beta, lam=g.lam, num_prompts=mb.totals.num_prompts,
+            is_weights=None if mb.is_weights is None else mb.grouped(mb.is_weights),
         )
         # The metrics as additive shares of their step means (they are per-prompt means here).
         share = mb.answer_logp.shape[0] / max(mb.totals.num_prompts, 1.0)

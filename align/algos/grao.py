@@ -73,13 +73,16 @@ def grao_loss(
     beta: float = 0.5,
     lam: float = 0.6,
     num_prompts: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRAO loss = -mean_p (1/G) sum_i [A_o*Jexp(o_i) + beta*A_y*Jimit(y) + lam*A_o*(Jexp(o_i) - Jimit(y))].
 
     logp_o, mask_o: [P,G,T] sample log-probs (grad) and loss mask; logp_y, mask_y: [P,Ty] for the
     reference answer; A_o [P,G], A_y [P] constants. J are length-normalised log-likelihoods (an empty
     o gives Jexp = 0; an empty y is an error). num_prompts: global prompt count of the optimizer step
-    (the result is then this shard's additive share); None = this call's P.
+    (the result is then this shard's additive share); None = this call's P. is_weights [P,G,T]: per-token
+    weights (detached) on the samples' log-likelihoods in Jexp, for samples from older weights
+    (ALGORITHMS.md section 9); y is the dataset's, sampled by no policy, so Jimit takes none.
     Metrics (detached): j_explore, j_imitate, j_regulariser (the three batch-mean terms of J),
     jexp_mean, jimit_mean.
     """
@@ -99,11 +102,16 @@ def grao_loss(
             f"reference answer y is empty for prompt(s) {empty_y.nonzero().flatten().tolist()}; drop those samples"
         )
     j_exp = seq_logprob(logp_o.reshape(P * G, T), mask_o.reshape(P * G, T), reduce="mean").reshape(P, G)
+    j_exp_weighted = j_exp  # what the gradient sees; the metrics report the plain Jexp
+    if is_weights is not None:
+        check_same_shape("is_weights", is_weights, "logp_o", logp_o)
+        weighted = (logp_o * is_weights.detach()).reshape(P * G, T)
+        j_exp_weighted = seq_logprob(weighted, mask_o.reshape(P * G, T), reduce="mean").reshape(P, G)
     j_imit = seq_logprob(logp_y, mask_y, reduce="mean")  # [P]
     a_o, a_y = A_o.detach().to(j_exp), A_y.detach().to(j_exp)
-    explore = (a_o * j_exp).mean(1)
+    explore = (a_o * j_exp_weighted).mean(1)
     imitate = beta * a_y * j_imit
-    regulariser = lam * (a_o * (j_exp - j_imit.unsqueeze(1))).mean(1)
+    regulariser = lam * (a_o * (j_exp_weighted - j_imit.unsqueeze(1))).mean(1)
     n_prompts = max(float(P if num_prompts is None else num_prompts), 1.0)
     loss = -(explore + imitate + regulariser).sum() / n_prompts
     with torch.no_grad():

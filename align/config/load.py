@@ -233,6 +233,9 @@ def validate_common(cfg: Config, world_size: int = 1) -> None:
         )
     if cfg.loss.agg == "seq_sum_const" and cfg.rollout.max_tokens < 1:
         raise ConfigError("loss.agg=seq_sum_const needs rollout.max_tokens >= 1 (it is the constant length)")
+    if cfg.loss.dynamic_sampling_oversample != 1 and not cfg.loss.dynamic_sampling:
+        raise ConfigError(f"loss.dynamic_sampling_oversample={cfg.loss.dynamic_sampling_oversample} draws extra prompts for "
+                          "dynamic sampling to choose from, which is off; set loss.dynamic_sampling=true or leave it at 1")
     if cfg.loss.kl_in_reward and cfg.loss.beta == 0:
         raise ConfigError("loss.kl_in_reward=true has no effect with loss.beta=0; set loss.beta (e.g. 0.04)")
     _validate_rollout_device(cfg.rollout)

@@ -140,6 +140,10 @@ class LossConfig:
     overlong_penalty: float = 1.0  # the penalty at max_tokens (linear over the buffer)
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
     dynamic_sampling_max_rounds: int = 3  # generation rounds before uninformative groups fill the batch
+    # The first round draws ceil(oversample * prompts per step) prompts (verl DAPO's gen_batch_size over
+    # train_batch_size), so that fewer refill rounds follow; under rollout.max_staleness >= 1 the first
+    # round is generated ahead, beside training, and refills are not.
+    dynamic_sampling_oversample: float = 1.0
 
 
 @dataclass
@@ -262,7 +266,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "loss.top_entropy_quantile": UNIT_INTERVAL, "loss.beta": NON_NEGATIVE, "loss.kl_clamp": ANY_POSITIVE,
     "loss.ref_sync_every": AT_LEAST_ONE, "loss.ref_sync_alpha": UNIT_INTERVAL, "loss.tis_cap": ANY_POSITIVE,
     "loss.overlong_buffer": NON_NEGATIVE, "loss.overlong_penalty": NON_NEGATIVE,
-    "loss.dynamic_sampling_max_rounds": AT_LEAST_ONE,
+    "loss.dynamic_sampling_max_rounds": AT_LEAST_ONE, "loss.dynamic_sampling_oversample": (1, True, None, False),
     "env.max_turns": AT_LEAST_ONE, "env.eval_tasks": AT_LEAST_ONE, "env.step_timeout_s": ANY_POSITIVE,
     "train.steps": AT_LEAST_ONE, "train.max_minutes": ANY_POSITIVE, "train.batch_size": AT_LEAST_ONE,
     "train.updates_per_batch": AT_LEAST_ONE, "train.lr": ANY_POSITIVE, "train.weight_decay": NON_NEGATIVE,

@@ -3,6 +3,7 @@ scored by the algorithm; DAPO's overlong penalty and dynamic sampling."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -25,6 +26,14 @@ def encode_answer(tokenizer, text: str) -> list[int]:
     """Token ids of a reference answer as the policy would produce it: the text, then EOS."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def first_round_prompts(loss, n_prompts: int) -> int:
+    """Prompts (over all ranks) drawn by a step's first generation round: with dynamic sampling,
+    loss.dynamic_sampling_oversample times the step's, so that the informative groups it keeps more
+    often fill the batch without a refill round. Under rollout.max_staleness >= 1 the first round is
+    the one generated ahead, beside training; refill rounds run in the step, with the trainer waiting."""
+    return math.ceil(loss.dynamic_sampling_oversample * n_prompts) if loss.dynamic_sampling else n_prompts
 
 
 @dataclass
@@ -60,7 +69,8 @@ class GenerationSource(RolloutSource):
             )
         self.prompts = PromptStream(dataset, cfg.train.seed, self.rank, self.world)
         k, n_prompts = cfg.rollout.max_staleness, cfg.train.batch_size // cfg.rollout.num_generations
-        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(n_prompts),
+        first = first_round_prompts(cfg.loss, n_prompts)
+        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(first),
                                    lambda step, rows, positions: self._generate(step, rows, positions, cfg.rollout.num_generations, 0)
                                    ) if k else None
 
@@ -138,10 +148,11 @@ class GenerationSource(RolloutSource):
         lc, g = self.cfg.loss, self.cfg.rollout.num_generations
         rounds = lc.dynamic_sampling_max_rounds if lc.dynamic_sampling else 1
         drawn: list[_Drawn] = []
-        need, generated_tokens = n_prompts, 0
+        need, generated_tokens = first_round_prompts(lc, n_prompts), 0
         logged: dict[str, list[float]] = defaultdict(list)  # what reward functions sent via log_metric
         stale = 0
         for round_ in range(rounds):
+            refills = round_
             t0 = time.perf_counter()
             if round_ == 0 and self.ahead is not None:  # generated while an earlier step trained
                 rows, positions, groups, stale = self._taken(step)
@@ -192,6 +203,8 @@ class GenerationSource(RolloutSource):
             "tokens_per_s/generate": generated_tokens / max(timers["generate"], 1e-9),
             "weight_version": float(flat[0].weight_version),
         }
+        if lc.dynamic_sampling:  # rounds after the first: generated in the step, also under max_staleness >= 1
+            metrics["rollout/refill_rounds"] = float(refills)
         if self.ahead is not None:
             behind = [self.engine.weight_version - c.weight_version for c in flat]
             metrics |= {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),

@@ -591,6 +591,9 @@ class Trainer:
             # The engine sampled from mu (older weights when rollout.max_staleness >= 1, and its own
             # numerics always): pi_old and the per-token weight that correct for it (ALGORITHMS.md 9).
             old_logp, is_weights = algos.off_policy_terms(lc.off_policy_correction, old_logp, engine_logp, lc.tis_cap or None)
+        elif needs.weighted_when_stale and self.cfg.rollout.max_staleness and engine_logp is not None:
+            # No ratio (GRAO): stale samples' log-likelihood terms take the decoupled weight alone.
+            old_logp, is_weights = algos.off_policy_terms("decoupled", logp.detach(), engine_logp, lc.tis_cap)
         answers = dict(answer_logp=logp_all[n:], answer_mask=seqs.completion_mask[n:],
                        answer_advantages=batch.answer_advantages[mb.answers].to(logp)) if mb.answers else {}
         if batch.token_advantages is not None:  # SALT: one advantage per action token
@@ -617,7 +620,9 @@ class Trainer:
         grad_norms = []
         skipped = forward_tokens = 0
         # The staleness correction's weights (rollout.max_staleness >= 1), of update 0, like the mismatch.
-        corrected, weight_max = bool(cfg.rollout.max_staleness) and self.algo.needs.importance_correction, 0.0
+        needs = self.algo.needs
+        corrected = bool(cfg.rollout.max_staleness) and (needs.importance_correction or needs.weighted_when_stale)
+        weight_max = 0.0
         if corrected:
             rollout_policy |= {"correction/weight_mean": 0.0, "correction/clipped_frac": 0.0}
         self.model.train()

@@ -90,3 +90,42 @@ def test_num_prompts_makes_shards_additive():
         for s in (slice(0, 1), slice(1, 4))
     )
     torch.testing.assert_close(parts, whole)
+
+
+def _hand_case():
+    logp_o = torch.tensor([[[-1.0, -1.0, 9.0], [-2.0, 9.0, 9.0]]], dtype=F64, requires_grad=True)
+    mask_o = torch.tensor([[[1, 1, 0], [1, 0, 0]]])
+    logp_y = torch.tensor([[-2.0, -4.0]], dtype=F64, requires_grad=True)
+    return logp_o, mask_o, logp_y, torch.ones(1, 2), torch.tensor([[1.0, -0.5]], dtype=F64), torch.tensor([2.0], dtype=F64)
+
+
+def test_weights_of_one_are_the_unweighted_loss_and_gradient_exactly():
+    """The k = 0 reduction: weight 1 on every token changes neither the loss nor its gradient."""
+    plain = _hand_case()
+    loss, m = grao_loss(*plain, 0.5, 0.6)
+    loss.backward()
+    weighted = _hand_case()
+    loss_w, m_w = grao_loss(*weighted, 0.5, 0.6, is_weights=torch.ones(1, 2, 3, dtype=F64))
+    loss_w.backward()
+    assert loss_w.item() == loss.item() and m_w == m
+    assert torch.equal(weighted[0].grad, plain[0].grad) and torch.equal(weighted[2].grad, plain[2].grad)
+
+
+def test_a_stale_tokens_weight_scales_its_gradient_and_leaves_the_reference_term():
+    """A weight w on sample token (0, 0): its gradient is w times the unweighted -(1+lam)*A_o/(G*|o|);
+    the other tokens' and the reference answer's gradients are unchanged; the metrics stay the plain Jexp."""
+    case = _hand_case()
+    w = torch.ones(1, 2, 3, dtype=F64)
+    w[0, 0, 0] = 2.0
+    loss, m = grao_loss(*case, 0.5, 0.6, is_weights=w)
+    loss.backward()
+    expected = torch.tensor([[[-1.6 / 4 * 2.0, -1.6 / 4, 0.0], [1.6 * 0.5 / 2, 0.0, 0.0]]], dtype=F64)
+    torch.testing.assert_close(case[0].grad, expected)
+    torch.testing.assert_close(case[2].grad, torch.full((1, 2), -(0.5 * 2.0 - 0.6 * 0.25) / 2, dtype=F64))
+    assert math.isclose(float(m["jexp_mean"]), -1.5)
+    # The value: Jexp of sample 0 becomes (2*(-1) + (-1)) / 2 = -1.5 inside the loss.
+    j_exp, j_imit = torch.tensor([-1.5, -2.0], dtype=F64), -3.0
+    per_i = torch.tensor([1.0, -0.5], dtype=F64) * j_exp * 1.6 + 0.5 * 2.0 * j_imit - 0.6 * torch.tensor([1.0, -0.5], dtype=F64) * j_imit
+    assert math.isclose(loss.item(), float(-per_i.mean()))
+    with pytest.raises(ValueError, match="is_weights"):
+        grao_loss(*_hand_case(), 0.5, 0.6, is_weights=torch.ones(1, 2, 2, dtype=F64))

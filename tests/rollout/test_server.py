@@ -332,3 +332,14 @@ def test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resum
     for row in whole:
         assert {k: split[row["step"]][k] for k in COMPARED} == {k: row[k] for k in COMPARED}, row["step"]
 
+
+
+def test_grao_trains_one_step_ahead_with_its_samples_weighted(server, cache_dir, tmp_path):
+    """GRAO has no ratio; at rollout.max_staleness=1 its stale samples' log-likelihood terms take
+    the truncated weight pi_current / mu (ALGORITHMS.md section 9), reported like the ratio losses'."""
+    rows = train_on(server, cache_dir, tmp_path / "grao", SINGLE, 3, "algo=grao", "data.source=geometry",
+                    "train.updates_per_batch=1", "rollout.max_staleness=1")
+    assert [r["weight_version"] for r in rows] == [0, 0, 1]
+    assert all(r["sync/probe_diff"] < 1e-3 for r in rows)
+    assert all(r["correction/weight_max"] > rows[0]["correction/weight_max"] + 0.05 for r in rows[1:])
+    assert all(0 <= r["correction/clipped_frac"] <= 1 for r in rows)
