@@ -130,6 +130,8 @@ def test_generating_ahead_is_refused_where_it_cannot_work_each_error_naming_the_
     assert (cfg.rollout.max_staleness, cfg.loss.off_policy_correction) == (2, "bypass")
     cfg = load_config(["recipe=grao_geometry", *server, "rollout.max_staleness=1"])  # decoupled: weighted samples
     assert cfg.rollout.max_staleness == 1
+    cfg = load_config(["recipe=salt_grid", *server, "rollout.max_staleness=1"])  # whole episodes played ahead
+    assert (cfg.rollout.source, cfg.rollout.max_staleness) == ("episodes", 1)
 
 
 def test_ratio_options_are_inert_with_one_update_unless_pi_old_is_the_behaviour_policy():

@@ -210,7 +210,8 @@ LIVE: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss.tis_cap": ("run", ("loss.tis_cap=1.0001", "model.dtype=bfloat16")),
     # bf16 engine logprobs differ from the trainer's: bypass takes them as pi_old, so the ratio moves
     "loss.off_policy_correction": ("run", ("loss.off_policy_correction=bypass", "model.dtype=bfloat16")),
-    "rollout.max_staleness": ("covered", ("tests/rollout/test_server.py::test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resumes_exactly",)),
+    "rollout.max_staleness": ("covered", ("tests/rollout/test_server.py::test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resumes_exactly",
+                                          "tests/rollout/test_server.py::test_salt_plays_whole_episodes_one_step_ahead_reproducibly_and_resumes_exactly")),
     "loss.mask_truncated": ("run", ("loss.mask_truncated=true",)),
     "loss.overlong_buffer": ("run", ("loss.overlong_buffer=4",)),
     "loss.dynamic_sampling": ("run", ("loss.dynamic_sampling=true", *HALF_FLAT)),

@@ -284,9 +284,9 @@ def _validate_staleness(cfg: Config) -> None:
         raise ConfigError(f"rollout.max_staleness={k!r}: must be an integer >= 0 (0 = synchronous, k = generate k steps ahead)")
     if k == 0:
         return
-    if cfg.rollout.source != "generate":
-        raise ConfigError(f"rollout.max_staleness={k} generates ahead, which rollout.source={cfg.rollout.source} does not "
-                          "(offline rows are fixed; agent episodes run in step); set rollout.max_staleness=0")
+    if cfg.rollout.source == "offline":
+        raise ConfigError(f"rollout.max_staleness={k} generates ahead, which rollout.source=offline does not "
+                          "(its rows are fixed); set rollout.max_staleness=0")
     if cfg.rollout.engine != "server":
         raise ConfigError(f"rollout.max_staleness={k} needs an engine that generates beside the trainer: rollout.engine=server "
                           f"(`python -m align serve`), not {cfg.rollout.engine}, which shares the trainer's process")

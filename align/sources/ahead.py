@@ -9,68 +9,61 @@ after step t-1). The schedule is fixed, so a seeded run is reproducible step for
              train on batch t; wait for the generation; the engine syncs to version t+1
 
 Batch t was therefore generated from version max(0, t-k): its staleness is at most k. Only the
-engine call runs in the thread: prompts are drawn in step order on the main thread, and scoring,
-refill rounds and every collective stay there too.
+engine's work runs in the thread (single-turn sampling, or whole agent episodes with their
+environment calls): prompts are drawn in step order on the main thread, and scoring, refill rounds
+and every collective stay there too.
+
+What the thread makes is the source's own (`Ahead`): generation.py keeps completion groups,
+episodes.py played episodes. It only has to say how it is written to and read from a checkpoint.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Generic, Protocol, TypeVar
 
-from align.rollout import Completion
-
-Generate = Callable[[int, list[dict], list[int]], list[list[Completion]]]  # (step, rows, positions) -> groups
-Draw = Callable[[], tuple[list[dict], list[int]]]  # this rank's rows of the next round-0 draw, with positions
+from align.sources.base import gathered
 
 
-@dataclass
-class Generated:
-    """Round 0 of one step: this rank's rows, their places in the global draw, and G completions each."""
+class Ahead(Protocol):
+    """One step's round 0 as a source makes it in the thread, JSON-able for the checkpoint."""
 
-    rows: list[dict]
-    positions: list[int]
-    groups: list[list[Completion]]
-
-    def to_json(self) -> dict:
-        return {"rows": self.rows, "positions": self.positions, "groups": [[asdict(c) for c in g] for g in self.groups]}
-
-    @staticmethod
-    def from_json(state: dict) -> Generated:
-        return Generated(state["rows"], state["positions"], [[Completion(**c) for c in g] for g in state["groups"]])
+    def to_json(self) -> dict: ...
 
 
-class GenerateAhead:
+T = TypeVar("T", bound=Ahead)
+Draw = Callable[[], tuple[list, list[int]]]  # this rank's rows of the next round-0 draw, with positions
+Generate = Callable[[int, list, list[int]], T]  # (step, rows, positions) -> that step's round 0
+
+
+class GenerateAhead(Generic[T]):
     """Keeps the round-0 batches of the next k steps; `take(t)` hands out step t's and starts step t+k's."""
 
-    def __init__(self, k: int, draw: Draw, generate: Generate):
-        self.k, self._draw, self._generate = k, draw, generate
-        self.ready: dict[int, Generated] = {}
+    def __init__(self, k: int, draw: Draw, generate: Generate, load: Callable[[dict], T], rank: int = 0, world: int = 1):
+        self.k, self._draw, self._generate, self._load = k, draw, generate, load
+        self.rank, self.world = rank, world
+        self.ready: dict[int, T] = {}
         self._pending: tuple[int, Future] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-ahead")
         self._done_at = 0.0  # when the background generation returned (time.perf_counter)
 
-    def _generated(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
-        return Generated(rows, positions, self._generate(step, rows, positions) if rows else [])
-
-    def take(self, step: int) -> Generated:
+    def take(self, step: int) -> T:
         """Step `step`'s batch; first fills the steps up to step+k-1 that are missing (at the start)."""
         if self._pending is not None:
             raise RuntimeError("GenerateAhead.take: the previous step's generation was not waited for (call wait())")
         for s in range(step, step + self.k):
             if s not in self.ready:
-                self.ready[s] = self._generated(s, *self._draw())
+                self.ready[s] = self._generate(s, *self._draw())
         # Also past train.steps: the last checkpoint then holds the next k batches, and a run resumed
         # with more steps trains exactly what one longer run would have (at the cost of k batches).
         rows, positions = self._draw()
         self._pending = (step + self.k, self._pool.submit(self._in_thread, step + self.k, rows, positions))
         return self.ready.pop(step)
 
-    def _in_thread(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
+    def _in_thread(self, step: int, rows: list, positions: list[int]) -> T:
         try:
-            return self._generated(step, rows, positions)
+            return self._generate(step, rows, positions)
         finally:
             self._done_at = time.perf_counter()
 
@@ -88,13 +81,19 @@ class GenerateAhead:
         waited = time.perf_counter() - started
         return {"trainer_wait": waited, "engine_idle": max(0.0, started - self._done_at)}
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> list[dict]:
+        """Every rank's queue, in rank order (a collective when there are several processes)."""
         if self._pending is not None:
             raise RuntimeError("GenerateAhead.state_dict: a generation is in flight (call wait() first)")
-        return {str(s): g.to_json() for s, g in sorted(self.ready.items())}
+        return gathered(self.world, [{str(s): batch.to_json() for s, batch in sorted(self.ready.items())}])
 
-    def load_state_dict(self, state: dict) -> None:
-        self.ready = {int(s): Generated.from_json(g) for s, g in state.items()}
+    def load_state_dict(self, per_rank: list[dict]) -> None:
+        if len(per_rank) != self.world:
+            from align.config import ConfigError
+
+            raise ConfigError(f"this checkpoint holds generated-ahead batches of {len(per_rank)} process(es); "
+                              f"resume rollout.max_staleness={self.k} on exactly that many")
+        self.ready = {int(s): self._load(batch) for s, batch in per_rank[self.rank].items()}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -59,3 +59,12 @@ class RolloutSource:
     def evaluate(self) -> dict[str, float] | None:
         """Held-out metrics of the source's own (agents: success rate), or None: the loop evaluates accuracy."""
         return None
+
+
+def gathered(world: int, values: list) -> list:
+    """Every rank's `values`, concatenated in rank order (a collective when there are several ranks)."""
+    if world == 1:
+        return values
+    from accelerate.utils import gather_object
+
+    return gather_object(values)

@@ -13,11 +13,16 @@ guarded by `align.envs.GuardedEnv`) and returns them as a `GroupBatch`:
   rewards [P,G]     the episode return (sum of the environment's step rewards)
 
 GRPO trains on the same batch with one advantage per episode; SALT with one per step.
+
+Under rollout.max_staleness = k >= 1 whole episodes, environment calls included, are played in the
+ahead thread (align/sources/ahead.py) while an earlier step trains; what they give (`Played`) is
+plain JSON, so a checkpoint carries the next k steps' episodes and a resumed run trains the same ones.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -25,9 +30,58 @@ from align.algos import GroupBatch
 from align.envs import EnvError, GuardedEnv, environment_tasks, load_environment_class, make_environment
 from align.rollout import SamplingSettings
 from align.rollout.base import Completion
-from align.rollout.multiturn import ACTION, PROMPT, run_episodes
+from align.rollout.multiturn import ACTION, PROMPT, Episode, run_episodes
+from align.sources.ahead import GenerateAhead
 from align.sources.base import Collected, RolloutSource
 from align.sources.prompts import PromptStream
+
+
+@dataclass
+class Played:
+    """One step's episodes on this rank's tasks, as the batch and the sample log need them; JSON-able,
+    because under rollout.max_staleness >= 1 they are made ahead and checkpointed.
+
+    tasks         per task: its index in the environment's task list (a task itself may not be JSON)
+    rows          per task: the first observation and the task's text, for the sample log
+    episodes      G per task, task-major
+    observations  per episode: observations[t] = what action t saw (the guard's record)
+    keys          per episode: (state_key, action_key) of each step, SALT's trajectory graph
+    """
+
+    tasks: list[int]
+    rows: list[dict]
+    episodes: list[Episode]
+    observations: list[list[str]]
+    keys: list[list[tuple]]
+
+    def to_json(self) -> dict:
+        return {"tasks": self.tasks, "rows": self.rows, "episodes": [asdict(e) for e in self.episodes],
+                "observations": self.observations, "keys": [[key_to_json(k) for k in ks] for ks in self.keys]}
+
+    @staticmethod
+    def from_json(state: dict) -> Played:
+        return Played(state["tasks"], state["rows"], [Episode(**e) for e in state["episodes"]], state["observations"],
+                      [[key_from_json(k) for k in ks] for ks in state["keys"]])
+
+    def group(self, p: int, g: int) -> slice:
+        return slice(p * g, (p + 1) * g)
+
+
+_KEY_TYPES = (str, int, float, bool, type(None))
+
+
+def key_to_json(key):
+    """A state or action key as JSON: tuples become lists (a key never holds a list: it is unhashable)."""
+    if isinstance(key, tuple):
+        return [key_to_json(k) for k in key]
+    if not isinstance(key, _KEY_TYPES):
+        raise EnvError(f"a state_key()/action_key() returned a {type(key).__name__}; rollout.max_staleness >= 1 "
+                       "checkpoints the episodes played ahead, so return a str, int, float or a tuple of them")
+    return key
+
+
+def key_from_json(value):
+    return tuple(key_from_json(v) for v in value) if isinstance(value, list) else value
 
 
 class EpisodeSource(RolloutSource):
@@ -42,15 +96,27 @@ class EpisodeSource(RolloutSource):
         self.max_turns = e.max_turns or getattr(self.env_class, "max_turns", None)
         if not isinstance(self.max_turns, int) or self.max_turns < 1:
             raise EnvError(f"env.name={e.name!r} sets no max_turns; set env.max_turns=N (actions per episode)")
-        tasks = environment_tasks(self.env_class, e.name, e.train_split, cfg.train.seed, e.options)
-        self.prompts = PromptStream(tasks, cfg.train.seed, rank, world)
+        self.tasks = environment_tasks(self.env_class, e.name, e.train_split, cfg.train.seed, e.options)
+        # The stream draws task indices (the same order as drawing the tasks): they go into checkpoints.
+        self.prompts = PromptStream(list(range(len(self.tasks))), cfg.train.seed, rank, world)
         self._eval_tasks = None
+        k, n_prompts = cfg.rollout.max_staleness, cfg.train.batch_size // cfg.rollout.num_generations
+        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(n_prompts), self.play, Played.from_json,
+                                   rank, world) if k else None
 
     def state_dict(self) -> dict:
-        return self.prompts.state_dict()
+        state = self.prompts.state_dict()
+        if self.ahead is not None:  # the episodes played for the next k steps, every rank's (a collective)
+            state["ahead"] = self.ahead.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.prompts.load_state_dict(state)
+        if self.ahead is not None:
+            self.ahead.load_state_dict(state.get("ahead", []))
+
+    def wait_for_generation(self) -> dict[str, float]:
+        return self.ahead.wait() if self.ahead is not None else {}
 
     def _sampling(self, seed: int) -> SamplingSettings:
         r = self.cfg.rollout
@@ -66,14 +132,46 @@ class EpisodeSource(RolloutSource):
                                 system_prompt=e.system_prompt)
         return episodes, guards
 
+    def play(self, step: int, tasks: list[int], positions: list[int] | None = None) -> Played:
+        """G episodes on each of the tasks (indices) of `step`, from the policy the engine holds now."""
+        g = self.cfg.rollout.num_generations
+        seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31) % (2**31)
+        episodes, guards = self.run([self.tasks[i] for i in tasks], g, seed)
+        played = Played(list(tasks), [{"prompt": guards[p * g].observations[0], "task": str(self.tasks[i])}
+                                      for p, i in enumerate(tasks)],
+                        episodes, [list(guard.observations) for guard in guards], [list(guard.keys) for guard in guards])
+        if self.ahead is not None:  # a key that cannot be checkpointed fails now, not at the next save
+            played.to_json()
+        return played
+
+    def _taken(self, step: int) -> tuple[Played, int]:
+        """`step`'s episodes from the ahead queue, and how many of its groups were too stale.
+
+        Under the schedule no episode is older than rollout.max_staleness; a group that is (a checkpoint
+        of a run with a larger bound) is never trained on: it is counted and played again, now."""
+        played, g = self.ahead.take(step), self.cfg.rollout.num_generations
+        too_old = [p for p in range(len(played.tasks))
+                   if any(self.engine.weight_version - v > self.ahead.k
+                          for episode in played.episodes[played.group(p, g)] for v in episode.weight_versions)]
+        if too_old:
+            fresh = self.play(step, [played.tasks[p] for p in too_old])
+            for j, p in enumerate(too_old):
+                old, new = played.group(p, g), fresh.group(j, g)
+                played.rows[p] = fresh.rows[j]
+                played.episodes[old], played.observations[old], played.keys[old] = (
+                    fresh.episodes[new], fresh.observations[new], fresh.keys[new])
+        return played, len(too_old)
+
     def collect(self, step: int, n_prompts: int, timers: dict[str, float]) -> Collected:
         g = self.cfg.rollout.num_generations
         t0 = time.perf_counter()
-        tasks = self.prompts.next_rows(n_prompts)
-        seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31) % (2**31)
-        episodes, guards = self.run(tasks, g, seed)
+        if self.ahead is not None:  # played while an earlier step trained
+            played, stale = self._taken(step)
+        else:
+            played, stale = self.play(step, self.prompts.next_rows(n_prompts)), 0
         timers["generate"] += time.perf_counter() - t0
-        batch = episodes_to_batch(episodes, guards, g, self.cfg.env.name)
+        episodes = played.episodes
+        batch = episodes_to_batch(played, g, self.cfg.env.name)
         returns = batch.rewards.flatten()
         actions = sum(len(ep.actions) for ep in episodes)
         metrics = {
@@ -86,14 +184,17 @@ class EpisodeSource(RolloutSource):
             "tokens_per_s/generate": sum(sum(ep.action_mask) for ep in episodes) / max(timers["generate"], 1e-9),
             "weight_version": float(episodes[0].weight_versions[0]) if episodes[0].weight_versions else 0.0,
         }
+        if self.ahead is not None:
+            behind = [self.engine.weight_version - v for ep in episodes for v in ep.weight_versions]
+            metrics |= {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),
+                        "rollout/dropped_stale": float(stale)}
         # For the sample log: each episode as one "completion" whose text is its transcript.
-        rows = [{"prompt": guards[p * g].observations[0], "task": str(task)} for p, task in enumerate(tasks)]
         completions = [Completion(prompt_ids=batch.prompt_ids[r // g], token_ids=batch.completion_ids[r],
-                                  logprobs=batch.engine_logprobs[r], text=transcript(guard, episode),
+                                  logprobs=batch.engine_logprobs[r], text=transcript(observations, episode),
                                   finish_reason="done" if episode.done else "max_turns",
                                   weight_version=episode.weight_versions[0] if episode.weight_versions else 0)
-                       for r, (guard, episode) in enumerate(zip(guards, episodes))]
-        return Collected(batch, metrics, rows, completions)
+                       for r, (observations, episode) in enumerate(zip(played.observations, episodes))]
+        return Collected(batch, metrics, played.rows, completions)
 
     def evaluate(self) -> dict[str, float]:
         """Success rate (return > 0) and mean return on held-out tasks, one sampled episode each."""
@@ -108,16 +209,17 @@ class EpisodeSource(RolloutSource):
                 "eval/turns_mean": sum(len(ep.actions) for ep in episodes) / len(episodes)}
 
 
-def transcript(guard: GuardedEnv, episode) -> str:
+def transcript(observations: list[str], episode: Episode) -> str:
     """A short text of one episode for the samples log: action -> observation, turn by turn."""
-    turns = [f"{a.strip()!r} -> {o}" for a, o in zip(episode.actions, guard.observations[1:])]
+    turns = [f"{a.strip()!r} -> {o}" for a, o in zip(episode.actions, observations[1:])]
     return " | ".join(turns)[-400:]
 
 
-def episodes_to_batch(episodes, guards: list[GuardedEnv], g: int, env_name: str) -> GroupBatch:
+def episodes_to_batch(played: Played, g: int, env_name: str) -> GroupBatch:
     """P*G episodes (task-major) -> a GroupBatch with action-only token mask, step ids and steps."""
     prompt_ids, completion_ids, token_mask, step_ids, engine_logprobs, steps = [], [], [], [], [], []
-    for r, (episode, guard) in enumerate(zip(episodes, guards)):
+    episodes = played.episodes
+    for r, (episode, observations, keys) in enumerate(zip(episodes, played.observations, played.keys)):
         n_prompt = episode.labels.index(ACTION) if ACTION in episode.labels else len(episode.labels)
         if any(label != PROMPT for label in episode.labels[:n_prompt]):
             raise EnvError(f"env {env_name}: episode {r} has observation tokens before the first action")
@@ -126,16 +228,16 @@ def episodes_to_batch(episodes, guards: list[GuardedEnv], g: int, env_name: str)
             prompt_ids.append(prompt)
         elif prompt != prompt_ids[-1]:
             raise EnvError(f"env {env_name}: reset(task) gave different first observations for the same task "
-                           f"({guards[r - r % g].observations[0][:60]!r} vs {guard.observations[0][:60]!r}); "
+                           f"({played.observations[r - r % g][0][:60]!r} vs {observations[0][:60]!r}); "
                            "reset must be deterministic for a task (G episodes of a task form one group)")
         labels = episode.labels[n_prompt:]
         completion_ids.append(episode.token_ids[n_prompt:])
         token_mask.append([int(label == ACTION) for label in labels])
         step_ids.append([s - 1 if label == ACTION else -1 for s, label in zip(episode.steps[n_prompt:], labels)])
         engine_logprobs.append([lp if label == ACTION else 0.0 for lp, label in zip(episode.logprobs[n_prompt:], labels)])
-        if len(guard.keys) != len(episode.actions):
-            raise EnvError(f"env {env_name}: episode {r} has {len(episode.actions)} actions but {len(guard.keys)} steps")
-        steps.append(list(guard.keys))
+        if len(keys) != len(episode.actions):
+            raise EnvError(f"env {env_name}: episode {r} has {len(episode.actions)} actions but {len(keys)} steps")
+        steps.append(list(keys))
     rewards = torch.tensor([sum(ep.rewards) for ep in episodes], dtype=torch.float32).view(-1, g)
     return GroupBatch(prompt_ids=prompt_ids, completion_ids=completion_ids, rewards=rewards, token_mask=token_mask,
                       step_ids=step_ids, steps=steps, engine_logprobs=engine_logprobs)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 import torch
 
 from align.algorithms.base import Scores
 from align.algos import GroupBatch
-from align.rollout import SamplingSettings
+from align.rollout import Completion, SamplingSettings
 from align.runtime.seeds import derived_seed
 from align.sources.ahead import GenerateAhead
-from align.sources.base import Collected, RolloutSource
+from align.sources.base import Collected, RolloutSource, gathered
 from align.sources.prompts import PromptStream, check_all_prompt_lengths, check_prompt_lengths, encode_prompt
 from align.sources.shaping import informative_groups, overlong_penalty
 from rewards.context import model_rewards, reward_functions_of
@@ -34,6 +34,22 @@ def first_round_prompts(loss, n_prompts: int) -> int:
     often fill the batch without a refill round. Under rollout.max_staleness >= 1 the first round is
     the one generated ahead, beside training; refill rounds run in the step, with the trainer waiting."""
     return math.ceil(loss.dynamic_sampling_oversample * n_prompts) if loss.dynamic_sampling else n_prompts
+
+
+@dataclass
+class Generated:
+    """Round 0 of one step, made ahead: this rank's rows, their places in the global draw, and G completions each."""
+
+    rows: list[dict]
+    positions: list[int]
+    groups: list[list[Completion]]
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "positions": self.positions, "groups": [[asdict(c) for c in g] for g in self.groups]}
+
+    @staticmethod
+    def from_json(state: dict) -> Generated:
+        return Generated(state["rows"], state["positions"], [[Completion(**c) for c in g] for g in state["groups"]])
 
 
 @dataclass
@@ -70,9 +86,8 @@ class GenerationSource(RolloutSource):
         self.prompts = PromptStream(dataset, cfg.train.seed, self.rank, self.world)
         k, n_prompts = cfg.rollout.max_staleness, cfg.train.batch_size // cfg.rollout.num_generations
         first = first_round_prompts(cfg.loss, n_prompts)
-        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(first),
-                                   lambda step, rows, positions: self._generate(step, rows, positions, cfg.rollout.num_generations, 0)
-                                   ) if k else None
+        self.ahead = GenerateAhead(k, lambda: self.prompts.next_share(first), self._round_zero, Generated.from_json,
+                                   self.rank, self.world) if k else None
 
     def set_context(self, tokens: int | None) -> None:
         self.context = tokens  # prompt + max_tokens must fit
@@ -82,30 +97,21 @@ class GenerationSource(RolloutSource):
     def state_dict(self) -> dict:
         state = self.prompts.state_dict()
         if self.ahead is not None:  # the batches generated for the next k steps, every rank's (a collective)
-            state["ahead"] = self._gathered([self.ahead.state_dict()])
+            state["ahead"] = self.ahead.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.prompts.load_state_dict(state)
         if self.ahead is not None:
-            per_rank = state.get("ahead", [])
-            if len(per_rank) != self.world:
-                from align.config import ConfigError
-
-                raise ConfigError(f"this checkpoint holds generated-ahead batches of {len(per_rank)} process(es); "
-                                  f"resume rollout.max_staleness={self.ahead.k} on exactly that many")
-            self.ahead.load_state_dict(per_rank[self.rank])
+            self.ahead.load_state_dict(state.get("ahead", []))
 
     def wait_for_generation(self) -> dict[str, float]:
         return self.ahead.wait() if self.ahead is not None else {}
 
-    def _gathered(self, values: list) -> list:
-        """Every rank's `values`, concatenated in rank order (a collective when there are several)."""
-        if self.world == 1:
-            return values
-        from accelerate.utils import gather_object
-
-        return gather_object(values)
+    def _round_zero(self, step: int, rows: list[dict], positions: list[int]) -> Generated:
+        """What the ahead thread makes for `step`: its first round, G completions per row."""
+        return Generated(rows, positions, self._generate(step, rows, positions, self.cfg.rollout.num_generations, 0)
+                         if rows else [])
 
     def _generate(self, step: int, rows: list[dict], positions: list[int], g: int, round_: int):
         """G completions for each of this rank's `rows`; `positions` are their places in the round's global draw.
@@ -245,7 +251,7 @@ class GenerationSource(RolloutSource):
     def _deal_kept_groups(self, drawn: list[_Drawn], n_prompts: int) -> list[_Drawn]:
         """The step batch: the first `n_prompts` informative groups in global draw order (then dropped
         ones, if rounds ran out), and this rank's contiguous share of it."""
-        ordered = sorted(self._gathered(drawn), key=lambda d: (d.round, d.position))
+        ordered = sorted(gathered(self.world, drawn), key=lambda d: (d.round, d.position))
         batch = ([d for d in ordered if d.informative] + [d for d in ordered if not d.informative])[:n_prompts]
         local = n_prompts // self.world
         return batch[self.rank * local : (self.rank + 1) * local]

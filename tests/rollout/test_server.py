@@ -242,10 +242,15 @@ def test_serve_refuses_a_public_host_without_the_explicit_flag():
 
 
 # ---- the training loop on a server ----------------------------------------------------------
-def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], steps: int, *extra: str) -> list[dict]:
-    cmd = [*launcher, "align/train.py", "recipe=grpo_math",
+MATH = ("recipe=grpo_math", f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null")
+ECHO_EPISODES = ("recipe=salt_grid", f"env.name={ROOT / 'tests' / 'envs' / 'envs_for_tests.py'}:Echo", "env.max_turns=3")
+
+
+def train_on(server: str, cache_dir: str, run_dir: Path, launcher: list[str], steps: int, *extra: str,
+             job: tuple[str, ...] = MATH) -> list[dict]:
+    cmd = [*launcher, "align/train.py", *job,
            "model.name=tiny", f"model.cache_dir={cache_dir}", "rollout.engine=server", f"rollout.servers=[{server}]",
-           f"reward.functions=[{DIGITS}:digit_fraction]", "reward.weights=null", f"train.steps={steps}", "train.batch_size=8",
+           f"train.steps={steps}", "train.batch_size=8",
            "rollout.num_generations=4", "rollout.max_tokens=8", "train.lr=1e-3", "log.console=false",
            "log.report_to=[]", "log.eval_every=0", "log.save_every=0", f"log.run_dir={run_dir}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -331,6 +336,42 @@ def test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resum
     split = {r["step"]: r for r in first + rest}
     for row in whole:
         assert {k: split[row["step"]][k] for k in COMPARED} == {k: row[k] for k in COMPARED}, row["step"]
+
+
+# What a resumed episode run must repeat exactly (the episodes played: the seeded samples) and what
+# to float rounding: the server batches each turn's separately seeded requests as they arrive, so its
+# log-probs differ at ~1e-7 between two identical runs, synchronous ones too (measured: two k=0 runs).
+EPISODE_EXACT = ("episode/return_mean", "episode/turns_mean", "completion_len/mean", "weight_version",
+                 "rollout/staleness_max")
+EPISODE_CLOSE = ("loss", "grad_norm", "correction/weight_mean")
+
+
+@pytest.mark.slow
+def test_salt_plays_whole_episodes_one_step_ahead_reproducibly_and_resumes_exactly(server, cache_dir, tmp_path):
+    """Agent episodes under rollout.max_staleness=1: step t's episodes (every turn, environment calls
+    included) come from version max(0, t-1), the checkpoint carries the episodes played ahead with
+    their SALT step keys, and a run resumed from it trains what the uninterrupted run did. Resumed
+    under a tighter bound (k=2's queue at k=1), the too-stale groups are played again and counted."""
+    ahead = ["rollout.max_staleness=1"]
+    whole = train_on(server, cache_dir, tmp_path / "whole", SINGLE, 4, *ahead, job=ECHO_EPISODES)
+    assert [r["weight_version"] for r in whole] == [0, 0, 1, 2]
+    assert [r["rollout/staleness_max"] for r in whole] == [0, 1, 1, 1]
+    assert all(r["rollout/dropped_stale"] == 0 and r["sync/probe_diff"] < 1e-3 and r["grad_norm"] > 0 for r in whole)
+    assert all(r["correction/weight_max"] > whole[0]["correction/weight_max"] + 0.05 for r in whole[1:])
+    first = train_on(server, cache_dir, tmp_path / "split", SINGLE, 2, *ahead, "log.save_every=2", job=ECHO_EPISODES)
+    rest = train_on(server, cache_dir, tmp_path / "split", SINGLE, 4, *ahead, "log.save_every=2", "resume=latest",
+                    job=ECHO_EPISODES)
+    split = {r["step"]: r for r in first + rest}
+    for row in whole:
+        again = split[row["step"]]
+        assert {k: again[k] for k in EPISODE_EXACT} == {k: row[k] for k in EPISODE_EXACT}, row["step"]
+        assert {k: again[k] for k in EPISODE_CLOSE} == pytest.approx({k: row[k] for k in EPISODE_CLOSE}, rel=1e-4), row["step"]
+    train_on(server, cache_dir, tmp_path / "tighter", SINGLE, 2, "rollout.max_staleness=2", "log.save_every=2",
+             job=ECHO_EPISODES)
+    tighter = train_on(server, cache_dir, tmp_path / "tighter", SINGLE, 3, *ahead, "resume=latest", "resume_force=true",
+                       job=ECHO_EPISODES)
+    # Step 2's queued episodes came from version 0, two behind: both its groups are played again, now.
+    assert (tighter[-1]["rollout/dropped_stale"], tighter[-1]["rollout/staleness_max"]) == (2, 0)
 
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from align.rollout import Completion
 from align.sources.ahead import GenerateAhead
+from align.sources.generate import Generated
 
 
 class FakeEngine:
@@ -23,10 +24,16 @@ class FakeEngine:
         return [[Completion([1], [row["id"], step], [-0.5, -0.5], "", "stop", self.version)] for row in rows]
 
 
+def ahead_of(k, draw, generate):
+    """A GenerateAhead over the generation source's round-0 batch, as that source builds it."""
+    return GenerateAhead(k, draw, lambda step, rows, positions: Generated(rows, positions, generate(step, rows, positions)),
+                         Generated.from_json)
+
+
 def _run(k, steps, start=0, state=None, engine=None, draws=None):
     engine = engine or FakeEngine()
     draws = draws if draws is not None else iter(range(10_000))
-    ahead = GenerateAhead(k, lambda: ([{"id": next(draws)}], [0]), engine.generate)
+    ahead = ahead_of(k, lambda: ([{"id": next(draws)}], [0]), engine.generate)
     if state is not None:
         ahead.load_state_dict(json.loads(json.dumps(state)))  # as a checkpoint stores it
     trained, saved = [], None
@@ -64,7 +71,7 @@ def test_a_resumed_run_trains_the_same_batches_from_the_same_versions():
 
 def test_taking_a_step_before_waiting_for_the_last_is_an_error():
     engine = FakeEngine()
-    ahead = GenerateAhead(1, lambda: ([{"id": 0}], [0]), engine.generate)
+    ahead = ahead_of(1, lambda: ([{"id": 0}], [0]), engine.generate)
     ahead.take(0)
     with pytest.raises(RuntimeError, match="wait"):
         ahead.take(1)
@@ -80,7 +87,7 @@ def test_an_engine_error_in_the_thread_is_raised_on_the_main_thread():
             raise ConnectionError("server gone")
         return [[Completion([1], [2], [-1.0], "", "stop", 0)]]
 
-    ahead = GenerateAhead(1, lambda: ([{"id": 0}], [0]), broken)
+    ahead = ahead_of(1, lambda: ([{"id": 0}], [0]), broken)
     ahead.take(0)
     with pytest.raises(ConnectionError, match="server gone"):
         ahead.wait()

@@ -4,11 +4,13 @@
   advantages from salt_step_advantages / steps_to_tokens, GRPO token loss on action tokens only);
 - observation tokens get zero gradient and stay out of importance correction;
 - SALT's token advantages merge shared edges (salt.history, salt.dedup, salt.base change them);
+- episodes played ahead (rollout.max_staleness >= 1) survive a checkpoint with their step keys;
 - config combinations that cannot run are one-line errors.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -161,3 +163,27 @@ def test_episode_config_errors():
         load_config(["recipe=salt_grid", "salt.base=ppo"])
     with pytest.raises(ConfigError, match="salt.history=-1"):
         load_config(["recipe=salt_grid", "salt.history=-1"])
+
+
+def test_episodes_played_ahead_survive_a_checkpoint_with_their_step_keys(tmp_path, cache_dir):
+    """Under rollout.max_staleness >= 1 the next steps' episodes go into the checkpoint as JSON. The
+    grid's key of an invalid move is a tuple, which JSON would turn into an unhashable list: read
+    back, the episodes, their keys and so SALT's step advantages are the ones played."""
+    from align.envs import EnvError
+    from align.sources.episodes import Played, episodes_to_batch
+
+    trainer = make_trainer(tmp_path, cache_dir, "recipe=salt_grid", "model.name=tiny", "env.max_turns=2",
+                           "log.eval_every=0")
+    played, g = trainer.source.play(0, [0, 1]), trainer.cfg.rollout.num_generations
+    assert any(isinstance(action, tuple) for keys in played.keys for _, action in keys)  # the untrained model's moves
+    back = Played.from_json(json.loads(json.dumps(played.to_json())))
+    assert back == played
+    batch, again = episodes_to_batch(played, g, "grid"), episodes_to_batch(back, g, "grid")
+    advantages = algos.group_advantages(batch.rewards + torch.arange(2 * g).view(2, g))  # with spread
+    for p in range(2):
+        rows = slice(p * g, (p + 1) * g)
+        assert (algos.salt_step_advantages(advantages[p], again.steps[rows])
+                == algos.salt_step_advantages(advantages[p], batch.steps[rows]))
+    played.keys[0][0] = (frozenset({1}), "n")
+    with pytest.raises(EnvError, match="returned a frozenset; .*return a str, int, float or a tuple"):
+        played.to_json()
