@@ -1,7 +1,8 @@
-"""Asynchronous rollouts against the synchronous loop on the README's main job (recipe=gcpo_geometry).
+"""Asynchronous rollouts against the synchronous loop on the README's main job (recipe=gcpo_geometry),
+or on agent episodes (--recipe salt_grid: SALT in the grid room, held-out success instead of accuracy).
 
     .venv/bin/python bench/async_vs_sync.py [--seeds 0 1 2] [--steps 200] [--variants sync k1 k2 colocated]
-        [--set KEY=VALUE ...] [--out bench/results/async_vs_sync.json]
+        [--recipe gcpo_geometry|salt_grid] [--set KEY=VALUE ...] [--out bench/results/async_vs_sync.json]
         # table + the JSON + a .png beside it (held-out accuracy against steps and against wall time)
 
 Variants, each run alone on the machine:
@@ -36,6 +37,8 @@ STALENESS = {"sync": 0, "k1": 1, "k2": 2, "sync_over": 0, "k1_over": 1}
 # *_over: dynamic sampling's first round oversampled (--oversample), so that refill rounds, which
 # run in the step even at k >= 1, are rare: the first round is the one generated ahead.
 OVERSAMPLED = {"sync_over", "k1_over"}
+# recipe -> (the model it starts from, its held-out metric: greedy accuracy, or the agent's success rate)
+JOBS = {"gcpo_geometry": ("tiny-geometry", "eval/mean@1"), "salt_grid": ("tiny-grid", "eval/success")}
 
 
 def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Popen, str]:
@@ -55,27 +58,28 @@ def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Pope
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run(variant: str, seed: int, run_dir: Path, model_path: str, steps: int, eval_every: int, overrides: list[str],
-        oversample: float) -> dict:
+def run(variant: str, seed: int, run_dir: Path, recipe: str, model_path: str, steps: int, eval_every: int,
+        overrides: list[str], oversample: float) -> dict:
     started = time.time()
     if variant in OVERSAMPLED:
         overrides = [*overrides, f"loss.dynamic_sampling_oversample={oversample}"]
     if variant == "colocated":
-        train("gcpo_geometry", seed, run_dir, overrides, steps=steps, eval_every=eval_every, threads=2)
+        train(recipe, seed, run_dir, overrides, steps=steps, eval_every=eval_every, threads=2)
     else:
         proc, url = start_server(model_path, run_dir.parent / f"{run_dir.name}.serve.log", core=1)
         try:
             started = time.time()  # the server's start-up is not the run's
             extra = [*overrides, "rollout.engine=server", f"rollout.servers=[{url}]",
                      f"rollout.max_staleness={STALENESS[variant]}"]
-            train("gcpo_geometry", seed, run_dir, extra, steps=steps, eval_every=eval_every, threads=1, cores="0")
+            train(recipe, seed, run_dir, extra, steps=steps, eval_every=eval_every, threads=1, cores="0")
         finally:
             proc.terminate()
             proc.wait(60)
     wall = time.time() - started
     rows, evals = metric_rows(run_dir)
-    evals = [r for r in evals if "eval/mean@1" in r]  # held-out accuracy, greedy (the README's figure)
-    curve = [(r["step"], r["eval/mean@1"]) for r in evals]
+    metric = JOBS[recipe][1]
+    evals = [r for r in evals if metric in r]
+    curve = [(r["step"], r[metric]) for r in evals]
     times = [(r["step"], r["time"] - rows[0]["time"] + rows[0]["time/step"]) for r in evals]
     mean = lambda key: statistics.mean(r.get(key, 0.0) for r in rows)  # noqa: E731
     return {"wall_s": wall, "steps_per_hour": steps / wall * 3600, "final_accuracy": curve[-1][1], "curve": curve,
@@ -89,7 +93,7 @@ def time_to_reach(run: dict, target: float) -> float | None:
     return next((t for (_, acc), (_, t) in zip(run["curve"], run["curve_wall_s"]) if acc >= target), None)
 
 
-def plot(results: dict, png: Path) -> None:
+def plot(results: dict, png: Path, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +109,7 @@ def plot(results: dict, png: Path) -> None:
             by_time.plot([t / 60 for _, t in r["curve_wall_s"]], [a for _, a in r["curve"]], color=colors[name], linestyle=style)
     by_step.set_xlabel("RL step")
     by_time.set_xlabel("wall time (min)")
-    by_step.set_ylabel("held-out accuracy")
+    by_step.set_ylabel(ylabel)
     by_step.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--variants", nargs="+", default=["sync", "k1", "k2", "colocated"],
                    choices=[*STALENESS, "colocated"])
+    p.add_argument("--recipe", choices=list(JOBS), default="gcpo_geometry")
     p.add_argument("--oversample", type=float, default=2.0,
                    help="loss.dynamic_sampling_oversample of the *_over variants")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -127,19 +132,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     from align.demo import resolve_model_path
 
-    model_path = resolve_model_path("tiny-geometry", os.path.expanduser(args.cache_dir))
+    model_path = resolve_model_path(JOBS[args.recipe][0], os.path.expanduser(args.cache_dir))
     work = Path(tempfile.mkdtemp(prefix="async_vs_sync-"))
     loads, results = [], {}
     for seed in args.seeds:
         for variant in args.variants:
             loads.append(os.getloadavg()[0])
-            r = run(variant, seed, work / f"{variant}-{seed}", model_path, args.steps, args.eval_every, args.set,
+            r = run(variant, seed, work / f"{variant}-{seed}", args.recipe, model_path, args.steps, args.eval_every, args.set,
                     args.oversample)
             results.setdefault(variant, {})[str(seed)] = r
             print(f"{variant} seed {seed}: {r['wall_s']:.0f} s, accuracy {r['final_accuracy']:.3f}", flush=True)
     sync_wall = statistics.mean(r["wall_s"] for r in results["sync"].values()) if "sync" in results else None
     print(f"load average before each run: {', '.join(f'{x:.2f}' for x in loads)}")
-    print("| variant | wall min | x sync | steps/h | held-out acc | reaches sync's final: x sync | step s | "
+    print(f"| variant | wall min | x sync | steps/h | held-out {JOBS[args.recipe][1]} | reaches sync's final: x sync | step s | "
           "generate s/step | refill rounds/step | trainer waits s/step | engine idle s/step | staleness |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
@@ -151,7 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
             ratios = []
             for seed, r in runs.items():
                 sync = results["sync"].get(seed)
-                t = time_to_reach(r, sync["final_accuracy"]) if sync else None
+                if sync is None:  # no synchronous run of this seed to compare with
+                    ratios.append("-")
+                    continue
+                t = time_to_reach(r, sync["final_accuracy"])
                 ratios.append("never" if t is None else f"{t / sync['curve_wall_s'][-1][1]:.2f}")
             reach = "/".join(ratios)
         print(f"| {name} | {m['wall_s'] / 60:.1f} | {ratio} | {m['steps_per_hour']:.0f} | {accs} | {reach} | "
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{m['engine_idle_s']:.2f} | {m['staleness_mean']:.2f} |")
     payload = {"args": vars(args), "loadavg_before_runs": loads, "results": results}
     Path(args.out).write_text(json.dumps(payload, indent=1))
-    plot(results, Path(args.out).with_suffix(".png"))
+    plot(results, Path(args.out).with_suffix(".png"), f"held-out {JOBS[args.recipe][1]}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return payload
 

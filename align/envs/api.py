@@ -19,7 +19,14 @@ on each. The episode's outcome reward is the sum of the rewards `step` returned.
 State and action keys decide which steps SALT merges. The defaults are the normalised text
 (lower case, runs of white space collapsed), so two trajectories that see the same observation and
 answer with the same text share an edge. An environment whose observations carry turn counters or
-other per-episode noise should override `state_key` with its real state.
+other per-episode noise should override `state_key` with its real state. Under
+rollout.max_staleness >= 1 a key goes into the checkpoint as JSON: return a str, int, float, bool,
+None or a tuple of them (a frozenset or an object is refused in one line when the episode is played).
+
+Instances are built and stepped on the trainer's main thread, or, under rollout.max_staleness >= 1,
+in its generate-ahead thread (one batch of episodes at a time, never two at once); each call may
+also run in a watchdog thread of its own (`env.step_timeout_s`). So an environment must not rely
+on running in the main thread (no `signal` handlers).
 """
 
 from __future__ import annotations

@@ -128,12 +128,15 @@ def max_over_ranks(accelerator, value: int) -> int:
     return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
 
 
+COUNTED_OVER_RANKS = {"rollout/dropped_stale"}  # per-rank counts whose total is the figure
+
+
 def rollout_metrics_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
     """Rank-local rollout metrics made global (every rank must call it, with the same keys).
 
     Ranks hold equal numbers of prompts and completions, so the mean of their means is the global
-    mean; "*/max" keys take the maximum and "tokens_per_s/*" the sum (throughput of all ranks).
-    Spreads ("*/std") become the mean of the ranks' spreads, an approximation.
+    mean; maxima ("*/max", "*_max") take the maximum, and throughputs ("tokens_per_s/*") and counts
+    (COUNTED_OVER_RANKS) the sum. Spreads ("*/std") become the mean of the ranks' spreads, an approximation.
     """
     if accelerator.num_processes == 1 or not metrics:
         return dict(metrics)
@@ -143,9 +146,9 @@ def rollout_metrics_over_ranks(accelerator, metrics: dict[str, float]) -> dict[s
     out = {}
     for i, name in enumerate(names):
         column = per_rank[:, i]
-        if name.endswith("/max"):
+        if name.endswith(("/max", "_max")):
             out[name] = float(column.max())
-        elif name.startswith("tokens_per_s/"):
+        elif name.startswith("tokens_per_s/") or name in COUNTED_OVER_RANKS:
             out[name] = float(column.sum())
         else:
             out[name] = float(column.mean())

@@ -8,6 +8,8 @@ after step t-1). The schedule is fixed, so a seeded run is reproducible step for
     step t:  take batch t; draw the prompts of step t+k and start generating them;
              train on batch t; wait for the generation; the engine syncs to version t+1
 
+(`take(t)`, then `start(t)`, then `wait()`.)
+
 Batch t was therefore generated from version max(0, t-k): its staleness is at most k. Only the
 engine's work runs in the thread (single-turn sampling, or whole agent episodes with their
 environment calls): prompts are drawn in step order on the main thread, and scoring, refill rounds
@@ -38,7 +40,7 @@ Generate = Callable[[int, list, list[int]], T]  # (step, rows, positions) -> tha
 
 
 class GenerateAhead(Generic[T]):
-    """Keeps the round-0 batches of the next k steps; `take(t)` hands out step t's and starts step t+k's."""
+    """Keeps the round-0 batches of the next k steps; `take(t)` hands out step t's, `start(t)` starts step t+k's."""
 
     def __init__(self, k: int, draw: Draw, generate: Generate, load: Callable[[dict], T], rank: int = 0, world: int = 1):
         self.k, self._draw, self._generate, self._load = k, draw, generate, load
@@ -49,17 +51,27 @@ class GenerateAhead(Generic[T]):
         self._done_at = 0.0  # when the background generation returned (time.perf_counter)
 
     def take(self, step: int) -> T:
-        """Step `step`'s batch; first fills the steps up to step+k-1 that are missing (at the start)."""
+        """Step `step`'s batch; first fills the steps up to step+k-1 that are missing (at the start).
+        Call `start(step)` after it."""
         if self._pending is not None:
             raise RuntimeError("GenerateAhead.take: the previous step's generation was not waited for (call wait())")
         for s in range(step, step + self.k):
             if s not in self.ready:
                 self.ready[s] = self._generate(s, *self._draw())
+        return self.ready.pop(step)
+
+    def start(self, step: int) -> None:
+        """Start generating step `step`+k's batch in the thread. The source calls it after `take(step)`
+        and after what it does with the engine on the main thread (playing a stale group again), so
+        that the two never share the engine and the tokenizer."""
+        if self._pending is not None:
+            raise RuntimeError("GenerateAhead.start: a generation is already in flight (call wait())")
+        if step + self.k in self.ready:  # queued by a checkpoint of a run with a larger k: drawn already
+            return
         # Also past train.steps: the last checkpoint then holds the next k batches, and a run resumed
         # with more steps trains exactly what one longer run would have (at the cost of k batches).
         rows, positions = self._draw()
         self._pending = (step + self.k, self._pool.submit(self._in_thread, step + self.k, rows, positions))
-        return self.ready.pop(step)
 
     def _in_thread(self, step: int, rows: list, positions: list[int]) -> T:
         try:

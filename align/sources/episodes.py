@@ -76,7 +76,7 @@ def key_to_json(key):
         return [key_to_json(k) for k in key]
     if not isinstance(key, _KEY_TYPES):
         raise EnvError(f"a state_key()/action_key() returned a {type(key).__name__}; rollout.max_staleness >= 1 "
-                       "checkpoints the episodes played ahead, so return a str, int, float or a tuple of them")
+                       "checkpoints the episodes played ahead, so return a str, int, float, bool, None or a tuple of them")
     return key
 
 
@@ -141,7 +141,7 @@ class EpisodeSource(RolloutSource):
                                       for p, i in enumerate(tasks)],
                         episodes, [list(guard.observations) for guard in guards], [list(guard.keys) for guard in guards])
         if self.ahead is not None:  # a key that cannot be checkpointed fails now, not at the next save
-            played.to_json()
+            [key_to_json(key) for keys in played.keys for key in keys]
         return played
 
     def _taken(self, step: int) -> tuple[Played, int]:
@@ -160,6 +160,7 @@ class EpisodeSource(RolloutSource):
                 played.rows[p] = fresh.rows[j]
                 played.episodes[old], played.observations[old], played.keys[old] = (
                     fresh.episodes[new], fresh.observations[new], fresh.keys[new])
+        self.ahead.start(step)
         return played, len(too_old)
 
     def collect(self, step: int, n_prompts: int, timers: dict[str, float]) -> Collected:

@@ -241,6 +241,7 @@ class GenerationSource(RolloutSource):
             groups = list(groups)
             for i, group in zip(too_old, fresh):
                 groups[i] = group
+        self.ahead.start(step)
         return rows, positions, groups, len(too_old)
 
     def _sum_over_ranks(self, value: int) -> int:

@@ -1,5 +1,5 @@
 """Single-process checks of the distributed helpers: DeepSpeed config filling, equal micro-batch
-counts, the module-by-module weight gather, and the launch configs themselves."""
+counts, the module-by-module weight gather, rollout metrics over ranks, and the launch configs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from align.runtime.distributed import (
     DistributedConfigError,
     fill_deepspeed_config,
     gathered_named_tensors,
+    rollout_metrics_over_ranks,
     split_to_count,
 )
 
@@ -154,3 +155,28 @@ def test_lora_adapters_keep_the_model_dtype_under_deepspeed(tiny_path):
     under_ds = apply_lora(load_model(tiny_path, dtype="bfloat16"), r=4, alpha=8, autocast_adapter_dtype=False)
     lora_dtypes = lambda m: {p.dtype for n, p in m.named_parameters() if "lora_" in n}  # noqa: E731
     assert lora_dtypes(default) == {torch.float32} and lora_dtypes(under_ds) == {torch.bfloat16}
+
+
+class TwoRanks:
+    """An accelerator of two processes whose gather returns this rank's row and a fixed other rank's."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def __init__(self, other: dict[str, float]):
+        self.other = other
+
+    def gather(self, values):
+        names = sorted(self.other)
+        return torch.cat([values, torch.tensor([[self.other[k] for k in names]], dtype=values.dtype)])
+
+
+def test_rollout_metrics_over_ranks_take_the_max_of_maxima_and_the_sum_of_counts():
+    """A maximum is the largest rank's, whichever way its name ends; samples dropped as too stale are
+    counted over all ranks; a mean stays the mean of the ranks' means."""
+    mine = {"rollout/staleness_max": 0.0, "completion_len/max": 5.0, "rollout/dropped_stale": 1.0,
+            "rollout/staleness_mean": 0.0, "tokens_per_s/generate": 10.0}
+    other = {"rollout/staleness_max": 2.0, "completion_len/max": 3.0, "rollout/dropped_stale": 2.0,
+             "rollout/staleness_mean": 1.0, "tokens_per_s/generate": 30.0}
+    assert rollout_metrics_over_ranks(TwoRanks(other), mine) == {
+        "rollout/staleness_max": 2.0, "completion_len/max": 5.0, "rollout/dropped_stale": 3.0,
+        "rollout/staleness_mean": 0.5, "tokens_per_s/generate": 40.0}

@@ -39,6 +39,7 @@ def _run(k, steps, start=0, state=None, engine=None, draws=None):
     trained, saved = [], None
     for step in range(start, steps):
         batch = ahead.take(step)
+        ahead.start(step)
         trained.append((step, batch.rows[0]["id"], batch.groups[0][0].weight_version))
         ahead.wait()
         engine.version += 1  # the loop's sync after step `step`
@@ -69,12 +70,26 @@ def test_a_resumed_run_trains_the_same_batches_from_the_same_versions():
     assert sorted(engine.calls) == [5, 6, 7, 8, 9]  # the checkpointed batches are not generated again
 
 
+def test_a_queue_resumed_under_a_smaller_k_is_trained_in_order_with_no_prompt_skipped():
+    """A k=2 checkpoint after step 2 holds steps 3 and 4; resumed at k=1 (resume_force), step 3's
+    batch is already queued: none is drawn for it, so the prompt stream goes on at step 5's."""
+    whole, saved, _ = _run(2, steps=8)
+    engine = FakeEngine()
+    engine.version = 3
+    resumed, _, _ = _run(1, steps=8, start=3, state=saved, engine=engine, draws=iter(range(5, 10_000)))
+    assert [i for _, i, _ in resumed] == list(range(3, 8))
+    assert [v for _, _, v in resumed] == [v for _, _, v in whole[3:5]] + [4, 5, 6]
+
+
 def test_taking_a_step_before_waiting_for_the_last_is_an_error():
     engine = FakeEngine()
     ahead = ahead_of(1, lambda: ([{"id": 0}], [0]), engine.generate)
     ahead.take(0)
+    ahead.start(0)
     with pytest.raises(RuntimeError, match="wait"):
         ahead.take(1)
+    with pytest.raises(RuntimeError, match="in flight"):
+        ahead.start(1)
     with pytest.raises(RuntimeError, match="in flight"):
         ahead.state_dict()
     ahead.wait()
@@ -89,6 +104,7 @@ def test_an_engine_error_in_the_thread_is_raised_on_the_main_thread():
 
     ahead = ahead_of(1, lambda: ([{"id": 0}], [0]), broken)
     ahead.take(0)
+    ahead.start(0)
     with pytest.raises(ConnectionError, match="server gone"):
         ahead.wait()
     ahead.close()

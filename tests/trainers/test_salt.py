@@ -185,5 +185,5 @@ def test_episodes_played_ahead_survive_a_checkpoint_with_their_step_keys(tmp_pat
         assert (algos.salt_step_advantages(advantages[p], again.steps[rows])
                 == algos.salt_step_advantages(advantages[p], batch.steps[rows]))
     played.keys[0][0] = (frozenset({1}), "n")
-    with pytest.raises(EnvError, match="returned a frozenset; .*return a str, int, float or a tuple"):
+    with pytest.raises(EnvError, match="returned a frozenset; .*return a str, int, float, bool, None or a tuple"):
         played.to_json()
