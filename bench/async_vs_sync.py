@@ -1,8 +1,9 @@
 """Asynchronous rollouts against the synchronous loop on the README's main job (recipe=gcpo_geometry),
-or on agent episodes (--recipe salt_grid: SALT in the grid room, held-out success instead of accuracy).
+GRAO on the same data (--recipe grao_geometry), or agent episodes (--recipe salt_grid: SALT in the
+grid room, held-out success instead of accuracy).
 
     .venv/bin/python bench/async_vs_sync.py [--seeds 0 1 2] [--steps 200] [--variants sync k1 k2 colocated]
-        [--recipe gcpo_geometry|salt_grid] [--set KEY=VALUE ...] [--out bench/results/async_vs_sync.json]
+        [--recipe gcpo_geometry|grao_geometry|salt_grid] [--set KEY=VALUE ...] [--out bench/results/async_vs_sync.json]
         # table + the JSON + a .png beside it (held-out accuracy against steps and against wall time)
 
 Variants, each run alone on the machine:
@@ -38,7 +39,8 @@ STALENESS = {"sync": 0, "k1": 1, "k2": 2, "sync_over": 0, "k1_over": 1}
 # run in the step even at k >= 1, are rare: the first round is the one generated ahead.
 OVERSAMPLED = {"sync_over", "k1_over"}
 # recipe -> (the model it starts from, its held-out metric: greedy accuracy, or the agent's success rate)
-JOBS = {"gcpo_geometry": ("tiny-geometry", "eval/mean@1"), "salt_grid": ("tiny-grid", "eval/success")}
+JOBS = {"gcpo_geometry": ("tiny-geometry", "eval/mean@1"), "grao_geometry": ("tiny-geometry", "eval/mean@1"),
+        "salt_grid": ("tiny-grid", "eval/success")}
 
 
 def start_server(model_path: str, log: Path, core: int) -> tuple[subprocess.Popen, str]:

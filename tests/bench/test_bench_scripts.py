@@ -283,3 +283,36 @@ def test_the_scaling_sides_train_the_same_batch_and_only_sharing_changes_the_wor
     assert trl["grad_norm"] == pytest.approx(unshared["grad_norm"], rel=1e-3)
     for row in (shared, unshared, trl):
         assert row["train"] > 0 and row["peak"] >= row["rss_before"] > 0
+
+
+@pytest.mark.parametrize("recipe, model, metric", [("gcpo_geometry", "tiny-geometry", "eval/mean@1"),
+                                                   ("salt_grid", "tiny-grid", "eval/success")])
+def test_async_vs_sync_runs_the_recipe_it_is_given_and_reads_its_held_out_metric(tmp_path, monkeypatch, recipe, model,
+                                                                                  metric):
+    """--recipe picks the job, the model its server serves, and the held-out figure the table reports."""
+    bench = _bench_module("async_vs_sync")
+    trained, served = [], []
+
+    def fake_train(job, seed, run_dir, extra, **kwargs):
+        trained.append((job, extra))
+        run_dir.mkdir(parents=True)
+        rows = [{"step": 1, "loss": 0.0, "time": 1.0, "time/step": 1.0},
+                {"step": 1, "time": 2.0, "eval/mean@1": 0.25, "eval/success": 0.75}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Server:
+        def terminate(self):
+            pass
+
+        def wait(self, timeout):
+            pass
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    monkeypatch.setattr(bench, "start_server", lambda path, log, core: (served.append(path), (Server(), "http://x:1"))[1])
+    monkeypatch.setattr("align.demo.resolve_model_path", lambda name, cache: f"/models/{name}")
+    out = tmp_path / "out.json"
+    bench.main(["--recipe", recipe, "--variants", "sync", "k1", "--steps", "1", "--out", str(out)])
+    assert [job for job, _ in trained] == [recipe, recipe] and served == [f"/models/{model}"] * 2
+    assert "rollout.max_staleness=1" in trained[1][1]
+    results = json.loads(out.read_text())["results"]
+    assert results["k1"]["0"]["final_accuracy"] == {"eval/mean@1": 0.25, "eval/success": 0.75}[metric]
