@@ -15,7 +15,7 @@ engine's work runs in the thread (single-turn sampling, or whole agent episodes 
 environment calls): prompts are drawn in step order on the main thread, and scoring, refill rounds
 and every collective stay there too.
 
-What the thread makes is the source's own (`Ahead`): generation.py keeps completion groups,
+What the thread makes is the source's own (`Ahead`): generate.py keeps completion groups,
 episodes.py played episodes. It only has to say how it is written to and read from a checkpoint.
 """
 

@@ -133,7 +133,8 @@ class EpisodeSource(RolloutSource):
         return episodes, guards
 
     def play(self, step: int, tasks: list[int], positions: list[int] | None = None) -> Played:
-        """G episodes on each of the tasks (indices) of `step`, from the policy the engine holds now."""
+        """G episodes on each of the tasks (indices) of `step`, from the policy the engine holds now.
+        (`positions`, the places in the global draw that the ahead queue passes, are not needed here.)"""
         g = self.cfg.rollout.num_generations
         seed = (self.cfg.train.seed * 1_000_003 + step * 1009 + self.rank * 31) % (2**31)
         episodes, guards = self.run([self.tasks[i] for i in tasks], g, seed)
@@ -141,7 +142,9 @@ class EpisodeSource(RolloutSource):
                                       for p, i in enumerate(tasks)],
                         episodes, [list(guard.observations) for guard in guards], [list(guard.keys) for guard in guards])
         if self.ahead is not None:  # a key that cannot be checkpointed fails now, not at the next save
-            [key_to_json(key) for keys in played.keys for key in keys]
+            for keys in played.keys:
+                for key in keys:
+                    key_to_json(key)
         return played
 
     def _taken(self, step: int) -> tuple[Played, int]:
