@@ -340,7 +340,8 @@ def test_one_step_ahead_trains_on_batches_one_version_old_reproducibly_and_resum
 
 # What a resumed episode run must repeat exactly (the episodes played: the seeded samples) and what
 # to float rounding: the server batches each turn's separately seeded requests as they arrive, so its
-# log-probs differ at ~1e-7 between two identical runs, synchronous ones too (measured: two k=0 runs).
+# log-probs differ at ~1e-7 between two identical runs, synchronous ones too (measured: two k=0 runs;
+# their losses differed by up to 2e-8).
 EPISODE_EXACT = ("episode/return_mean", "episode/turns_mean", "completion_len/mean", "weight_version",
                  "rollout/staleness_max")
 EPISODE_CLOSE = ("loss", "grad_norm", "correction/weight_mean")
@@ -365,7 +366,9 @@ def test_salt_plays_whole_episodes_one_step_ahead_reproducibly_and_resumes_exact
     for row in whole:
         again = split[row["step"]]
         assert {k: again[k] for k in EPISODE_EXACT} == {k: row[k] for k in EPISODE_EXACT}, row["step"]
-        assert {k: again[k] for k in EPISODE_CLOSE} == pytest.approx({k: row[k] for k in EPISODE_CLOSE}, rel=1e-4), row["step"]
+        # abs too: a group-normalised loss can sit at ~1e-8, where 1e-7 noise is any relative size.
+        assert ({k: again[k] for k in EPISODE_CLOSE}
+                == pytest.approx({k: row[k] for k in EPISODE_CLOSE}, rel=1e-4, abs=1e-6)), row["step"]
     train_on(server, cache_dir, tmp_path / "tighter", SINGLE, 2, "rollout.max_staleness=2", "log.save_every=2",
              job=ECHO_EPISODES)
     tighter = train_on(server, cache_dir, tmp_path / "tighter", SINGLE, 3, *ahead, "resume=latest", "resume_force=true",
