@@ -36,6 +36,9 @@ def _rank(rank: int, world: int, tiny_path: str, port: int, out: str) -> None:
     except WeightSyncError as err:
         outcome = str(err)
     Path(out, f"{rank}.json").write_text(json.dumps(outcome))
+    # Both ranks leave together: a rank tearing gloo down while its peer still talks can abort it
+    # (seen once in a suite run: rank 0 ended with SIGABRT).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
