@@ -28,6 +28,14 @@ from typing import Callable, Generic, Protocol, TypeVar
 from align.sources.base import gathered
 
 
+def staleness_metrics(now: int, versions: list[int], dropped: int) -> dict[str, float]:
+    """How many weight versions behind `now` the trained samples were (`versions`: one per sample or
+    action), and how many groups were dropped as too stale and made again."""
+    behind = [now - v for v in versions]
+    return {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),
+            "rollout/dropped_stale": float(dropped)}
+
+
 class Ahead(Protocol):
     """One step's round 0 as a source makes it in the thread, JSON-able for the checkpoint."""
 

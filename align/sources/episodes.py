@@ -31,7 +31,7 @@ from align.envs import EnvError, GuardedEnv, environment_tasks, load_environment
 from align.rollout import SamplingSettings
 from align.rollout.base import Completion
 from align.rollout.multiturn import ACTION, PROMPT, Episode, run_episodes
-from align.sources.ahead import GenerateAhead
+from align.sources.ahead import GenerateAhead, staleness_metrics
 from align.sources.base import Collected, RolloutSource
 from align.sources.prompts import PromptStream
 
@@ -189,9 +189,8 @@ class EpisodeSource(RolloutSource):
             "weight_version": float(episodes[0].weight_versions[0]) if episodes[0].weight_versions else 0.0,
         }
         if self.ahead is not None:
-            behind = [self.engine.weight_version - v for ep in episodes for v in ep.weight_versions]
-            metrics |= {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),
-                        "rollout/dropped_stale": float(stale)}
+            metrics |= staleness_metrics(self.engine.weight_version, [v for ep in episodes for v in ep.weight_versions],
+                                         stale)
         # For the sample log: each episode as one "completion" whose text is its transcript.
         completions = [Completion(prompt_ids=batch.prompt_ids[r // g], token_ids=batch.completion_ids[r],
                                   logprobs=batch.engine_logprobs[r], text=transcript(observations, episode),

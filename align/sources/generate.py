@@ -15,7 +15,7 @@ from align.algorithms.base import Scores
 from align.algos import GroupBatch
 from align.rollout import Completion, SamplingSettings
 from align.runtime.seeds import derived_seed
-from align.sources.ahead import GenerateAhead
+from align.sources.ahead import GenerateAhead, staleness_metrics
 from align.sources.base import Collected, RolloutSource, gathered
 from align.sources.prompts import PromptStream, check_all_prompt_lengths, check_prompt_lengths, encode_prompt
 from align.sources.shaping import informative_groups, overlong_penalty
@@ -212,9 +212,7 @@ class GenerationSource(RolloutSource):
         if lc.dynamic_sampling:  # rounds after the first: generated in the step, also under max_staleness >= 1
             metrics["rollout/refill_rounds"] = float(refills)
         if self.ahead is not None:
-            behind = [self.engine.weight_version - c.weight_version for c in flat]
-            metrics |= {"rollout/staleness_mean": sum(behind) / len(behind), "rollout/staleness_max": float(max(behind)),
-                        "rollout/dropped_stale": float(stale)}
+            metrics |= staleness_metrics(self.engine.weight_version, [c.weight_version for c in flat], stale)
         batch = GroupBatch(
             prompt_ids=[d.completions[0].prompt_ids for d in drawn],
             completion_ids=[c.token_ids for c in flat],
