@@ -25,6 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Generic, Protocol, TypeVar
 
+from align.config import ConfigError
 from align.sources.base import gathered
 
 
@@ -109,8 +110,6 @@ class GenerateAhead(Generic[T]):
 
     def load_state_dict(self, per_rank: list[dict]) -> None:
         if len(per_rank) != self.world:
-            from align.config import ConfigError
-
             raise ConfigError(f"this checkpoint holds generated-ahead batches of {len(per_rank)} process(es); "
                               f"resume rollout.max_staleness={self.k} on exactly that many")
         self.ready = {int(s): self._load(batch) for s, batch in per_rank[self.rank].items()}
